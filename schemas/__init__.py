@@ -1,0 +1,35 @@
+"""msgspec Structs at every boundary of panelboard."""
+
+from schemas.chat import ChatRequest, ChatResponse, Choice, ChoiceMessage, Message, Usage
+from schemas.errors import (
+    BadKey,
+    ChainExhausted,
+    DeadlineExceeded,
+    InvalidJob,
+    JobError,
+    OverBudget,
+    PromptTooLarge,
+    ProviderError,
+    RateLimited,
+    UnknownIntent,
+)
+from schemas.job import (
+    Attempt,
+    Completed,
+    CostRecord,
+    DeadLetter,
+    Dispatch,
+    Failed,
+    Hop,
+    Job,
+    Result,
+    Route,
+)
+
+__all__ = [
+    "Attempt", "BadKey", "ChainExhausted", "ChatRequest", "ChatResponse", "Choice",
+    "ChoiceMessage", "Completed", "CostRecord", "DeadLetter", "DeadlineExceeded", "Dispatch",
+    "Failed", "Hop", "InvalidJob", "Job", "JobError", "Message", "OverBudget",
+    "PromptTooLarge", "ProviderError", "RateLimited", "Result", "Route", "UnknownIntent",
+    "Usage",
+]

@@ -1,0 +1,36 @@
+"""Intent -> tier -> fallback chain. Pure: the broker's I/O shell acts on what this returns."""
+
+from __future__ import annotations
+
+from schemas.config import Config
+from schemas.errors import InvalidJob, JobError, UnknownIntent
+from schemas.job import Hop, Job, Route
+
+
+def tier_route(cfg: Config, tier: str) -> Route:
+    return Route(
+        tier=tier,
+        chain=tuple(Hop(model=link.model, provider=cfg.models[link.model].provider) for link in cfg.tiers[tier].fallbacks),
+    )
+
+
+def routes(cfg: Config) -> dict[str, Route]:
+    """Every tier's route, built once per config rather than per job."""
+    return {name: tier_route(cfg, name) for name in cfg.tiers}
+
+
+def resolve(job: Job, cfg: Config, table: dict[str, Route] | None = None) -> Route | JobError:
+    intent = job.intent or cfg.default_intent
+    if intent is None:
+        return InvalidJob(
+            message=f"job {job.id} has no intent",
+            hint=f"tag the job with an intent ({', '.join(sorted(cfg.intents))}) or set default_intent in the config",
+        )
+    tier = cfg.intents.get(intent)
+    if tier is None:
+        return UnknownIntent(
+            message=f"intent {intent!r} maps to no tier",
+            hint=f"use one of: {', '.join(sorted(cfg.intents))}; or add it under intents in the config",
+            intent=intent,
+        )
+    return (table or {}).get(tier) or tier_route(cfg, tier)

@@ -1,0 +1,105 @@
+"""The broker: consume pb.jobs.>, admit, route, dispatch to the first hop, then ack.
+
+A raw nats-py pull loop rather than a faststream subscriber: faststream's per-message dispatch
+costs ~0.4 ms CPU here, the raw loop ~0.03 ms, and this is the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from broker import routing
+from panelboard import bus, logs
+from panelboard.streams import BROKER_CONSUMER
+from schemas import wire
+from schemas.codec import decode_job
+from schemas.config import Config
+from schemas.errors import DeadlineExceeded, InvalidJob, JobError
+from schemas.job import ID_RE, Dispatch, Job, Route
+
+log = logs.get("broker")
+
+FETCH_BATCH = 256
+
+
+def validate(job: Job, header_id: str | None) -> InvalidJob | None:
+    """Wire-contract checks msgspec's types cannot express. Pure."""
+    if not ID_RE.match(job.id):
+        return InvalidJob(message=f"job id {job.id[:64]!r} is not a valid id", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
+    if not ID_RE.match(job.client):
+        return InvalidJob(message=f"client id {job.client[:64]!r} is not a valid id", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
+    if header_id is not None and header_id != job.id:
+        return InvalidJob(message=f"Nats-Msg-Id {header_id!r} differs from the job id {job.id!r}", hint="set the Nats-Msg-Id header to the job id so resubmits dedupe")
+    if not job.request.messages:
+        return InvalidJob(message="the request has no messages", hint="send at least one message")
+    return None
+
+
+def admit(job: Job, cfg: Config, table: dict[str, Route], now: float) -> Route | JobError:
+    """Everything the broker decides about a job before dispatch. Pure."""
+    if job.deadline is not None and job.deadline <= now:
+        return DeadlineExceeded(message=f"job {job.id} passed its deadline before it was admitted", hint="submit with a later deadline, or none")
+    return routing.resolve(job, cfg, table)
+
+
+class Broker:
+    def __init__(self, js: JetStreamContext, cfg: Config):
+        self.js = js
+        self.cfg = cfg
+        self.table = routing.routes(cfg)
+        self.stopping = asyncio.Event()
+        self.handled = 0
+
+    async def handle(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        header_id = headers.get(wire.HDR_MSG_ID)
+        client = headers.get(wire.HDR_CLIENT)
+        try:
+            job = decode_job(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+            err = InvalidJob(
+                message=f"the job could not be decoded: {e}",
+                hint="send a JSON Job as documented in the README's wire contract (id, client, request.messages)",
+            )
+            await bus.fail_job(self.js, client, header_id, err, reason="invalid", raw=msg.data, dead_msg_id=f"{header_id or msg.metadata.sequence.stream}:dead")
+            log.info("job.rejected", job_id=header_id, client=client, error="invalid_job", detail=str(e)[:200])
+            await msg.ack()
+            return
+        err: JobError | None = validate(job, header_id)
+        decision = err or admit(job, self.cfg, self.table, time.time())
+        if isinstance(decision, Route):
+            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time()))
+            log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
+        else:
+            reason = decision.__struct_config__.tag
+            await bus.fail_job(self.js, job.client, job.id, decision, reason=reason, job=job)
+            log.info("job.rejected", job_id=job.id, client=job.client, error=reason, detail=decision.message)
+        await msg.ack()
+
+    async def _safe(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except Exception:  # NATS trouble mid-publish: leave the job unacked, it is redelivered
+            log.exception("job.handle_failed", subject=msg.subject)
+
+    async def run(self) -> None:
+        psub = await self.js.pull_subscribe_bind(BROKER_CONSUMER, wire.JOBS_STREAM)
+        log.info("broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
+        while not self.stopping.is_set():
+            try:
+                msgs = await psub.fetch(FETCH_BATCH, timeout=1.0)
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as e:  # reconnecting: nats-py retries underneath, we wait
+                log.warning("broker.fetch_failed", error=type(e).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            await asyncio.gather(*(self._safe(m) for m in msgs))
+            self.handled += len(msgs)
+        await psub.unsubscribe()
+        log.info("broker.stopped", handled=self.handled)

@@ -1,0 +1,47 @@
+"""A sync facade over the async client, for scripts and notebooks: a private event loop
+runs in a daemon thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from clients.client import Client, JobHandle, MessagesLike
+from schemas.chat import ChatResponse
+from schemas.job import Result
+
+
+class SyncClient:
+    def __init__(self, nats_url: str | None = None, **kw: Any):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="panelboard-sync")
+        self._thread.start()
+        self._client = Client(nats_url, **kw)
+        self._run(self._client.connect())
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def chat(self, messages: MessagesLike, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
+        return self._run(self._client.chat(messages, intent=intent, timeout=timeout, **kw))
+
+    def submit(self, messages: MessagesLike, **kw: Any) -> str:
+        return self._run(self._client.submit(messages, **kw)).id
+
+    def result(self, job_id: str, timeout: float | None = None) -> Result:
+        return self._run(self._client.result(job_id, timeout))
+
+    def close(self) -> None:
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> "SyncClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["SyncClient", "JobHandle"]

@@ -1,0 +1,150 @@
+"""The `panelboard` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from panelboard import logs
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (default: $PANELBOARD_CONFIG or examples/mock.yaml)")
+    p.add_argument("--nats-url", help="join this NATS server or cluster (default: $PANELBOARD_NATS_URL, else the embedded one)")
+
+
+def cmd_up(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from panelboard.runtime import home
+    from panelboard.stack import Stack
+
+    stack = Stack(home(), config=a.config, nats_url=a.nats_url, mock=not a.no_mock, mock_args=["--latency-ms", str(a.mock_latency_ms)])
+    done = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with stack:
+        stack.start(workers=a.workers)
+        print(f"panelboard is up: NATS {stack.nats_url}" + (f", mock provider {stack.mock_url}" if stack.mock_url else ""))
+        print(f"logs in {stack.home / 'logs'}; try: panelboard submit --intent extraction 'Extract the date from: due 2026-12-01'")
+        print("Ctrl-C stops everything.")
+        sys.stdout.flush()
+        while not done.wait(1.0):
+            for name, proc in list(stack.procs.items()):
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; see {stack.home / 'logs' / (name + '.log')}", file=sys.stderr)
+                    stack.procs.pop(name)
+    return 0
+
+
+def _serve(a: argparse.Namespace, broker: bool) -> int:
+    from panelboard.config import load
+    from panelboard.runtime import find_url, run, serve
+
+    cfg = load(a.config)
+    url = find_url(a.nats_url, cfg)
+    if not url:
+        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
+        return 2
+    providers = [] if broker else (a.provider or list(cfg.providers))
+    unknown = [p for p in providers if p not in cfg.providers]
+    if unknown:
+        print(f"unknown provider(s) {unknown}; the config has {list(cfg.providers)}", file=sys.stderr)
+        return 2
+    run(serve(url, cfg, broker=broker, providers=providers))
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from clients import Client
+    from schemas.codec import encode
+    from schemas.job import Completed
+
+    async def go() -> int:
+        async with Client(a.nats_url) as c:
+            h = await c.submit([{"role": "user", "content": a.prompt}], intent=a.intent, job_id=a.job_id, max_tokens=a.max_tokens, team=a.team)
+            r = await h.result(timeout=a.timeout)
+        if a.json:
+            print(encode(r).decode())
+        elif isinstance(r, Completed):
+            print(r.response.text)
+            print(f"-- {r.provider} {r.model} tier={r.tier} cost=${r.cost_usd:.6f} tokens={r.response.usage.total_tokens} job={r.job_id}", file=sys.stderr)
+        else:
+            print(f"failed: {r.error.message}\nhint: {r.error.hint}", file=sys.stderr)
+        return 0 if isinstance(r, Completed) else 1
+
+    return asyncio.run(go())
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from panelboard.demo import run_demo
+
+    return run_demo(a.jobs, a.concurrency, a.config, a.nats_url, a.mock_latency_ms, a.json)
+
+
+def cmd_mock(a: argparse.Namespace, rest: list[str]) -> int:
+    from loadgen.mock_provider import main as mock_main
+
+    return mock_main(rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["mock"]:
+        return cmd_mock(argparse.Namespace(), argv[1:])
+    logs.configure()
+    ap = argparse.ArgumentParser(prog="panelboard", description="An AI gateway built as a NATS JetStream inference broker.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("up", help="embedded NATS + broker + worker pools + mock provider, in one command")
+    _common(p)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each runs every pool)")
+    p.add_argument("--no-mock", action="store_true", help="do not start the mock provider")
+    p.add_argument("--mock-latency-ms", type=float, default=200)
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("broker", help="run a broker process")
+    _common(p)
+    p.set_defaults(fn=lambda a: _serve(a, broker=True))
+
+    p = sub.add_parser("worker", help="run worker pools (all providers unless --provider is given)")
+    _common(p)
+    p.add_argument("--provider", action="append", help="run this provider's pool (repeatable)")
+    p.set_defaults(fn=lambda a: _serve(a, broker=False))
+
+    p = sub.add_parser("submit", help="submit one job and print its result")
+    _common(p)
+    p.add_argument("prompt")
+    p.add_argument("--intent", required=True)
+    p.add_argument("--job-id")
+    p.add_argument("--team", default="default")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--json", action="store_true", help="print the whole Result as JSON")
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("demo", help="run a realistic job mix through the embedded stack and report cost by tier")
+    _common(p)
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--mock-latency-ms", type=float, default=50)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_demo)
+
+    sub.add_parser("mock", help="run the mock provider (see `panelboard mock --help`)")
+
+    a = ap.parse_args(argv)
+    from panelboard.config import ConfigError
+
+    try:
+        return a.fn(a)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Load the YAML (or JSON) config into typed Structs, with errors that name the field and line."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from schemas.config import Config
+
+_ORDINALS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TRIGGER_RE = re.compile(r"^(?:\d{3}|[1-5]xx|timeout(?:>\d+ms)?)$")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_CONFIG = EXAMPLES / "mock.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: the article's `on:` trigger lists must not turn into `True:`."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def expand_env(text: str) -> str:
+    """${VAR} and ${VAR:-default}, so one file serves a laptop and a deployment."""
+
+    def sub(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            if m.group(2) is None:
+                raise ConfigError(f"config uses ${{{m.group(1)}}} but it is not set; export it or write ${{{m.group(1)}:-default}}")
+            return m.group(2)
+        return value
+
+    return _ENV_RE.sub(sub, text)
+
+
+def _normalise(raw: Any) -> Any:
+    """Accept the article's fallback JSON as written: {"primary": "novita/..."} links."""
+    tiers = raw.get("tiers") if isinstance(raw, dict) else None
+    if isinstance(tiers, dict):
+        for tier in tiers.values():
+            if isinstance(tier, dict) and isinstance(tier.get("fallbacks"), list):
+                for link in tier["fallbacks"]:
+                    if isinstance(link, dict) and "model" not in link:
+                        for word in _ORDINALS:
+                            if word in link:
+                                link["model"] = link.pop(word)
+                                break
+    return raw
+
+
+def _line_of(node: yaml.Node | None, path: str) -> int | None:
+    """Walk a composed YAML tree along msgspec's `$.a.b[0]` path to the offending line."""
+    if node is None:
+        return None
+    parts = re.findall(r"\.([^.\[]+)|\[(\d+)\]", path.removeprefix("$"))
+    line = node.start_mark.line
+    for key, index in parts:
+        if key and isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == key), None)
+        elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+            nxt = node.value[int(index)]
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node, line = nxt, nxt.start_mark.line
+    return line + 1
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    text = expand_env(text)
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        tree = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with providers, models, tiers and intents")
+    try:
+        cfg = msgspec.convert(_normalise(raw), Config)
+    except msgspec.ValidationError as e:
+        msg = str(e)
+        m = re.search(r"at `(\$[^`]*)`", msg)
+        where = ""
+        if m:
+            line = _line_of(tree, m.group(1))
+            where = f" (line {line})" if line else ""
+        raise ConfigError(f"{source}{where}: {msg}") from None
+    problems = check(cfg)
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return cfg
+
+
+def check(cfg: Config) -> list[str]:
+    """Cross-references msgspec cannot see: every name used must be defined."""
+    out: list[str] = []
+    for name, p in cfg.providers.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            out.append(f"providers.{name}: names become NATS subject tokens; use letters, digits, - and _")
+        if p.max_concurrency < 1:
+            out.append(f"providers.{name}.max_concurrency must be >= 1")
+        if p.api_key and not p.api_key.startswith("env:"):
+            out.append(f"providers.{name}.api_key must reference an environment variable as env:NAME, never the key itself")
+    for name, m in cfg.models.items():
+        if m.provider not in cfg.providers:
+            out.append(f"models.{name}.provider: unknown provider {m.provider!r} (known: {', '.join(cfg.providers)})")
+    for name, t in cfg.tiers.items():
+        if not t.fallbacks:
+            out.append(f"tiers.{name}.fallbacks is empty; list at least one model")
+        for i, link in enumerate(t.fallbacks):
+            if link.model not in cfg.models:
+                out.append(f"tiers.{name}.fallbacks[{i}].model: unknown model {link.model!r}; add it under models")
+            for trig in link.on:
+                if not _TRIGGER_RE.match(trig):
+                    out.append(f"tiers.{name}.fallbacks[{i}].on: trigger {trig!r} is not one of 429, 5xx, 503, timeout, timeout>3000ms")
+    for intent, tier in cfg.intents.items():
+        if tier not in cfg.tiers:
+            out.append(f"intents.{intent}: unknown tier {tier!r} (known: {', '.join(cfg.tiers)})")
+    if cfg.default_intent is not None and cfg.default_intent not in cfg.intents:
+        out.append(f"default_intent: {cfg.default_intent!r} is not in intents")
+    return out
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    path = Path(path or os.environ.get("PANELBOARD_CONFIG") or DEFAULT_CONFIG)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}; pass --config or set PANELBOARD_CONFIG") from None
+    return parse(text, str(path))
+
+
+def provider_key(cfg: Config, provider: str) -> str | None:
+    ref = cfg.providers[provider].api_key
+    if not ref:
+        return None
+    name = ref.removeprefix("env:")
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"providers.{provider}.api_key: environment variable {name} is not set; export it before starting the worker")
+    return value

@@ -1,0 +1,64 @@
+"""structlog set-up: JSON in production, pretty on a terminal, secrets redacted everywhere."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from typing import Any
+
+import structlog
+
+# Virtual keys (pb-...), OpenAI/Anthropic-style keys, bearer tokens, and any field named like a secret.
+_SECRET_RE = re.compile(r"(pb_[A-Za-z0-9]{4})[A-Za-z0-9_-]{8,}|sk-(?:ant-)?[A-Za-z0-9_-]{8,}|(Bearer\s+)[A-Za-z0-9._-]{8,}")
+_SECRET_FIELDS = {"api_key", "key", "authorization", "x-api-key", "token", "password", "secret"}
+
+
+def redact_text(text: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1):
+            return m.group(1) + "…[redacted]"
+        if m.group(2):
+            return m.group(2) + "[redacted]"
+        return "sk-…[redacted]"
+
+    return _SECRET_RE.sub(sub, text)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: "[redacted]" if str(k).lower() in _SECRET_FIELDS and v else _redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact(v) for v in value)
+    return value
+
+
+def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: the last thing before rendering, so nothing bypasses it."""
+    return _redact(event)
+
+
+def configure(level: str | None = None, json: bool | None = None) -> None:
+    level = (level or os.environ.get("PANELBOARD_LOG_LEVEL", "info")).upper()
+    if json is None:
+        json = not sys.stderr.isatty()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)

@@ -1,0 +1,108 @@
+"""Long-running processes: connect, create streams and consumers, run broker and/or pools,
+drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+
+from broker.service import Broker
+from panelboard import logs, streams
+from panelboard.config import provider_key
+from schemas import wire
+from schemas.config import Config
+from workers.pool import Pool
+
+log = logs.get("runtime")
+
+HOME_ENV = "PANELBOARD_HOME"
+URL_ENV = "PANELBOARD_NATS_URL"
+
+
+def home() -> Path:
+    """Where the embedded stack keeps its data and tells later commands its URL."""
+    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".panelboard")
+
+
+def find_url(explicit: str | None, cfg: Config | None = None) -> str | None:
+    if explicit:
+        return explicit
+    if os.environ.get(URL_ENV):
+        return os.environ[URL_ENV]
+    if cfg is not None and cfg.nats.url:
+        return cfg.nats.url
+    f = home() / "nats.url"
+    return f.read_text().strip() if f.exists() else None
+
+
+async def connect(url: str, name: str) -> NATS:
+    nc = NATS()
+
+    async def on_disconnect() -> None:
+        if not (nc.is_draining or nc.is_closed):  # a drain at shutdown is not news
+            log.warning("nats.disconnected", name=name)
+
+    async def on_reconnect() -> None:
+        log.info("nats.reconnected", name=name)
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats.error", name=name, error=f"{type(e).__name__}: {e}")
+
+    await nc.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,  # a restarting server is waited for, never given up on
+        reconnect_time_wait=0.25,
+        connect_timeout=5,
+        allow_reconnect=True,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )
+    return nc
+
+
+async def prepare(nc: NATS, cfg: Config, providers: list[str] | None = None, with_broker: bool = True) -> None:
+    js = nc.jetstream()
+    await streams.ensure_streams(js, cfg)
+    if with_broker:
+        await streams.ensure_consumer(js, wire.JOBS_STREAM, streams.broker_consumer_config())
+    for p in providers if providers is not None else list(cfg.providers):
+        await streams.ensure_consumer(js, wire.DISPATCH_STREAM, streams.pool_consumer_config(cfg, p))
+
+
+async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) -> None:
+    nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"))
+    await prepare(nc, cfg, providers, with_broker=broker)
+    js = nc.jetstream()
+    parts: list[Broker | Pool] = []
+    if broker:
+        parts.append(Broker(js, cfg))
+    parts += [Pool(js, cfg, p, api_key=provider_key(cfg, p)) for p in providers]
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("shutdown.requested", parts=len(parts))
+        for part in parts:
+            part.stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await asyncio.gather(*(p.run() for p in parts))
+    finally:
+        await nc.drain()
+
+
+def run(coro) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)

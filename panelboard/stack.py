@@ -1,0 +1,144 @@
+"""The whole stack as real processes: nats-server (embedded unless a URL is given), the mock
+provider, a broker and worker pools. Used by `panelboard up`, `demo`, and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from panelboard import runtime
+from panelboard.config import load
+from panelboard.natsserver import NatsServer
+
+PY = sys.executable
+
+
+class Stack:
+    def __init__(
+        self,
+        home: str | os.PathLike[str],
+        config: str | os.PathLike[str] | None = None,
+        nats_url: str | None = None,
+        mock: bool = True,
+        mock_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.home = Path(home)
+        self.config = str(config) if config else None
+        self.nats_url = nats_url
+        self.mock = mock
+        self.mock_args = mock_args or []
+        self.env = {**os.environ, **(env or {})}
+        self.nats: NatsServer | None = None
+        self.mock_proc: subprocess.Popen[bytes] | None = None
+        self.mock_url: str | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+
+    # -- parts --------------------------------------------------------------------------
+    def start_nats(self) -> str:
+        self.nats = NatsServer(self.home / "nats").start()
+        self.nats_url = self.nats.url
+        (self.home / "nats.url").write_text(self.nats_url + "\n")
+        return self.nats_url
+
+    def start_mock(self) -> str:
+        args = [PY, "-m", "loadgen.mock_provider", "--port", "0", "--log-path", str(self.home / "mock-requests.jsonl"), *self.mock_args]
+        self.mock_proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.home / "logs" / "mock.log", "ab"), env=self.env)
+        assert self.mock_proc.stdout is not None
+        deadline = time.monotonic() + 20
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.mock_proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.mock_proc.stdout.readline()
+                if b"listening on" in line:
+                    self.mock_url = line.decode().strip().rsplit(" ", 1)[-1]
+                    self.env["PANELBOARD_MOCK_URL"] = self.mock_url
+                    (self.home / "mock.url").write_text(self.mock_url + "\n")
+                    return self.mock_url
+            if self.mock_proc.poll() is not None:
+                break
+        raise RuntimeError(f"mock provider did not start (last output {line!r}); see {self.home / 'logs' / 'mock.log'}")
+
+    def _cli(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        assert self.nats_url
+        cmd = [PY, "-m", "panelboard.cli", *args, "--nats-url", self.nats_url]
+        if self.config:
+            cmd += ["--config", self.config]
+        log = open(self.home / "logs" / f"{name}.log", "ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_broker(self, name: str = "broker") -> subprocess.Popen[bytes]:
+        return self._cli(name, "broker")
+
+    def start_worker(self, name: str = "worker", providers: list[str] | None = None) -> subprocess.Popen[bytes]:
+        args = ["worker"]
+        for p in providers or []:
+            args += ["--provider", p]
+        return self._cli(name, *args)
+
+    def prepare(self) -> None:
+        """Streams and consumers exist before anyone publishes: no job can land nowhere."""
+
+        async def go() -> None:
+            cfg = load(self.config)
+            nc = await runtime.connect(self.nats_url, "panelboard-setup")
+            try:
+                await runtime.prepare(nc, cfg)
+            finally:
+                await nc.drain()
+
+        os.environ.setdefault("PANELBOARD_MOCK_URL", self.env.get("PANELBOARD_MOCK_URL", ""))
+        asyncio.run(go())
+
+    # -- whole ----------------------------------------------------------------------------
+    def start(self, workers: int = 1, broker: bool = True) -> "Stack":
+        if not self.nats_url:
+            self.start_nats()
+        if self.mock:
+            self.start_mock()
+            os.environ["PANELBOARD_MOCK_URL"] = self.mock_url or ""
+        self.prepare()
+        if broker:
+            self.start_broker()
+        for i in range(workers):
+            self.start_worker(f"worker-{i}")
+        return self
+
+    def stop_proc(self, name: str, timeout: float = 25) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        proc.terminate()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_proc(name)
+        if self.mock_proc and self.mock_proc.poll() is None:
+            self.mock_proc.terminate()
+            try:
+                self.mock_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.mock_proc.kill()
+        if self.nats:
+            self.nats.stop()
+            (self.home / "nats.url").unlink(missing_ok=True)
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

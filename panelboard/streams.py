@@ -1,0 +1,77 @@
+"""Streams and durable consumers, created idempotently at start by every process."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from schemas import wire
+from schemas.config import Config
+
+BROKER_CONSUMER = "broker"
+BROKER_MAX_ACK_PENDING = 8192
+DAY = 86_400.0
+
+
+def pool_consumer(provider: str) -> str:
+    return f"pool-{provider}"
+
+
+def stream_configs(cfg: Config) -> list[StreamConfig]:
+    n = cfg.nats
+    common = dict(storage=StorageType.FILE, num_replicas=n.replicas, duplicate_window=float(n.dedupe_window_s))
+    return [
+        # Work queues: a job leaves the stream once a broker / pool has acked it.
+        StreamConfig(name=wire.JOBS_STREAM, subjects=["pb.jobs.>"], retention=RetentionPolicy.WORK_QUEUE, **common),
+        StreamConfig(name=wire.DISPATCH_STREAM, subjects=["pb.dispatch.>"], retention=RetentionPolicy.WORK_QUEUE, **common),
+        # Results stay for late or restarted clients; direct get serves them without a consumer.
+        StreamConfig(name=wire.RESULTS_STREAM, subjects=["pb.results.>"], max_age=float(n.results_ttl_s), allow_direct=True, **common),
+        StreamConfig(name=wire.COSTS_STREAM, subjects=["pb.costs.>"], max_age=30 * DAY, **common),
+        StreamConfig(name=wire.DEAD_STREAM, subjects=["pb.dead.>"], max_age=30 * DAY, **common),
+    ]
+
+
+async def ensure_stream(js: JetStreamContext, sc: StreamConfig) -> None:
+    try:
+        await js.stream_info(sc.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(sc)
+            return
+        except BadRequestError as e:  # another process created it between our two calls
+            if e.err_code != 10058:
+                raise
+    await js.update_stream(sc)
+
+
+async def ensure_streams(js: JetStreamContext, cfg: Config) -> None:
+    for sc in stream_configs(cfg):
+        await ensure_stream(js, sc)
+
+
+def broker_consumer_config() -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=BROKER_CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        max_ack_pending=BROKER_MAX_ACK_PENDING,
+    )
+
+
+def pool_consumer_config(cfg: Config, provider: str) -> ConsumerConfig:
+    p = cfg.providers[provider]
+    return ConsumerConfig(
+        durable_name=pool_consumer(provider),
+        filter_subject=wire.dispatch(provider),
+        ack_policy=AckPolicy.EXPLICIT,
+        # Longer than the slowest call, so a live worker's delivery never times out under it.
+        ack_wait=p.timeout_ms / 1000 + 30.0,
+        # The provider's concurrency cap, enforced by the server across every worker process.
+        max_ack_pending=p.max_concurrency,
+        max_deliver=-1,
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, cc: ConsumerConfig) -> None:
+    await js.add_consumer(stream, cc)  # create-or-update: the server accepts the same config twice

@@ -1,0 +1,113 @@
+"""What travels through the streams: the job, its dispatch envelope, results and cost records."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.chat import ChatRequest, ChatResponse
+from schemas.errors import JobError
+
+# Ids become subject tokens (pb.results.<client>.<job>): no dots, spaces or wildcards.
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    client: str
+    request: ChatRequest
+    intent: str | None = None
+    key: str | None = None
+    team: str = "default"
+    feature: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    priority: Literal["interactive", "batch"] = "interactive"
+    deadline: float | None = None  # unix seconds; a job past it is not started
+    submitted_at: float = 0.0
+
+
+class Hop(msgspec.Struct, frozen=True):
+    """One link of a fallback chain: a model on a provider."""
+
+    model: str  # catalog name, e.g. "novita/llama-3.3-70b"
+    provider: str
+
+
+class Route(msgspec.Struct, frozen=True):
+    tier: str
+    chain: tuple[Hop, ...]
+
+
+class Attempt(msgspec.Struct, omit_defaults=True):
+    provider: str
+    model: str
+    hop: int
+    attempt: int
+    status: int  # HTTP status; 0 when no response (timeout, connection error)
+    latency_ms: float
+    error: str | None = None
+
+
+class Dispatch(msgspec.Struct, kw_only=True):
+    """The envelope a worker pool consumes from pb.dispatch.<provider>."""
+
+    job: Job
+    route: Route
+    hop: int = 0
+    history: list[Attempt] = msgspec.field(default_factory=list)
+    admitted_at: float = 0.0
+    reserved_usd: float = 0.0
+
+
+class Completed(msgspec.Struct, tag="completed", kw_only=True):
+    job_id: str
+    response: ChatResponse
+    tier: str
+    provider: str
+    model: str
+    cost_usd: float
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    latency_ms: float = 0.0
+    queue_ms: float = 0.0
+
+
+class Failed(msgspec.Struct, tag="failed", kw_only=True):
+    job_id: str
+    error: JobError
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+
+
+Result = Completed | Failed
+
+
+class CostRecord(msgspec.Struct, kw_only=True):
+    job_id: str
+    team: str
+    key_prefix: str | None
+    feature: str | None
+    intent: str | None
+    tier: str
+    provider: str
+    model: str
+    quantization: str | None
+    hop: int
+    attempt: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float
+    queue_ms: float
+    outcome: str  # "ok" or the error class of a billed failure
+    ts: float
+    shadow: bool = False
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    reason: str
+    job: Job | None
+    raw: bytes | None = None  # the undecodable payload, kept so nothing is lost
+    error: JobError
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    ts: float = 0.0
