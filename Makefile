@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed  ## the main job: the article's traffic mix on the embedded stack
+	$(BIN)/panelboard demo --jobs $(or $(JOBS),1000)
+
+up: $(BIN)/.installed
+	$(BIN)/panelboard up
+
+test: $(BIN)/.installed  ## every test, fault tests included, at CI size
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench.json
+	$(BIN)/python -m loadgen.bench --out loadgen/out/bench.json
+
+.PHONY: install demo up test bench
