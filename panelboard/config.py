@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas.config import Config
+from schemas.config import Config, Model, Provider, Tier
 
 _ORDINALS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -85,6 +85,24 @@ def _line_of(node: yaml.Node | None, path: str) -> int | None:
     return line + 1
 
 
+_SECTIONS = {"providers": Provider, "models": Model, "tiers": Tier}
+
+
+def _pinpoint(raw: dict[str, Any], msg: str) -> str:
+    """msgspec writes `$.providers[...]` for dict keys; find which entry it meant."""
+    m = re.search(r"at `\$\.(\w+)\[\.\.\.\]([^`]*)`", msg)
+    if not m or m.group(1) not in _SECTIONS or not isinstance(raw.get(m.group(1)), dict):
+        return msg
+    for key, value in raw[m.group(1)].items():
+        try:
+            msgspec.convert(value, _SECTIONS[m.group(1)])
+        except msgspec.ValidationError as e:
+            inner = re.search(r"^(.*?)(?: - at `\$([^`]*)`)?$", str(e))
+            assert inner is not None
+            return f"{inner.group(1)} - at `$.{m.group(1)}.{key}{inner.group(2) or ''}`"
+    return msg
+
+
 def parse(text: str, source: str = "<config>") -> Config:
     text = expand_env(text)
     try:
@@ -97,7 +115,7 @@ def parse(text: str, source: str = "<config>") -> Config:
     try:
         cfg = msgspec.convert(_normalise(raw), Config)
     except msgspec.ValidationError as e:
-        msg = str(e)
+        msg = _pinpoint(raw, str(e))
         m = re.search(r"at `(\$[^`]*)`", msg)
         where = ""
         if m:
