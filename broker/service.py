@@ -66,7 +66,7 @@ class Broker:
                 message=f"the job could not be decoded: {e}",
                 hint="send a JSON Job as documented in the README's wire contract (id, client, request.messages)",
             )
-            await bus.fail_job(self.js, client, header_id, err, reason="invalid", raw=msg.data, dead_msg_id=f"{header_id or msg.metadata.sequence.stream}:dead")
+            await bus.fail_job(self.js, client, header_id, err, reason="invalid", raw=msg.data, dead_msg_id=f"{header_id or msg.metadata.sequence.stream}:invalid")
             log.info("job.rejected", job_id=header_id, client=client, error="invalid_job", detail=str(e)[:200])
             await msg.ack()
             return

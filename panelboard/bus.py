@@ -1,31 +1,59 @@
-"""Publishing the steps of a job. Every publish that must happen once carries a Nats-Msg-Id,
-and callers publish before they ack, so a crash in between yields a duplicate that
-JetStream's dedupe window drops, never a lost job."""
+"""Publishing the steps of a job. Every publish that must happen once carries a Nats-Msg-Id
+derived from (job, run, hop, attempt), and callers publish before they ack, so a crash in
+between yields a duplicate that JetStream's dedupe window drops, never a lost job."""
 
 from __future__ import annotations
 
 import time
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from schemas import wire
-from schemas.codec import encode
+from schemas.codec import decode_attempt, encode
 from schemas.errors import JobError
-from schemas.job import Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
-from schemas.job import ID_RE
+from schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
 
 
-async def publish_result(js: JetStreamContext, client: str, job_id: str, result: Result) -> None:
-    await js.publish(wire.result(client, job_id), encode(result), headers={wire.HDR_MSG_ID: wire.result_msg_id(job_id)})
+async def publish_result(js: JetStreamContext, client: str, job_id: str, result: Result, run: int = 0) -> None:
+    await js.publish(wire.result(client, job_id), encode(result), headers={wire.HDR_MSG_ID: wire.result_msg_id(job_id, run)})
 
 
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
-    await js.publish(wire.dispatch(provider), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.hop)})
+    await js.publish(wire.dispatch(provider), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop)})
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:
-    await js.publish(wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.job_id, rec.hop, rec.attempt)})
+    await js.publish(wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt)})
+
+
+async def publish_attempt(js: JetStreamContext, job_id: str, a: Attempt) -> None:
+    await js.publish(wire.attempts(job_id), encode(a), headers={wire.HDR_MSG_ID: wire.attempt_msg_id(job_id, a.run, a.hop, a.attempt)})
+
+
+async def read_attempts(js: JetStreamContext, job_id: str, run: int) -> list[Attempt]:
+    """Every attempt recorded for a job, oldest first: direct gets walking the job's subject."""
+    out: list[Attempt] = []
+    seq = 1
+    subject = wire.attempts(job_id)
+    while True:
+        try:
+            raw = await js.get_msg(wire.ATTEMPTS_STREAM, seq=seq, subject=subject, direct=True, next=True)
+        except NotFoundError:
+            return out
+        a = decode_attempt(raw.data)
+        if a.run == run:
+            out.append(a)
+        seq = raw.seq + 1
+
+
+async def result_exists(js: JetStreamContext, client: str, job_id: str) -> bool:
+    try:
+        await js.get_last_msg(wire.RESULTS_STREAM, wire.result(client, job_id), direct=True)
+        return True
+    except NotFoundError:
+        return False
 
 
 async def publish_dead(
@@ -38,8 +66,8 @@ async def publish_dead(
     msg_id: str | None = None,
 ) -> None:
     letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time())
-    headers = {wire.HDR_MSG_ID: msg_id or f"{job.id}:dead"} if (msg_id or job) else None
-    await js.publish(wire.dead(reason), encode(letter), headers=headers)
+    msg_id = msg_id or (wire.dead_msg_id(job.id, job.run) if job else None)
+    await js.publish(wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)
 
 
 async def fail_job(
@@ -54,9 +82,9 @@ async def fail_job(
     attempts: list[Attempt] | None = None,
     dead_msg_id: str | None = None,
 ) -> None:
-    """A terminal failure: the Failed result to the client (when we know where it goes), and
-    a dead letter holding everything needed to inspect or replay it."""
+    """A terminal failure: a dead letter holding everything needed to inspect or replay it,
+    then the Failed result to the client (when we know where it goes)."""
     attempts = attempts or []
     await publish_dead(js, reason, error, job, raw, attempts, dead_msg_id)
     if client and job_id and ID_RE.match(client) and ID_RE.match(job_id):
-        await publish_result(js, client, job_id, Failed(job_id=job_id, error=error, attempts=attempts))
+        await publish_result(js, client, job_id, Failed(job_id=job_id, error=error, attempts=attempts), job.run if job else 0)

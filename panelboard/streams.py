@@ -28,7 +28,9 @@ def stream_configs(cfg: Config) -> list[StreamConfig]:
         # Results stay for late or restarted clients; direct get serves them without a consumer.
         StreamConfig(name=wire.RESULTS_STREAM, subjects=["pb.results.>"], max_age=float(n.results_ttl_s), allow_direct=True, **common),
         StreamConfig(name=wire.COSTS_STREAM, subjects=["pb.costs.>"], max_age=30 * DAY, **common),
-        StreamConfig(name=wire.DEAD_STREAM, subjects=["pb.dead.>"], max_age=30 * DAY, **common),
+        StreamConfig(name=wire.DEAD_STREAM, subjects=["pb.dead.>"], max_age=30 * DAY, allow_direct=True, **common),
+        # Failed attempts per job, so a chain-end Failed result can list every one of them.
+        StreamConfig(name=wire.ATTEMPTS_STREAM, subjects=["pb.attempts.>"], max_age=DAY, allow_direct=True, **common),
     ]
 
 
@@ -59,6 +61,11 @@ def broker_consumer_config() -> ConsumerConfig:
     )
 
 
+def ack_wait_s(cfg: Config, provider: str) -> float:
+    p = cfg.providers[provider]
+    return p.ack_wait_ms / 1000 if p.ack_wait_ms else p.timeout_ms / 1000 + 30.0
+
+
 def pool_consumer_config(cfg: Config, provider: str) -> ConsumerConfig:
     p = cfg.providers[provider]
     return ConsumerConfig(
@@ -66,7 +73,7 @@ def pool_consumer_config(cfg: Config, provider: str) -> ConsumerConfig:
         filter_subject=wire.dispatch(provider),
         ack_policy=AckPolicy.EXPLICIT,
         # Longer than the slowest call, so a live worker's delivery never times out under it.
-        ack_wait=p.timeout_ms / 1000 + 30.0,
+        ack_wait=ack_wait_s(cfg, provider),
         # The provider's concurrency cap, enforced by the server across every worker process.
         max_ack_pending=p.max_concurrency,
         max_deliver=-1,

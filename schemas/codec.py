@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.job import CostRecord, DeadLetter, Dispatch, Job, Result
+from schemas.job import Attempt, CostRecord, DeadLetter, Dispatch, Job, Result
 
 encode = msgspec.json.Encoder().encode
 
@@ -13,3 +13,4 @@ decode_dispatch = msgspec.json.Decoder(Dispatch).decode
 decode_result = msgspec.json.Decoder(Result).decode
 decode_cost = msgspec.json.Decoder(CostRecord).decode
 decode_dead = msgspec.json.Decoder(DeadLetter).decode
+decode_attempt = msgspec.json.Decoder(Attempt).decode

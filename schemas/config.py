@@ -18,6 +18,9 @@ class Provider(Base):
     api_key: str | None = None  # "env:NAME"; the secret itself never sits in the file
     max_concurrency: int = 32
     timeout_ms: int = 60_000
+    # How long the server waits for a worker's ack before redelivering. Defaults to the
+    # timeout plus 30 s; heartbeats keep long calls alive either way.
+    ack_wait_ms: int | None = None
     headers: dict[str, str] = {}
 
 

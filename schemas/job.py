@@ -14,6 +14,10 @@ from schemas.errors import JobError
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
+def request_id(job_id: str, run: int, hop: int, attempt: int) -> str:
+    return f"{job_id}:{hop}:{attempt}" if run == 0 else f"{job_id}~{run}:{hop}:{attempt}"
+
+
 class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     client: str
@@ -26,6 +30,7 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     priority: Literal["interactive", "batch"] = "interactive"
     deadline: float | None = None  # unix seconds; a job past it is not started
     submitted_at: float = 0.0
+    run: int = 0  # bumped by `panelboard dead replay`, so a replay is not deduped as a duplicate
 
 
 class Hop(msgspec.Struct, frozen=True):
@@ -48,6 +53,8 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     status: int  # HTTP status; 0 when no response (timeout, connection error)
     latency_ms: float
     error: str | None = None
+    decision: str | None = None  # retry / forward / fail / lost: what the worker did next
+    run: int = 0
 
 
 class Dispatch(msgspec.Struct, kw_only=True):
@@ -99,9 +106,15 @@ class CostRecord(msgspec.Struct, kw_only=True):
     cost_usd: float
     latency_ms: float
     queue_ms: float
-    outcome: str  # "ok" or the error class of a billed failure
+    outcome: str  # "ok", the Outcome class of a failed call, or "lost" (worker died mid-call)
     ts: float
+    run: int = 0
     shadow: bool = False
+
+    @property
+    def request_id(self) -> str:
+        """The id the provider saw (x-pb-request-id): cost records and provider logs join on it."""
+        return request_id(self.job_id, self.run, self.hop, self.attempt)
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

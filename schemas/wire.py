@@ -7,6 +7,7 @@ DISPATCH_STREAM = "PB_DISPATCH"
 RESULTS_STREAM = "PB_RESULTS"
 COSTS_STREAM = "PB_COSTS"
 DEAD_STREAM = "PB_DEAD"
+ATTEMPTS_STREAM = "PB_ATTEMPTS"
 
 HDR_MSG_ID = "Nats-Msg-Id"  # JetStream dedupe: the job id on submit
 HDR_CLIENT = "Pb-Client"  # where the result goes, even if the body cannot be decoded
@@ -32,13 +33,27 @@ def dead(reason: str) -> str:
     return f"pb.dead.{reason}"
 
 
-def dispatch_msg_id(job_id: str, hop: int, attempt: int = 0) -> str:
-    return f"{job_id}:d{hop}:{attempt}"
+def attempts(job_id: str) -> str:
+    return f"pb.attempts.{job_id}"
 
 
-def result_msg_id(job_id: str) -> str:
-    return f"{job_id}:result"
+# Nats-Msg-Ids: derived from (job, run, hop, attempt), so a step redone after a crash is
+# dropped by the stream's dedupe window instead of counted twice.
+def dispatch_msg_id(job_id: str, run: int, hop: int) -> str:
+    return f"{job_id}:{run}:d{hop}"
 
 
-def cost_msg_id(job_id: str, hop: int, attempt: int) -> str:
-    return f"{job_id}:c{hop}:{attempt}"
+def result_msg_id(job_id: str, run: int) -> str:
+    return f"{job_id}:{run}:result"
+
+
+def cost_msg_id(job_id: str, run: int, hop: int, attempt: int) -> str:
+    return f"{job_id}:{run}:c{hop}:{attempt}"
+
+
+def attempt_msg_id(job_id: str, run: int, hop: int, attempt: int) -> str:
+    return f"{job_id}:{run}:a{hop}:{attempt}"
+
+
+def dead_msg_id(job_id: str, run: int) -> str:
+    return f"{job_id}:{run}:dead"

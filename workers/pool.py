@@ -2,8 +2,13 @@
 concurrency cap, so the cap holds across every worker process of the pool.
 
 Per delivery: call the provider through its adapter, decide (pure), then act, publishing
-before acking: Succeed -> cost + result; Retry -> cost, nak with delay; Forward -> cost,
-dispatch to the next hop; Fail -> cost, Failed result + dead letter.
+before acking:
+    Succeed -> cost record + Completed result, ack
+    Retry   -> cost record + attempt record, nak with delay (the slot is freed meanwhile)
+    Forward -> cost record + attempt record + dispatch to the next hop, ack
+    Fail    -> cost record + attempt record + dead letter + Failed result, ack
+A redelivery first asks what the last delivery got done (see `recover`), so a crash never
+calls the provider twice for a finished step, and a call lost mid-flight is still recorded.
 """
 
 from __future__ import annotations
@@ -17,23 +22,33 @@ from nats.js import JetStreamContext
 
 from broker.pricing import call_cost
 from panelboard import bus, logs
-from panelboard.streams import pool_consumer
+from panelboard.streams import ack_wait_s, pool_consumer
 from schemas import wire
 from schemas.codec import decode_dispatch
-from schemas.config import Config, Link, RetryPolicy
+from schemas.config import Config, Link, Model, RetryPolicy
 from schemas.errors import DeadlineExceeded, InvalidJob
-from schemas.job import Attempt, Completed, CostRecord, Dispatch
+from schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
 from workers.decide import Fail, Forward, Retry, Succeed, decide, link_timeout_ms
 from workers.outcome import Ok, Outcome, status_of
+from workers.pressure import pause_s
 from workers.providers import Adapter, adapter_for
 
 log = logs.get("worker")
 
-HEARTBEAT_S = 5.0  # in_progress() for calls older than this, well inside ack_wait
-
 
 def key_prefix(key: str | None) -> str | None:
     return key[:8] if key else None
+
+
+class Lease:
+    """A delivery we hold. The server hands it to someone else once ack_wait passes without
+    word from us, so we ack only while the lease is provably ours."""
+
+    __slots__ = ("msg", "started", "renewed")
+
+    def __init__(self, msg: Msg):
+        self.msg = msg
+        self.started = self.renewed = time.monotonic()
 
 
 class Pool:
@@ -44,8 +59,12 @@ class Pool:
         self.settings = cfg.providers[provider]
         self.adapter = adapter or adapter_for(self.settings, api_key)
         self.cap = self.settings.max_concurrency
+        self.ack_wait = ack_wait_s(cfg, provider)
+        self.heartbeat_s = min(5.0, self.ack_wait / 4)
         self.stopping = asyncio.Event()
-        self.inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
+        self.inflight: dict[asyncio.Task[None], Lease] = {}
+        self.paused_until = 0.0
+        self.streak_429 = 0
         self.rng = random.Random()
         self.calls = 0
 
@@ -56,80 +75,146 @@ class Pool:
             return Link(model=d.route.chain[d.hop].model), RetryPolicy()
         return tier.fallbacks[d.hop], tier.retry_policy
 
-    async def handle(self, msg: Msg) -> None:
+    async def _ack(self, lease: Lease) -> None:
+        # A lease that lapsed (we were cut off from NATS longer than ack_wait) may now belong
+        # to another worker: acking it would remove that worker's delivery, so we leave it to
+        # the redelivery. A plain ack that gets lost is safe too: `recover` finishes it.
+        if time.monotonic() - lease.renewed >= self.ack_wait:
+            log.warning("lease.lost", provider=self.provider, subject=lease.msg.subject)
+            return
+        await lease.msg.ack()
+
+    async def handle(self, lease: Lease) -> None:
+        msg = lease.msg
         try:
             d = decode_dispatch(msg.data)
         except Exception as e:  # only a foreign publisher can put this here: keep it, tell, move on
             err = InvalidJob(message=f"undecodable dispatch on {msg.subject}: {e}", hint="publish jobs to pb.jobs.<intent>, never to pb.dispatch.*")
             await bus.fail_job(self.js, None, None, err, reason="invalid", raw=msg.data, dead_msg_id=f"dispatch-{msg.metadata.sequence.stream}:dead")
-            await msg.ack()
+            await self._ack(lease)
             return
         job = d.job
         attempt = msg.metadata.num_delivered - 1
+        now = time.time()
+        if attempt > 0 and await self.recover(d, attempt, lease, now):
+            return
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
         link, policy = self._link(d)
-        now = time.time()
         if job.deadline is not None and job.deadline <= now:
             err = DeadlineExceeded(message=f"job {job.id} passed its deadline before {self.provider} could start it", hint="submit with a later deadline, or none")
             await bus.fail_job(self.js, job.client, job.id, err, reason="deadline", job=job, attempts=d.history)
-            await msg.ack()
+            await self._ack(lease)
             return
 
         queue_ms = (now - (d.admitted_at or now)) * 1000
         timeout_s = link_timeout_ms(link, self.settings.timeout_ms) / 1000
-        request_id = f"{job.id}:{d.hop}:{attempt}"
-        outcome = await self.adapter.call(job.request, model, request_id, timeout_s)
+        outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt), timeout_s)
         self.calls += 1
+        self._pressure(outcome)
+        decision = decide(outcome, attempt=attempt, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy, provider=self.provider, rng=self.rng)
+        cost = self._cost(d, attempt, outcome, model, queue_ms, now)
         status = status_of(outcome)
         this = Attempt(
-            provider=self.provider, model=hop.model, hop=d.hop, attempt=attempt, status=status,
+            provider=self.provider, model=hop.model, hop=d.hop, attempt=attempt, status=status, run=job.run,
             latency_ms=round(outcome.latency_ms, 2), error=None if isinstance(outcome, Ok) else getattr(outcome, "message", "")[:300],
+            decision=type(decision).__name__.lower(),
         )
-        decision = decide(outcome, attempt=attempt, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy, provider=self.provider, rng=self.rng)
-        cost = self._cost_record(d, attempt, outcome, model, queue_ms, now)
-        history = [*d.history, this]
 
         match decision:
             case Succeed():
                 assert isinstance(outcome, Ok)
+                history = await self._history(d, attempt, this)
                 result = Completed(
                     job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                     cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
                 )
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_result(self.js, job.client, job.id, result))
-                await msg.ack()
+                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_result(self.js, job.client, job.id, result, job.run))
+                await self._ack(lease)
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):
-                await bus.publish_cost(self.js, cost)
+                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
                 await msg.nak(delay=delay)
                 log.info("job.retry", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, status=status, delay_s=round(delay, 3))
             case Forward(hop=next_hop):
-                nxt = Dispatch(job=job, route=d.route, hop=next_hop, history=history, admitted_at=d.admitted_at, reserved_usd=d.reserved_usd)
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_dispatch(self.js, nxt))
-                await msg.ack()
+                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
+                await self._forward(d, next_hop, await self._history(d, attempt, this))
+                await self._ack(lease)
                 log.info("job.fallback", job_id=job.id, provider=self.provider, to=d.route.chain[next_hop].provider, status=status)
             case Fail(error=error):
-                await bus.publish_cost(self.js, cost)
+                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
+                history = await self._history(d, attempt, this)
                 await bus.fail_job(self.js, job.client, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
-                await msg.ack()
+                await self._ack(lease)
                 log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
 
-    def _cost_record(self, d: Dispatch, attempt: int, outcome: Outcome, model, queue_ms: float, now: float) -> CostRecord:
+    async def _history(self, d: Dispatch, attempt: int, this: Attempt) -> list[Attempt]:
+        """Earlier hops travel in the envelope; this hop's earlier tries were nak'd, so
+        they are read back from the attempts stream (only when there were any)."""
+        if attempt == 0:
+            return [*d.history, this]
+        same_hop = [a for a in await bus.read_attempts(self.js, d.job.id, d.job.run) if a.hop == d.hop and a.attempt < attempt]
+        return [*d.history, *same_hop, this]
+
+    async def _forward(self, d: Dispatch, next_hop: int, history: list[Attempt]) -> None:
+        nxt = Dispatch(job=d.job, route=d.route, hop=next_hop, history=history, admitted_at=d.admitted_at, reserved_usd=d.reserved_usd)
+        await bus.publish_dispatch(self.js, nxt)
+
+    async def recover(self, d: Dispatch, attempt: int, lease: Lease, now: float) -> bool:
+        """A redelivery. Returns True when the last delivery already finished the step.
+
+        - a result exists: the job is done, the crash hit between publish and ack;
+        - this hop's last recorded attempt forwarded: redo the (deduped) forward;
+        - attempts with no record were lost mid-call (crash, drain, lapsed lease): record
+          them, so every call the provider may have served has a cost record.
+        """
+        job = d.job
+        if await bus.result_exists(self.js, job.client, job.id):
+            await self._ack(lease)
+            return True
+        recorded = {a.attempt: a for a in await bus.read_attempts(self.js, job.id, job.run) if a.hop == d.hop}
+        last = recorded.get(attempt - 1)
+        if last is not None and last.decision == "forward":
+            await self._forward(d, d.hop + 1, [*d.history, *sorted(recorded.values(), key=lambda a: a.attempt)])
+            await self._ack(lease)
+            return True
+        hop = d.route.chain[d.hop]
+        model = self.cfg.models[hop.model]
+        for n in range(attempt):
+            if n not in recorded:
+                lost = Attempt(provider=self.provider, model=hop.model, hop=d.hop, attempt=n, status=0, latency_ms=0.0, run=job.run,
+                               error="the worker holding this attempt stopped before it finished", decision="lost")
+                rec = self._cost(d, n, None, model, 0.0, now)
+                await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.id, lost))
+        return False
+
+    def _pressure(self, outcome: Outcome) -> None:
+        pause = pause_s(outcome, self.streak_429)
+        self.streak_429 = self.streak_429 + 1 if pause and not isinstance(outcome, Ok) else 0
+        if pause:
+            until = time.monotonic() + pause
+            if until > self.paused_until:
+                self.paused_until = until
+                log.warning("pool.paused", provider=self.provider, seconds=round(pause, 3), reason=type(outcome).__name__)
+
+    def _cost(self, d: Dispatch, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float) -> CostRecord:
+        """One record per provider call; `outcome=None` is a call lost with its worker."""
         job = d.job
         usage = outcome.response.usage if isinstance(outcome, Ok) else None
         pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         return CostRecord(
             job_id=job.id, team=job.team, key_prefix=key_prefix(job.key), feature=job.feature, intent=job.intent,
             tier=d.route.tier, provider=self.provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
-            hop=d.hop, attempt=attempt, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct),
-            latency_ms=round(outcome.latency_ms, 2), queue_ms=round(queue_ms, 2),
-            outcome="ok" if usage else type(outcome).__name__, ts=now,
+            hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct),
+            latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
+            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now,
         )
 
-    async def _safe(self, msg: Msg) -> None:
+    async def _safe(self, lease: Lease) -> None:
         try:
-            await self.handle(msg)
+            await self.handle(lease)
+        except asyncio.CancelledError:
+            raise
         except Exception:  # NATS trouble mid-publish: leave it unacked; it is redelivered after ack_wait
             log.exception("job.handle_failed", provider=self.provider)
 
@@ -138,21 +223,27 @@ class Pool:
         """One task for the whole pool: long calls say in_progress, so ack_wait never expires
         under a live worker and nobody else is handed its job."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
             now = time.monotonic()
-            for msg, started in list(self.inflight.values()):
-                if now - started >= HEARTBEAT_S:
+            for lease in list(self.inflight.values()):
+                if now - lease.renewed >= self.heartbeat_s:
                     try:
-                        await msg.in_progress()
+                        await lease.msg.in_progress()
+                        await self.js._nc.flush(timeout=2)  # renewed only once the server has it
+                        lease.renewed = now
                     except Exception:
                         pass
 
     async def run(self) -> None:
         psub = await self.js.pull_subscribe_bind(pool_consumer(self.provider), wire.DISPATCH_STREAM)
         hb = asyncio.create_task(self._heartbeat())
-        log.info("pool.started", provider=self.provider, cap=self.cap)
+        log.info("pool.started", provider=self.provider, cap=self.cap, ack_wait_s=self.ack_wait)
         try:
             while not self.stopping.is_set():
+                wait = self.paused_until - time.monotonic()
+                if wait > 0:  # backpressure: leave the jobs in the stream
+                    await asyncio.wait([asyncio.create_task(self.stopping.wait())], timeout=wait)
+                    continue
                 free = self.cap - len(self.inflight)
                 if free <= 0:
                     await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
@@ -165,25 +256,26 @@ class Pool:
                     log.warning("pool.fetch_failed", provider=self.provider, error=type(e).__name__)
                     await asyncio.sleep(0.5)
                     continue
-                started = time.monotonic()
                 for m in msgs:
-                    t = asyncio.create_task(self._safe(m))
-                    self.inflight[t] = (m, started)
+                    lease = Lease(m)
+                    t = asyncio.create_task(self._safe(lease))
+                    self.inflight[t] = lease
                     t.add_done_callback(self.inflight.pop)
         finally:
             await self.drain(psub, hb)
 
     async def drain(self, psub, hb: asyncio.Task[None], grace_s: float = 20.0) -> None:
-        """On SIGTERM: stop fetching, let in-flight calls finish, nak what is left."""
+        """On SIGTERM: stop fetching, let in-flight calls finish, nak what is left, so none
+        is left to time out."""
         if self.inflight:
             log.info("pool.draining", provider=self.provider, inflight=len(self.inflight))
-            done, pending = await asyncio.wait(list(self.inflight), timeout=grace_s)
+            _, pending = await asyncio.wait(list(self.inflight), timeout=grace_s)
             for t in pending:
-                msg, _ = self.inflight.get(t, (None, 0))
+                lease = self.inflight.get(t)
                 t.cancel()
-                if msg is not None:
+                if lease is not None:
                     try:
-                        await msg.nak()
+                        await lease.msg.nak()
                     except Exception:
                         pass
         hb.cancel()

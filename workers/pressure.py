@@ -1,0 +1,19 @@
+"""Per-provider backpressure: when a provider says slow down, the whole pool stops fetching,
+so jobs wait in the stream instead of failing or hammering the provider. Pure."""
+
+from __future__ import annotations
+
+from workers.outcome import Ok, Outcome, RateLimited
+
+MAX_PAUSE_S = 60.0
+
+
+def pause_s(outcome: Outcome, streak: int) -> float:
+    """Seconds the pool should pause after this outcome (0: carry on). `streak` counts the
+    429s in a row before this one, so a storm backs off harder."""
+    match outcome:
+        case RateLimited(hard=False, retry_after_s=after):
+            return min(after if after is not None else 0.25 * 2**min(streak, 8), MAX_PAUSE_S)
+        case Ok(ratelimit_remaining=0):
+            return 1.0  # the provider's window is spent; its reset is at most seconds away
+    return 0.0
