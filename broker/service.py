@@ -33,7 +33,7 @@ def validate(job: Job, header_id: str | None) -> InvalidJob | None:
         return InvalidJob(message=f"job id {job.id[:64]!r} is not a valid id", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
     if not ID_RE.match(job.client):
         return InvalidJob(message=f"client id {job.client[:64]!r} is not a valid id", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
-    if header_id is not None and header_id != job.id:
+    if header_id is not None and header_id != wire.submit_msg_id(job.id, job.run):
         return InvalidJob(message=f"Nats-Msg-Id {header_id!r} differs from the job id {job.id!r}", hint="set the Nats-Msg-Id header to the job id so resubmits dedupe")
     if not job.request.messages:
         return InvalidJob(message="the request has no messages", hint="send at least one message")

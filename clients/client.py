@@ -90,7 +90,7 @@ class Client:
             url = find_url(self._url)
             if url is None:
                 raise PanelboardError("no NATS URL: pass nats_url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory")
-            self.nc = await connect(url, f"panelboard-client-{self.client_id}")
+            self.nc = await connect(url, f"panelboard-client-{self.client_id}", on_reconnect=self._resync)
         self.js = self.nc.jetstream()
         # Subscribe before the first submit, so no live result can slip past us.
         self._sub = await self.nc.subscribe(f"pb.results.{self.client_id}.>", cb=self._on_result)
@@ -100,6 +100,15 @@ class Client:
             await self._sub.unsubscribe()
         if self._own_nc and self.nc is not None:
             await self.nc.drain()
+
+    async def _resync(self) -> None:
+        """Results published while we were disconnected never reached our subscription:
+        read them from the stream."""
+        for job_id, fut in list(self._waiting.items()):
+            if not fut.done():
+                stored = await self.lookup(job_id)
+                if stored is not None and not fut.done():
+                    fut.set_result(stored)
 
     async def _on_result(self, msg: Msg) -> None:
         job_id = msg.subject.rsplit(".", 1)[-1]
@@ -145,7 +154,7 @@ class Client:
 
     async def submit_job(self, job: Job) -> JobHandle:
         self._future(job.id)
-        headers = {wire.HDR_MSG_ID: job.id, wire.HDR_CLIENT: job.client}
+        headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.id, job.run), wire.HDR_CLIENT: job.client}
         # A publish that timed out may still have been stored: retrying with the same
         # Nats-Msg-Id is safe, the stream drops the duplicate.
         for attempt in range(5):

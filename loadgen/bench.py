@@ -489,22 +489,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     t_start = time.perf_counter()
 
+    # One stack per mock latency: scenarios sharing a latency share a stack; the transport
+    # comparison runs on the 200 ms stack after its scenarios.
     by_latency: dict[float, list[Scenario]] = {}
-    for s in scenarios:
-        by_latency.setdefault(s.latency_ms, []).append(s)
     if args.only != "transports":
+        for s in scenarios:
+            by_latency.setdefault(s.latency_ms, []).append(s)
+    if args.only != "scenarios":
         by_latency.setdefault(TRANSPORT_LATENCY_MS, [])
-    latencies = sorted(by_latency) if args.only != "transports" else [TRANSPORT_LATENCY_MS]
 
-    for latency_ms in latencies:
+    for latency_ms in sorted(by_latency):
 
         def body(stack: Any, latency_ms: float = latency_ms) -> None:
             model_id = next(iter(load(BENCH_CONFIG).models.values())).model
 
             async def go() -> None:
-                if args.only != "transports":
-                    for s in by_latency.get(latency_ms, []):
-                        data["scenarios"].append(await run_scenario(stack, model_id, s, timeout_s))
+                for s in by_latency[latency_ms]:
+                    data["scenarios"].append(await run_scenario(stack, model_id, s, timeout_s))
                 if args.only != "scenarios" and latency_ms == TRANSPORT_LATENCY_MS:
                     data["transports"] = await run_transports(stack, model_id, transport_n, transport_warmup, timeout_s)
 

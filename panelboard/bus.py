@@ -48,12 +48,13 @@ async def read_attempts(js: JetStreamContext, job_id: str, run: int) -> list[Att
         seq = raw.seq + 1
 
 
-async def result_exists(js: JetStreamContext, client: str, job_id: str) -> bool:
+async def result_exists(js: JetStreamContext, client: str, job_id: str, run: int) -> bool:
+    """Whether this run of the job already has its terminal result (a replay is a new run)."""
     try:
-        await js.get_last_msg(wire.RESULTS_STREAM, wire.result(client, job_id), direct=True)
-        return True
+        raw = await js.get_last_msg(wire.RESULTS_STREAM, wire.result(client, job_id), direct=True)
     except NotFoundError:
         return False
+    return (raw.headers or {}).get(wire.HDR_MSG_ID) == wire.result_msg_id(job_id, run)
 
 
 async def publish_dead(

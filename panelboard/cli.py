@@ -85,6 +85,39 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(a.jobs, a.concurrency, a.config, a.nats_url, a.mock_latency_ms, a.json)
 
 
+def cmd_dead(a: argparse.Namespace) -> int:
+    from panelboard import dead
+    from panelboard.runtime import connect, find_url
+
+    url = find_url(a.nats_url)
+    if not url:
+        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        nc = await connect(url, "panelboard-dead")
+        try:
+            js = nc.jetstream()
+            rows = await dead.letters(js, a.reason)
+            if a.action == "list":
+                print(json.dumps([{"seq": s, **json.loads(encode(d))} for s, d in rows]) if a.json else dead.table(rows))
+                return 0
+            if a.job:
+                rows = [(s, d) for s, d in rows if d.job and d.job.id in a.job]
+            elif not a.all:
+                print("say which: --job ID (repeatable), --reason R with --all, or --all", file=sys.stderr)
+                return 2
+            replayed, skipped = await dead.replay(js, rows)
+            print(f"replayed {replayed} job(s)" + (f"; {skipped} undecodable letter(s) kept for inspection" if skipped else ""))
+            return 0
+        finally:
+            await nc.drain()
+
+    from schemas.codec import encode
+
+    return asyncio.run(go())
+
+
 def cmd_mock(a: argparse.Namespace, rest: list[str]) -> int:
     from loadgen.mock_provider import main as mock_main
 
@@ -133,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mock-latency-ms", type=float, default=50)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("dead", help="list or replay dead letters")
+    p.add_argument("action", choices=["list", "replay"])
+    p.add_argument("--nats-url")
+    p.add_argument("--reason", help="only letters of this reason (chain_exhausted, invalid, ...)")
+    p.add_argument("--job", action="append", help="replay this job id (repeatable)")
+    p.add_argument("--all", action="store_true", help="replay every (matching) letter")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_dead)
 
     sub.add_parser("mock", help="run the mock provider (see `panelboard mock --help`)")
 

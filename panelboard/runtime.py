@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
@@ -39,28 +40,30 @@ def find_url(explicit: str | None, cfg: Config | None = None) -> str | None:
     return f.read_text().strip() if f.exists() else None
 
 
-async def connect(url: str, name: str) -> NATS:
+async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
     nc = NATS()
 
     async def on_disconnect() -> None:
         if not (nc.is_draining or nc.is_closed):  # a drain at shutdown is not news
             log.warning("nats.disconnected", name=name)
 
-    async def on_reconnect() -> None:
+    async def reconnected() -> None:
         log.info("nats.reconnected", name=name)
+        if on_reconnect is not None:
+            asyncio.get_running_loop().create_task(on_reconnect())
 
     async def on_error(e: Exception) -> None:
         log.warning("nats.error", name=name, error=f"{type(e).__name__}: {e}")
 
     await nc.connect(
-        url,
+        servers=[u.strip() for u in url.split(",")],  # a cluster: nats://a:4222,nats://b:4222
         name=name,
         max_reconnect_attempts=-1,  # a restarting server is waited for, never given up on
         reconnect_time_wait=0.25,
         connect_timeout=5,
         allow_reconnect=True,
         disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
+        reconnected_cb=reconnected,
         error_cb=on_error,
     )
     return nc

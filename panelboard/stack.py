@@ -113,6 +113,13 @@ class Stack:
             self.start_worker(f"worker-{i}")
         return self
 
+    def kill_proc(self, name: str) -> None:
+        """SIGKILL: no drain, no goodbye; what it held is redelivered after ack_wait."""
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def stop_proc(self, name: str, timeout: float = 25) -> int | None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:

@@ -37,6 +37,11 @@ def attempts(job_id: str) -> str:
     return f"pb.attempts.{job_id}"
 
 
+def submit_msg_id(job_id: str, run: int = 0) -> str:
+    """The submit dedupe key: the job id; a replay (run n) is a new submission."""
+    return job_id if run == 0 else f"{job_id}~{run}"
+
+
 # Nats-Msg-Ids: derived from (job, run, hop, attempt), so a step redone after a crash is
 # dropped by the stream's dedupe window instead of counted twice.
 def dispatch_msg_id(job_id: str, run: int, hop: int) -> str:

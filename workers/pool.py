@@ -169,7 +169,7 @@ class Pool:
           them, so every call the provider may have served has a cost record.
         """
         job = d.job
-        if await bus.result_exists(self.js, job.client, job.id):
+        if await bus.result_exists(self.js, job.client, job.id, job.run):
             await self._ack(lease)
             return True
         recorded = {a.attempt: a for a in await bus.read_attempts(self.js, job.id, job.run) if a.hop == d.hop}

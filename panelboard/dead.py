@@ -1,0 +1,60 @@
+"""`panelboard dead list / replay`: inspect dead letters and resubmit them."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from schemas import wire
+from schemas.codec import decode_dead, encode
+from schemas.job import DeadLetter
+
+
+async def letters(js: JetStreamContext, reason: str | None = None) -> list[tuple[int, DeadLetter]]:
+    try:
+        info = await js.stream_info(wire.DEAD_STREAM)
+    except NotFoundError:
+        return []
+    out = []
+    seq = info.state.first_seq
+    subject = wire.dead(reason) if reason else "pb.dead.>"
+    while info.state.messages and seq <= info.state.last_seq:
+        try:
+            raw = await js.get_msg(wire.DEAD_STREAM, seq=seq, subject=subject, direct=True, next=True)
+        except NotFoundError:
+            break
+        out.append((raw.seq, decode_dead(raw.data)))
+        seq = raw.seq + 1
+    return out
+
+
+def table(rows: list[tuple[int, DeadLetter]]) -> str:
+    if not rows:
+        return "no dead letters"
+    now = time.time()
+    lines = [f"{'seq':>6}  {'reason':<18}{'job':<34}{'intent':<16}{'attempts':>8}  {'age':>7}  error"]
+    for seq, d in rows:
+        job = d.job.id if d.job else "(undecodable)"
+        intent = (d.job.intent if d.job else None) or "-"
+        lines.append(f"{seq:>6}  {d.reason:<18}{job:<34}{intent:<16}{len(d.attempts):>8}  {now - d.ts:>6.0f}s  {d.error.message[:80]}")
+    lines.append(f"{len(rows)} dead letter(s); `panelboard dead replay --all` (or --job ID) resubmits them")
+    return "\n".join(lines)
+
+
+async def replay(js: JetStreamContext, rows: list[tuple[int, DeadLetter]]) -> tuple[int, int]:
+    """Resubmit each letter's job as a new run (so dedupe does not drop it), then delete the
+    letter. Undecodable payloads cannot be replayed: they stay for inspection."""
+    replayed = skipped = 0
+    for seq, d in rows:
+        if d.job is None:
+            skipped += 1
+            continue
+        job = msgspec.structs.replace(d.job, run=d.job.run + 1, submitted_at=time.time())
+        headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.id, job.run), wire.HDR_CLIENT: job.client}
+        await js.publish(wire.jobs(job.intent), encode(job), headers=headers)
+        await js.delete_msg(wire.DEAD_STREAM, seq)
+        replayed += 1
+    return replayed, skipped

@@ -1,0 +1,104 @@
+"""The invariants every fault test checks, read from the streams and the mock's own log:
+every job id has exactly one terminal result; the provider's request log and the cost records
+agree one to one; nothing is left unacked."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+
+from panelboard.streams import BROKER_CONSUMER, pool_consumer
+from schemas import wire
+from schemas.codec import decode_cost, decode_result
+from schemas.job import Completed, CostRecord, Result
+
+
+async def read_all(js: JetStreamContext, stream: str, subject: str) -> list[tuple[str, bytes]]:
+    """Every message on a subject filter, through an ephemeral pull consumer."""
+    psub = await js.pull_subscribe(subject, stream=stream)
+    out: list[tuple[str, bytes]] = []
+    try:
+        while True:
+            info = await psub.consumer_info()
+            if info.num_pending == 0:
+                break
+            for m in await psub.fetch(min(info.num_pending, 1000), timeout=5):
+                out.append((m.subject, m.data))
+                await m.ack()
+    finally:
+        await psub.unsubscribe()
+    return out
+
+
+@dataclass
+class Report:
+    submitted: int
+    terminal: int = 0
+    completed: int = 0
+    failed: int = 0
+    missing: list[str] = field(default_factory=list)
+    duplicate_results: list[str] = field(default_factory=list)
+    provider_calls: int = 0
+    duplicate_calls: list[str] = field(default_factory=list)  # the same request id served twice
+    cost_records: int = 0
+    lost_calls: int = 0  # cost records for calls cut off by a dead worker
+    calls_without_cost: list[str] = field(default_factory=list)
+    costs_without_call: list[str] = field(default_factory=list)  # non-lost records the provider never saw
+    reexecuted_jobs: int = 0  # jobs the provider answered more than once (a worker died mid-call)
+    unacked: dict[str, int] = field(default_factory=dict)
+    results: dict[str, Result] = field(default_factory=dict)
+    costs: list[CostRecord] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"submitted={self.submitted} terminal={self.terminal} completed={self.completed} failed={self.failed} "
+                f"provider_calls={self.provider_calls} cost_records={self.cost_records} lost_calls={self.lost_calls} "
+                f"duplicates={len(self.duplicate_results) + len(self.duplicate_calls)} reexecuted={self.reexecuted_jobs} "
+                f"lost_jobs={len(self.missing)}")
+
+    def assert_holds(self) -> None:
+        assert not self.missing, f"jobs with no terminal result: {self.missing[:5]} ({self.line()})"
+        assert not self.duplicate_results, f"jobs with several results: {self.duplicate_results[:5]}"
+        assert self.terminal == self.submitted
+        assert not self.duplicate_calls, f"request ids served twice: {self.duplicate_calls[:5]}"
+        assert not self.calls_without_cost, f"provider calls with no cost record: {self.calls_without_cost[:5]}"
+        assert not self.costs_without_call, f"cost records for calls the provider never served: {self.costs_without_call[:5]}"
+        assert not any(self.unacked.values()), f"left unacked or pending: {self.unacked}"
+
+
+async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_log: list[dict], providers: list[str]) -> Report:
+    ids = set(job_ids)
+    rep = Report(submitted=len(job_ids))
+    per_job = Counter()
+    for subject, data in await read_all(js, wire.RESULTS_STREAM, f"pb.results.{client_id}.>"):
+        job_id = subject.rsplit(".", 1)[-1]
+        if job_id in ids:
+            per_job[job_id] += 1
+            rep.results[job_id] = decode_result(data)
+    rep.missing = [j for j in job_ids if per_job[j] == 0]
+    rep.duplicate_results = [j for j, n in per_job.items() if n > 1]
+    rep.terminal = sum(1 for j in job_ids if per_job[j] >= 1)
+    rep.completed = sum(isinstance(r, Completed) for r in rep.results.values())
+    rep.failed = rep.terminal - rep.completed
+
+    calls = Counter(e["request_id"] for e in mock_log if e["request_id"].split(":")[0].split("~")[0] in ids)
+    rep.provider_calls = sum(calls.values())
+    rep.duplicate_calls = [r for r, n in calls.items() if n > 1]
+    ok_calls = Counter(e["request_id"].split(":")[0] for e in mock_log if e["status"] == 200 and e["request_id"].split(":")[0] in ids)
+    rep.reexecuted_jobs = sum(1 for n in ok_calls.values() if n > 1)
+
+    for _, data in await read_all(js, wire.COSTS_STREAM, "pb.costs.>"):
+        rec = decode_cost(data)
+        if rec.job_id in ids:
+            rep.costs.append(rec)
+    rep.cost_records = len(rep.costs)
+    rep.lost_calls = sum(r.outcome == "lost" for r in rep.costs)
+    cost_ids = Counter(r.request_id for r in rep.costs)
+    rep.calls_without_cost = [r for r in calls if cost_ids[r] == 0]
+    rep.costs_without_call = [r.request_id for r in rep.costs if r.outcome != "lost" and calls[r.request_id] == 0]
+
+    for stream, consumer in [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, pool_consumer(p)) for p in providers)]:
+        info = await js.consumer_info(stream, consumer)
+        rep.unacked[consumer] = info.num_ack_pending + info.num_pending
+    return rep

@@ -1,0 +1,219 @@
+"""Providers have bad days, processes die, nats-server restarts: every job still ends in
+exactly one terminal result, provider calls and cost records pair up, nothing stays unacked.
+
+Each test breaks real things: the mock provider returns 500/429/hangs, worker processes get
+SIGKILL, nats-server is killed and restarted. Sizes are CI sizes that still break for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from clients import Client
+from panelboard.natsserver import NatsServer
+from panelboard.stack import Stack
+from schemas.errors import ChainExhausted
+from schemas.job import Completed, Failed
+from tests.conftest import ROOT, Mock, run_cli
+from tests.invariants import check
+
+pytestmark = pytest.mark.fault
+
+CONFIG = ROOT / "tests" / "data" / "faults.yaml"
+PROVIDERS = ["primary", "secondary", "tertiary", "slow", "ra"]
+MSG = [{"role": "user", "content": "Extract the date from: due 2026-12-01"}]
+
+
+@pytest.fixture(scope="module")
+def fstack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("faults"), config=CONFIG, mock_args=["--latency-ms", "5"])
+    s.start(workers=1)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def fmock(fstack):
+    m = Mock(fstack.mock_url)
+    m.http.post("/_mock/reset")
+    return m
+
+
+async def submit_all(c: Client, intents: list[str], prefix: str, window: int = 512) -> list[str]:
+    """Submit with a bounded window of publishes in flight; returns the job ids."""
+    ids = [f"{prefix}-{i}" for i in range(len(intents))]
+    sem = asyncio.Semaphore(window)
+
+    async def one(job_id: str, intent: str) -> None:
+        async with sem:
+            await c.submit(MSG, intent=intent, job_id=job_id, max_tokens=32)
+
+    await asyncio.gather(*(one(j, i) for j, i in zip(ids, intents)))
+    return ids
+
+
+async def wait_all(c: Client, ids: list[str], timeout: float) -> list:
+    return await asyncio.gather(*(c.result(j, timeout=timeout) for j in ids))
+
+
+@pytest.mark.parametrize("fault, jobs", [("500", 2000), ("429", 2000), ("timeout", 300)])
+async def test_article_drill_broken_primary_falls_back_within_its_retry_budget(fstack, fmock, fault, jobs):
+    # Given the primary answers every call with the fault (429s say Retry-After 50 ms; hangs outlast the 1 s hop timeout)
+    fmock.control(provider="primary", fault=fault, every=1, retry_after_s=0.05, hang_ms=5000)
+    try:
+        async with Client(fstack.nats_url) as c:
+            # When a batch runs through the article's chain
+            ids = await submit_all(c, ["chain"] * jobs, f"drill{fault}-{uuid.uuid4().hex[:6]}")
+            await wait_all(c, ids, timeout=240)
+            rep = await check(c.js, c.client_id, ids, fmock.log(), PROVIDERS)
+    finally:
+        fmock.control(provider="primary", fault=None)
+    print(f"\ndrill fault={fault}: {rep.line()}")
+    # Then every job completed on the next hop, and the primary saw exactly its retry budget per job
+    rep.assert_holds()
+    assert rep.completed == jobs and {r.provider for r in rep.results.values()} == {"secondary"}
+    primary_calls = Counter(e["request_id"].split(":")[0] for e in fmock.log("primary"))
+    assert set(primary_calls.values()) == {3}, Counter(primary_calls.values())  # 1 call + max_retries 2
+    assert all(len(r.attempts) == 4 for r in rep.results.values())
+
+
+async def test_poison_job_ends_as_one_failed_result_and_one_dead_letter(fstack, fmock, tmp_path):
+    async with Client(fstack.nats_url) as c:
+        h = await c.submit(MSG, intent="poison", job_id="poison-" + uuid.uuid4().hex[:8])
+        r = await h.result(timeout=60)
+        rep = await check(c.js, c.client_id, [h.id], fmock.log(), PROVIDERS)
+        print(f"\npoison: {rep.line()}")
+        rep.assert_holds()
+        assert isinstance(r, Failed) and isinstance(r.error, ChainExhausted)
+        assert rep.provider_calls == 9  # 3 hops x (1 call + 2 retries), no more
+        assert [(a.provider, a.attempt, a.status) for a in r.attempts] == [
+            (p, n, 500) for p in ("primary", "secondary", "tertiary") for n in range(3)
+        ]
+        # The dead letter holds the full job; replay resubmits it as a new run.
+        listed = run_cli("dead", "list", "--nats-url", fstack.nats_url, "--json")
+        letters = [d for d in __import__("json").loads(listed.stdout) if d["job"] and d["job"]["id"] == h.id]
+        assert len(letters) == 1 and letters[0]["reason"] == "chain_exhausted" and len(letters[0]["attempts"]) == 9
+        replay = run_cli("dead", "replay", "--job", h.id, "--nats-url", fstack.nats_url)
+        assert replay.returncode == 0 and "replayed 1" in replay.stdout
+        deadline = time.monotonic() + 60
+        while sum(1 for e in fmock.log() if e["request_id"].startswith(h.id + "~1:")) < 9 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert sum(1 for e in fmock.log() if e["request_id"].startswith(h.id + "~1:")) == 9
+
+
+async def test_slow_calls_longer_than_ack_wait_are_not_duplicated(fstack, fmock):
+    # ack_wait is 1.5 s and every call takes 3 s: only heartbeats keep the lease.
+    async with Client(fstack.nats_url) as c:
+        ids = await submit_all(c, ["slow"] * 12, "slow-" + uuid.uuid4().hex[:6])
+        results = await wait_all(c, ids, timeout=60)
+        rep = await check(c.js, c.client_id, ids, fmock.log(), PROVIDERS)
+    print(f"\nslow: {rep.line()}")
+    rep.assert_holds()
+    assert all(isinstance(r, Completed) for r in results)
+    assert rep.provider_calls == 12 and rep.reexecuted_jobs == 0
+
+
+async def test_retry_after_is_honoured_and_pauses_the_pool(fstack, fmock):
+    fmock.control(provider="ra", fault="429", every=1, retry_after_s=7)
+    async with Client(fstack.nats_url) as c:
+        first = await c.submit(MSG, intent="ra", job_id="ra-a-" + uuid.uuid4().hex[:6])
+        deadline = time.monotonic() + 20
+        while not fmock.log("ra") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        fmock.control(provider="ra", fault=None)
+        # A second job arrives while the provider has told us to wait.
+        second = await c.submit(MSG, intent="ra", job_id="ra-b-" + uuid.uuid4().hex[:6])
+        ra, rb = await first.result(timeout=30), await second.result(timeout=30)
+    assert isinstance(ra, Completed) and isinstance(rb, Completed)
+    log = fmock.log("ra")
+    t = {e["request_id"]: e["ts"] for e in log}
+    a0, a1 = t[f"{first.id}:0:0"], t[f"{first.id}:0:1"]
+    b0 = t[f"{second.id}:0:0"]
+    print(f"\nretry-after: retried after {a1 - a0:.2f}s; next job's first call {b0 - a0:.2f}s after the 429")
+    assert a1 - a0 >= 7.0
+    assert b0 - a0 >= 6.9  # the pool paused: nothing hammered the provider meanwhile
+    assert len(log) == 3
+
+
+async def test_sigterm_drains_in_flight_jobs(fstack, fmock):
+    fstack.start_worker("slow-drain", providers=["slow"])
+    async with Client(fstack.nats_url) as c:
+        ids = await submit_all(c, ["slow"] * 8, "drain-" + uuid.uuid4().hex[:6])
+        deadline = time.monotonic() + 20
+        while fmock.stats()["in_flight"].get("slow", 0) < 8 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        rc = fstack.stop_proc("slow-drain")  # SIGTERM mid-call
+        results = await wait_all(c, ids, timeout=60)
+        rep = await check(c.js, c.client_id, ids, fmock.log(), PROVIDERS)
+    print(f"\nsigterm drain: exit={rc} {rep.line()}")
+    assert rc == 0
+    rep.assert_holds()
+    assert all(isinstance(r, Completed) for r in results)
+    assert rep.reexecuted_jobs == 0 and rep.lost_calls == 0  # drained, not abandoned
+
+
+async def test_kill_9_workers_every_few_seconds_during_a_10k_batch(tmp_path):
+    with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "20", "--jitter-ms", "10"]) as s:
+        s.start(workers=2)
+        mock = Mock(s.mock_url)
+        rng = random.Random(3)
+        intents = [rng.choice(["p1", "p2", "p3"]) for _ in range(10_000)]
+        kills = 0
+        async with Client(s.nats_url) as c:
+            stop = asyncio.Event()
+
+            async def killer() -> None:
+                nonlocal kills
+                n = 0
+                while not stop.is_set():
+                    try:
+                        await asyncio.wait_for(stop.wait(), 2.0)
+                    except asyncio.TimeoutError:
+                        victim = f"worker-{n % 2}"
+                        s.kill_proc(victim)
+                        s.start_worker(victim)
+                        kills += 1
+                        n += 1
+
+            k = asyncio.create_task(killer())
+            ids = await submit_all(c, intents, "kill-" + uuid.uuid4().hex[:6])
+            await wait_all(c, ids, timeout=300)
+            stop.set()
+            await k
+            rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
+    print(f"\nkill -9 x{kills}: {rep.line()}")
+    assert kills >= 3
+    rep.assert_holds()
+    assert rep.completed == 10_000
+
+
+async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
+    servers = [NatsServer(tmp_path / "nats").start()]
+    try:
+        with Stack(tmp_path / "stack", config=CONFIG, nats_url=servers[0].url, mock_args=["--latency-ms", "20"]) as s:
+            s.start(workers=1)
+            mock = Mock(s.mock_url)
+            async with Client(s.nats_url) as c:
+                prefix = f"natskill-{uuid.uuid4().hex[:6]}"
+                submitter = asyncio.create_task(submit_all(c, ["p1", "p2", "p3"] * 1000, prefix))
+                deadline = time.monotonic() + 60
+                while sum(mock.stats()["requests"].values()) < 500 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                servers[0].kill()
+                await asyncio.sleep(1.0)  # the outage itself
+                servers.append(NatsServer(servers[0].data_dir, port=servers[0].port).start())
+                ids = await submitter
+                await wait_all(c, ids, timeout=300)
+                rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
+    finally:
+        for server in servers:
+            server.stop()
+    print(f"\nnats-server kill -9 + restart: {rep.line()}")
+    rep.assert_holds()
+    assert rep.completed == 3000
