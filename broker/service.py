@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from broker import routing
 from panelboard import bus, logs
+from panelboard.puller import Puller
 from panelboard.streams import BROKER_CONSUMER
 from schemas import wire
 from schemas.codec import decode_job
@@ -24,7 +25,7 @@ from schemas.job import ID_RE, Dispatch, Job, Route
 
 log = logs.get("broker")
 
-FETCH_BATCH = 256
+MAX_INFLIGHT = 1024  # jobs being admitted at once; well under the consumer's max_ack_pending
 
 
 def validate(job: Job, header_id: str | None) -> InvalidJob | None:
@@ -54,6 +55,7 @@ class Broker:
         self.table = routing.routes(cfg)
         self.stopping = asyncio.Event()
         self.handled = 0
+        self.suspect_before = 0.0  # set on reconnect: see runtime.serve
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -70,6 +72,9 @@ class Broker:
             log.info("job.rejected", job_id=header_id, client=client, error="invalid_job", detail=str(e)[:200])
             await msg.ack()
             return
+        if msg.metadata.timestamp.timestamp() < self.suspect_before and await self.already_underway(job):
+            await msg.ack()
+            return
         err: JobError | None = validate(job, header_id)
         decision = err or admit(job, self.cfg, self.table, time.time())
         if isinstance(decision, Route):
@@ -81,6 +86,13 @@ class Broker:
             log.info("job.rejected", job_id=job.id, client=job.client, error=reason, detail=decision.message)
         await msg.ack()
 
+    async def already_underway(self, job: Job) -> bool:
+        """After a server restart lost recent acks: a job with a result or recorded attempts
+        was dispatched before; dispatching it again would run it twice."""
+        if await bus.result_exists(self.js, job.client, job.id, job.run):
+            return True
+        return bool(await bus.read_attempts(self.js, job.id, job.run))
+
     async def _safe(self, msg: Msg) -> None:
         try:
             await self.handle(msg)
@@ -88,18 +100,29 @@ class Broker:
             log.exception("job.handle_failed", subject=msg.subject)
 
     async def run(self) -> None:
-        psub = await self.js.pull_subscribe_bind(BROKER_CONSUMER, wire.JOBS_STREAM)
+        puller = Puller(self.js._nc, wire.JOBS_STREAM, BROKER_CONSUMER, min_request=MAX_INFLIGHT // 8)
+        await puller.start()
+        inflight: set[asyncio.Task[None]] = set()
         log.info("broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
         while not self.stopping.is_set():
+            free = MAX_INFLIGHT - len(inflight)
+            if free <= 0:
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
-                msgs = await psub.fetch(FETCH_BATCH, timeout=1.0)
-            except (TimeoutError, asyncio.TimeoutError):
+                await puller.top_up(free)
+            except Exception as e:  # reconnecting: nats-py retries underneath
+                log.warning("broker.pull_failed", error=type(e).__name__)
+            msg = await puller.get(timeout=0.5)
+            if msg is None:
                 continue
-            except Exception as e:  # reconnecting: nats-py retries underneath, we wait
-                log.warning("broker.fetch_failed", error=type(e).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            await asyncio.gather(*(self._safe(m) for m in msgs))
-            self.handled += len(msgs)
-        await psub.unsubscribe()
+            for m in [msg, *puller.take_ready()]:
+                t = asyncio.create_task(self._safe(m))
+                inflight.add(t)
+                t.add_done_callback(inflight.discard)
+                self.handled += 1
+        for m in await puller.stop():
+            await m.nak()
+        if inflight:
+            await asyncio.wait(inflight, timeout=10)
         log.info("broker.stopped", handled=self.handled)

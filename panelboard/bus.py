@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import time
 
+import asyncio
+
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -15,21 +18,43 @@ from schemas.errors import JobError
 from schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
 
 
+PUBLISH_PATIENCE_S = 30.0
+_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError,
+              nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, asyncio.TimeoutError)
+
+
+async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+    """Publish and wait for the stream's ack, riding out a nats-server restart or a cluster
+    leader change: a step's outcome is kept and published once the server is back (the
+    Nats-Msg-Id makes the retries safe), instead of being lost and redone."""
+    deadline = asyncio.get_running_loop().time() + PUBLISH_PATIENCE_S
+    delay = 0.1
+    while True:
+        try:
+            await js.publish(subject, data, headers=headers, timeout=2.0)
+            return
+        except _TRANSIENT:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 async def publish_result(js: JetStreamContext, client: str, job_id: str, result: Result, run: int = 0) -> None:
-    await js.publish(wire.result(client, job_id), encode(result), headers={wire.HDR_MSG_ID: wire.result_msg_id(job_id, run)})
+    await publish(js, wire.result(client, job_id), encode(result), headers={wire.HDR_MSG_ID: wire.result_msg_id(job_id, run)})
 
 
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
-    await js.publish(wire.dispatch(provider), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop)})
+    await publish(js, wire.dispatch(provider), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop)})
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:
-    await js.publish(wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt)})
+    await publish(js, wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt)})
 
 
 async def publish_attempt(js: JetStreamContext, job_id: str, a: Attempt) -> None:
-    await js.publish(wire.attempts(job_id), encode(a), headers={wire.HDR_MSG_ID: wire.attempt_msg_id(job_id, a.run, a.hop, a.attempt)})
+    await publish(js, wire.attempts(job_id), encode(a), headers={wire.HDR_MSG_ID: wire.attempt_msg_id(job_id, a.run, a.hop, a.attempt)})
 
 
 async def read_attempts(js: JetStreamContext, job_id: str, run: int) -> list[Attempt]:
@@ -68,7 +93,7 @@ async def publish_dead(
 ) -> None:
     letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time())
     msg_id = msg_id or (wire.dead_msg_id(job.id, job.run) if job else None)
-    await js.publish(wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)
+    await publish(js, wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)
 
 
 async def fail_job(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -79,10 +80,18 @@ async def prepare(nc: NATS, cfg: Config, providers: list[str] | None = None, wit
 
 
 async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) -> None:
-    nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"))
+    parts: list[Broker | Pool] = []
+
+    async def reconnected() -> None:
+        # A restarted server may have lost recent acks and redeliver finished work as if
+        # new: deliveries stored before this moment get checked before they are redone.
+        now = time.time()
+        for part in parts:
+            part.suspect_before = now
+
+    nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"), on_reconnect=reconnected)
     await prepare(nc, cfg, providers, with_broker=broker)
     js = nc.jetstream()
-    parts: list[Broker | Pool] = []
     if broker:
         parts.append(Broker(js, cfg))
     parts += [Pool(js, cfg, p, api_key=provider_key(cfg, p)) for p in providers]

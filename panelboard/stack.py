@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from panelboard import runtime
@@ -97,7 +98,9 @@ class Stack:
                 await nc.drain()
 
         os.environ.setdefault("PANELBOARD_MOCK_URL", self.env.get("PANELBOARD_MOCK_URL", ""))
-        asyncio.run(go())
+        # Its own thread and loop: callers may be inside a running event loop (async tests).
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, go()).result()
 
     # -- whole ----------------------------------------------------------------------------
     def start(self, workers: int = 1, broker: bool = True) -> "Stack":

@@ -141,21 +141,27 @@ async def test_retry_after_is_honoured_and_pauses_the_pool(fstack, fmock):
     assert len(log) == 3
 
 
-async def test_sigterm_drains_in_flight_jobs(fstack, fmock):
-    fstack.start_worker("slow-drain", providers=["slow"])
-    async with Client(fstack.nats_url) as c:
-        ids = await submit_all(c, ["slow"] * 8, "drain-" + uuid.uuid4().hex[:6])
-        deadline = time.monotonic() + 20
-        while fmock.stats()["in_flight"].get("slow", 0) < 8 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        rc = fstack.stop_proc("slow-drain")  # SIGTERM mid-call
-        results = await wait_all(c, ids, timeout=60)
-        rep = await check(c.js, c.client_id, ids, fmock.log(), PROVIDERS)
+async def test_sigterm_drains_in_flight_jobs(tmp_path):
+    # Given one worker process that alone runs the slow pool (3 s calls)
+    with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "5"]) as s:
+        s.start(workers=0)
+        s.start_worker("slow-only", providers=["slow"])
+        mock = Mock(s.mock_url)
+        async with Client(s.nats_url) as c:
+            ids = await submit_all(c, ["slow"] * 8, "drain-" + uuid.uuid4().hex[:6])
+            deadline = time.monotonic() + 20
+            while mock.stats()["in_flight"].get("slow", 0) < 8 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            # When it gets SIGTERM with all 8 calls in flight
+            rc = s.stop_proc("slow-only")
+            # Then it finishes them before exiting: nothing is left to time out or to redo
+            results = await wait_all(c, ids, timeout=5)
+            rep = await check(c.js, c.client_id, ids, mock.log(), ["slow"])
     print(f"\nsigterm drain: exit={rc} {rep.line()}")
     assert rc == 0
     rep.assert_holds()
     assert all(isinstance(r, Completed) for r in results)
-    assert rep.reexecuted_jobs == 0 and rep.lost_calls == 0  # drained, not abandoned
+    assert rep.reexecuted_jobs == 0 and rep.lost_calls == 0
 
 
 async def test_kill_9_workers_every_few_seconds_during_a_10k_batch(tmp_path):
@@ -215,5 +221,33 @@ async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
         for server in servers:
             server.stop()
     print(f"\nnats-server kill -9 + restart: {rep.line()}")
+    rep.assert_holds()
+    assert rep.completed == 3000
+
+
+@pytest.mark.cluster
+async def test_cluster_stream_leader_killed_mid_batch(tmp_path, monkeypatch):
+    from panelboard.cluster import Cluster
+
+    monkeypatch.setenv("PB_TEST_REPLICAS", "3")  # every stream R3
+    with Cluster(tmp_path / "cluster") as cluster:
+        cluster.start()
+        with Stack(tmp_path / "stack", config=CONFIG, nats_url=cluster.url, mock_args=["--latency-ms", "20"]) as s:
+            s.start(workers=1)
+            mock = Mock(s.mock_url)
+            async with Client(s.nats_url) as c:
+                submitter = asyncio.create_task(submit_all(c, ["p1", "p2", "p3"] * 1000, f"leader-{uuid.uuid4().hex[:6]}"))
+                deadline = time.monotonic() + 60
+                while sum(mock.stats()["requests"].values()) < 500 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                leader = cluster.stream_leader("PB_DISPATCH")
+                assert leader is not None
+                cluster.kill(leader)
+                ids = await submitter
+                await wait_all(c, ids, timeout=300)
+                new_leader = cluster.wait_stream_leader("PB_DISPATCH", exclude=(leader,))
+                rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
+    print(f"\ncluster leader nats-{leader + 1} killed (new leader nats-{(new_leader or 0) + 1}): {rep.line()}")
+    assert new_leader is not None and new_leader != leader
     rep.assert_holds()
     assert rep.completed == 3000

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from broker.pricing import call_cost
 from panelboard import bus, logs
+from panelboard.puller import Puller
 from panelboard.streams import ack_wait_s, pool_consumer
 from schemas import wire
 from schemas.codec import decode_dispatch
@@ -44,11 +46,14 @@ class Lease:
     """A delivery we hold. The server hands it to someone else once ack_wait passes without
     word from us, so we ack only while the lease is provably ours."""
 
-    __slots__ = ("msg", "started", "renewed")
+    __slots__ = ("msg", "started", "renewed", "twins")
 
     def __init__(self, msg: Msg):
         self.msg = msg
         self.started = self.renewed = time.monotonic()
+        # Redeliveries of this same step that reached us while we still hold it (a restarted
+        # server forgets deliveries): answered together with ours, never run twice.
+        self.twins: list[Msg] = []
 
 
 class Pool:
@@ -63,10 +68,12 @@ class Pool:
         self.heartbeat_s = min(5.0, self.ack_wait / 4)
         self.stopping = asyncio.Event()
         self.inflight: dict[asyncio.Task[None], Lease] = {}
+        self.active: dict[tuple[str, int, int], Lease] = {}  # (job, run, hop) -> who holds it
         self.paused_until = 0.0
         self.streak_429 = 0
         self.rng = random.Random()
         self.calls = 0
+        self.suspect_before = 0.0  # set on reconnect: see runtime.serve
 
     # -- one delivery -------------------------------------------------------------------
     def _link(self, d: Dispatch) -> tuple[Link, RetryPolicy]:
@@ -82,7 +89,8 @@ class Pool:
         if time.monotonic() - lease.renewed >= self.ack_wait:
             log.warning("lease.lost", provider=self.provider, subject=lease.msg.subject)
             return
-        await lease.msg.ack()
+        for m in (lease.msg, *lease.twins):
+            await m.ack()
 
     async def handle(self, lease: Lease) -> None:
         msg = lease.msg
@@ -94,9 +102,24 @@ class Pool:
             await self._ack(lease)
             return
         job = d.job
+        step = (job.id, job.run, d.hop)
+        holder = self.active.get(step)
+        if holder is not None:
+            holder.twins.append(msg)
+            return
+        self.active[step] = lease
+        try:
+            await self._handle(lease, d)
+        finally:
+            del self.active[step]
+
+    async def _handle(self, lease: Lease, d: Dispatch) -> None:
+        msg = lease.msg
+        job = d.job
         attempt = msg.metadata.num_delivered - 1
         now = time.time()
-        if attempt > 0 and await self.recover(d, attempt, lease, now):
+        replayed = msg.metadata.timestamp.timestamp() < self.suspect_before
+        if (attempt > 0 or replayed) and await self.recover(d, attempt, lease, now):
             return
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
@@ -134,7 +157,8 @@ class Pool:
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):
                 await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
-                await msg.nak(delay=delay)
+                for m in (msg, *lease.twins):
+                    await m.nak(delay=delay)
                 log.info("job.retry", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, status=status, delay_s=round(delay, 3))
             case Forward(hop=next_hop):
                 await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
@@ -189,7 +213,7 @@ class Pool:
         return False
 
     def _pressure(self, outcome: Outcome) -> None:
-        pause = pause_s(outcome, self.streak_429)
+        pause = min(pause_s(outcome, self.streak_429), self.ack_wait / 2)  # held deliveries must not time out
         self.streak_429 = self.streak_429 + 1 if pause and not isinstance(outcome, Ok) else 0
         if pause:
             until = time.monotonic() + pause
@@ -234,39 +258,52 @@ class Pool:
                     except Exception:
                         pass
 
+    def _start(self, held: deque[Msg]) -> None:
+        while held and len(self.inflight) < self.cap:
+            lease = Lease(held.popleft())
+            t = asyncio.create_task(self._safe(lease))
+            self.inflight[t] = lease
+            t.add_done_callback(self.inflight.pop)
+
     async def run(self) -> None:
-        psub = await self.js.pull_subscribe_bind(pool_consumer(self.provider), wire.DISPATCH_STREAM)
+        puller = Puller(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider), min_request=max(1, self.cap // 8))
+        await puller.start()
         hb = asyncio.create_task(self._heartbeat())
+        held: deque[Msg] = deque()  # delivered, not started: pool paused or at its cap
         log.info("pool.started", provider=self.provider, cap=self.cap, ack_wait_s=self.ack_wait)
         try:
             while not self.stopping.is_set():
                 wait = self.paused_until - time.monotonic()
-                if wait > 0:  # backpressure: leave the jobs in the stream
-                    await asyncio.wait([asyncio.create_task(self.stopping.wait())], timeout=wait)
+                if wait > 0:  # backpressure: ask for nothing more, the jobs wait in the stream
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), timeout=wait)
+                    except (asyncio.TimeoutError, TimeoutError):
+                        pass
                     continue
-                free = self.cap - len(self.inflight)
+                self._start(held)
+                free = self.cap - len(self.inflight) - len(held)
                 if free <= 0:
                     await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    msgs = await psub.fetch(min(free, 256), timeout=1.0)
-                except (TimeoutError, asyncio.TimeoutError):
+                    await puller.top_up(free)
+                except Exception as e:  # reconnecting: nats-py retries underneath
+                    log.warning("pool.pull_failed", provider=self.provider, error=type(e).__name__)
+                msg = await puller.get(timeout=0.5)
+                if msg is None:
                     continue
-                except Exception as e:
-                    log.warning("pool.fetch_failed", provider=self.provider, error=type(e).__name__)
-                    await asyncio.sleep(0.5)
-                    continue
-                for m in msgs:
-                    lease = Lease(m)
-                    t = asyncio.create_task(self._safe(lease))
-                    self.inflight[t] = lease
-                    t.add_done_callback(self.inflight.pop)
+                held.extend([msg, *puller.take_ready()])
+                if self.paused_until > time.monotonic():
+                    continue  # paused while we waited: hold them until the pause ends
+                self._start(held)
         finally:
-            await self.drain(psub, hb)
+            await self.drain(puller, hb, held)
 
-    async def drain(self, psub, hb: asyncio.Task[None], grace_s: float = 20.0) -> None:
+    async def drain(self, puller: Puller, hb: asyncio.Task[None], held: deque[Msg], grace_s: float = 20.0) -> None:
         """On SIGTERM: stop fetching, let in-flight calls finish, nak what is left, so none
         is left to time out."""
+        for m in [*held, *await puller.stop()]:
+            await m.nak()
         if self.inflight:
             log.info("pool.draining", provider=self.provider, inflight=len(self.inflight))
             _, pending = await asyncio.wait(list(self.inflight), timeout=grace_s)
@@ -279,9 +316,5 @@ class Pool:
                     except Exception:
                         pass
         hb.cancel()
-        try:
-            await psub.unsubscribe()
-        except Exception:
-            pass
         await self.adapter.aclose()
         log.info("pool.stopped", provider=self.provider, calls=self.calls)

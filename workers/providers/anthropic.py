@@ -81,9 +81,10 @@ def parse_response(body: bytes) -> ChatResponse:
 
 class AnthropicAdapter(Adapter):
     path = "/v1/messages"
+    static_headers = {"anthropic-version": API_VERSION}
 
     def auth(self, api_key: str) -> dict[str, str]:
-        return {"x-api-key": api_key, "anthropic-version": API_VERSION}
+        return {"x-api-key": api_key}
 
     def encode(self, request: ChatRequest, model: Model) -> bytes:
         return encode_request(request, model)

@@ -76,10 +76,11 @@ class Adapter(ABC):
     def __init__(self, provider: Provider, api_key: str | None, client: httpx.AsyncClient | None = None):
         self.provider = provider
         self.client = client or make_client(provider)
-        self.auth_headers = self.auth(api_key) if api_key else {}
+        self.auth_headers = {**self.static_headers, **(self.auth(api_key) if api_key else {})}
         self.url = provider.base_url.rstrip("/") + self.path
 
     path: str
+    static_headers: dict[str, str] = {}
 
     @abstractmethod
     def auth(self, api_key: str) -> dict[str, str]: ...
