@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Iterable
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
@@ -168,10 +169,12 @@ class Client:
         return JobHandle(self, job.id)
 
     async def lookup(self, job_id: str) -> Result | None:
-        """A result already in the results stream: for late or restarted clients."""
+        """A result already in the results stream: for late or restarted clients. None also
+        when the stream cannot answer right now (a cluster electing a leader): the live
+        subscription, and the re-check after a reconnect, still deliver it."""
         try:
             raw = await self.js.get_last_msg(wire.RESULTS_STREAM, wire.result(self.client_id, job_id), direct=True)
-        except NotFoundError:
+        except (NotFoundError, nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
             return None
         return decode_result(raw.data)
 

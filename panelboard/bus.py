@@ -9,6 +9,7 @@ import time
 import asyncio
 
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -19,8 +20,10 @@ from schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed
 
 
 PUBLISH_PATIENCE_S = 30.0
+# What a restarting server or a cluster electing a stream leader answers for a while.
 _TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError,
-              nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, asyncio.TimeoutError)
+              nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, asyncio.TimeoutError,
+              nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
 
 
 async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:

@@ -54,7 +54,92 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
     if unknown:
         print(f"unknown provider(s) {unknown}; the config has {list(cfg.providers)}", file=sys.stderr)
         return 2
-    run(serve(url, cfg, broker=broker, providers=providers))
+    from panelboard import metrics
+
+    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers)))
+    return 0
+
+
+def _database(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="the cost ledger (default: $PANELBOARD_DATABASE_URL, the config's database.url, "
+                                          "else sqlite under .panelboard/ledger.db)")
+
+
+def _metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port at /metrics (0 picks one; default: off)")
+
+
+def cmd_ledger(a: argparse.Namespace) -> int:
+    from broker.ledger import serve
+    from panelboard import db
+    from panelboard.config import load
+    from panelboard.runtime import find_url, home, run
+
+    cfg = load(a.config)
+    url = find_url(a.nats_url, cfg)
+    if not url:
+        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
+        return 2
+    try:
+        run(serve(url, cfg, db.resolve_url(a.database_url, cfg, home()), a.metrics_port))
+    except db.DatabaseError as e:
+        print(f"ledger: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    import time
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from panelboard import db, queries, render, reports
+    from panelboard.config import load
+    from panelboard.runtime import home
+
+    cfg = load(a.config)
+    url = db.resolve_url(a.database_url, cfg, home())
+
+    async def go():
+        engine = db.open_engine(url)
+        try:
+            match a.report:
+                case "usage":
+                    rep = await queries.usage(engine, a.by, a.days)
+                    return rep, render.usage_table(rep)
+                case "savings":
+                    rep = await queries.savings(engine, cfg, a.days)
+                    return rep, render.savings_table(rep)
+                case "breakeven":
+                    traffic = await queries.traffic(engine, a.days)
+                    price, source = reports.serverless_price(cfg, traffic, a.per_million, a.model)
+                    rep = reports.breakeven(a.hourly, price, source, a.days, traffic, time.time(), a.capacity_tps)
+                    return rep, render.breakeven_table(rep)
+                case _:
+                    rep = await queries.shadow(engine, a.days)
+                    return rep, render.shadow_table(rep)
+        finally:
+            await engine.dispose()
+
+    try:
+        rep, table = asyncio.run(go())
+    except ValueError as e:
+        print(f"report {a.report}: {e}", file=sys.stderr)
+        return 2
+    except (SQLAlchemyError, OSError) as e:
+        print(f"cannot read the ledger at {db.display(url)}: {str(e).splitlines()[0]}\n"
+              f"hint: pass --database-url or set {db.URL_ENV}; is the database up?", file=sys.stderr)
+        return 2
+    print(render.to_json(rep) if a.json else render.to_csv(table) if a.csv else render.text(table), end="" if a.csv else "\n")
+    if table.empty and a.csv:
+        print(table.empty, file=sys.stderr)
+    if a.chart:
+        if table.empty:
+            print(f"no chart: {table.empty}", file=sys.stderr)
+        else:
+            with open(a.chart, "w") as f:
+                f.write(render.chart_html(table.title, rep))
+            print(f"chart written to {a.chart}", file=sys.stderr)
     return 0
 
 
@@ -141,12 +226,49 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("broker", help="run a broker process")
     _common(p)
+    _metrics(p)
     p.set_defaults(fn=lambda a: _serve(a, broker=True))
 
     p = sub.add_parser("worker", help="run worker pools (all providers unless --provider is given)")
     _common(p)
     p.add_argument("--provider", action="append", help="run this provider's pool (repeatable)")
+    _metrics(p)
     p.set_defaults(fn=lambda a: _serve(a, broker=False))
+
+    p = sub.add_parser("ledger", help="write cost records from the PB_COSTS stream into the SQL ledger")
+    _common(p)
+    _database(p)
+    _metrics(p)
+    p.set_defaults(fn=cmd_ledger)
+
+    from panelboard.reports import DIMENSIONS
+
+    p = sub.add_parser("report", help="cost reports from the ledger: usage, savings, breakeven, shadow")
+    rsub = p.add_subparsers(dest="report", required=True)
+    helps = {
+        "usage": "requests, tokens, cost, p50/p95 latency and failure rate, grouped --by a dimension",
+        "savings": "actual cost by intent against all-frontier and all-cheapest-tier",
+        "breakeven": "dedicated endpoint ($/hr) against serverless ($/M tokens), and where your traffic stands",
+        "shadow": "shadow calls beside the live calls of the same jobs: cost and latency",
+    }
+    for name, text in helps.items():
+        r = rsub.add_parser(name, help=text, description=text)
+        r.add_argument("--config", help="config file, for the price catalog (default: $PANELBOARD_CONFIG or examples/mock.yaml)")
+        _database(r)
+        r.add_argument("--days", type=float, default=30, help="the window: the last N days (default 30)")
+        out = r.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help="print the report as one JSON object")
+        out.add_argument("--csv", action="store_true", help="print the table as CSV")
+        r.add_argument("--chart", metavar="FILE.html", help="also write a bar chart (HTML with inline SVG)")
+        r.set_defaults(fn=cmd_report)
+        if name == "usage":
+            r.add_argument("--by", choices=DIMENSIONS, default="intent")
+        if name == "breakeven":
+            r.add_argument("--hourly", type=float, required=True, metavar="USD", help="the dedicated endpoint's price per hour")
+            price = r.add_mutually_exclusive_group()
+            price.add_argument("--per-million", type=float, metavar="USD", help="the serverless price per million tokens")
+            price.add_argument("--model", metavar="M", help="price serverless at this catalog model (default: what your traffic paid)")
+            r.add_argument("--capacity-tps", type=float, metavar="N", help="tokens/s one dedicated endpoint sustains, for its utilisation")
 
     p = sub.add_parser("submit", help="submit one job and print its result")
     _common(p)

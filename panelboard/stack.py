@@ -35,6 +35,8 @@ class Stack:
         self.mock = mock
         self.mock_args = mock_args or []
         self.env = {**os.environ, **(env or {})}
+        # The stack's processes keep their files (the SQLite ledger) in the stack's home.
+        self.env[runtime.HOME_ENV] = str(self.home)
         self.nats: NatsServer | None = None
         self.mock_proc: subprocess.Popen[bytes] | None = None
         self.mock_url: str | None = None
@@ -86,6 +88,9 @@ class Stack:
             args += ["--provider", p]
         return self._cli(name, *args)
 
+    def start_ledger(self, name: str = "ledger") -> subprocess.Popen[bytes]:
+        return self._cli(name, "ledger")
+
     def prepare(self) -> None:
         """Streams and consumers exist before anyone publishes: no job can land nowhere."""
 
@@ -103,7 +108,7 @@ class Stack:
             pool.submit(asyncio.run, go()).result()
 
     # -- whole ----------------------------------------------------------------------------
-    def start(self, workers: int = 1, broker: bool = True) -> "Stack":
+    def start(self, workers: int = 1, broker: bool = True, ledger: bool = True) -> "Stack":
         if not self.nats_url:
             self.start_nats()
         if self.mock:
@@ -114,6 +119,8 @@ class Stack:
             self.start_broker()
         for i in range(workers):
             self.start_worker(f"worker-{i}")
+        if ledger:
+            self.start_ledger()
         return self
 
     def kill_proc(self, name: str) -> None:

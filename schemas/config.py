@@ -63,6 +63,12 @@ class NatsSettings(Base):
     results_ttl_s: int = 86_400
 
 
+class DatabaseSettings(Base):
+    # The cost ledger: sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db.
+    # $PANELBOARD_DATABASE_URL overrides it; with neither, a SQLite file in the stack's home.
+    url: str | None = None
+
+
 class Config(Base):
     providers: dict[str, Provider]
     models: dict[str, Model]
@@ -70,3 +76,4 @@ class Config(Base):
     intents: dict[str, str]
     default_intent: str | None = None
     nats: NatsSettings = NatsSettings()
+    database: DatabaseSettings = DatabaseSettings()

@@ -16,15 +16,16 @@ from schemas.job import Completed, CostRecord, Result
 
 
 async def read_all(js: JetStreamContext, stream: str, subject: str) -> list[tuple[str, bytes]]:
-    """Every message on a subject filter, through an ephemeral pull consumer."""
+    """Every message on a subject filter, through an ephemeral pull consumer. The count to
+    expect comes from the stream itself, not the consumer's num_pending, which a cluster
+    that just changed leaders can under-report."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    expected = sum((info.state.subjects or {}).values())
     psub = await js.pull_subscribe(subject, stream=stream)
     out: list[tuple[str, bytes]] = []
     try:
-        while True:
-            info = await psub.consumer_info()
-            if info.num_pending == 0:
-                break
-            for m in await psub.fetch(min(info.num_pending, 1000), timeout=5):
+        while len(out) < expected:
+            for m in await psub.fetch(min(expected - len(out), 1000), timeout=10):
                 out.append((m.subject, m.data))
                 await m.ack()
     finally:

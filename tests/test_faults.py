@@ -164,8 +164,8 @@ async def test_sigterm_drains_in_flight_jobs(tmp_path):
     assert rep.reexecuted_jobs == 0 and rep.lost_calls == 0
 
 
-async def test_kill_9_workers_every_few_seconds_during_a_10k_batch(tmp_path):
-    with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "20", "--jitter-ms", "10"]) as s:
+async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
+    with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "50", "--jitter-ms", "20"]) as s:
         s.start(workers=2)
         mock = Mock(s.mock_url)
         rng = random.Random(3)
@@ -179,7 +179,7 @@ async def test_kill_9_workers_every_few_seconds_during_a_10k_batch(tmp_path):
                 n = 0
                 while not stop.is_set():
                     try:
-                        await asyncio.wait_for(stop.wait(), 2.0)
+                        await asyncio.wait_for(stop.wait(), 1.0)
                     except asyncio.TimeoutError:
                         victim = f"worker-{n % 2}"
                         s.kill_proc(victim)
@@ -194,7 +194,7 @@ async def test_kill_9_workers_every_few_seconds_during_a_10k_batch(tmp_path):
             await k
             rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
     print(f"\nkill -9 x{kills}: {rep.line()}")
-    assert kills >= 3
+    assert kills >= 3 and rep.lost_calls > 0  # the kills really cut calls off mid-flight
     rep.assert_holds()
     assert rep.completed == 10_000
 

@@ -152,7 +152,9 @@ class Pool:
                     job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                     cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
                 )
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_result(self.js, job.client, job.id, result, job.run))
+                # Cost first: a result must never exist without the record of what it cost.
+                await bus.publish_cost(self.js, cost)
+                await bus.publish_result(self.js, job.client, job.id, result, job.run)
                 await self._ack(lease)
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):

@@ -1,0 +1,60 @@
+"""The two ledger databases the tests run against: a SQLite file per test, and a schema of its
+own in the local Postgres. A missing Postgres skips on a laptop and fails when CI=true."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from panelboard import db
+from tests.conftest import IN_CI
+
+PG_URL = os.environ.get("PANELBOARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+async def sqlite_engine(tmp_path: Path) -> AsyncEngine:
+    engine = db.open_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await db.create_schema(engine)
+    return engine
+
+
+async def postgres_engine() -> tuple[AsyncEngine, str]:
+    schema = f"pb_test_{uuid.uuid4().hex[:12]}"
+    engine = db.open_engine(PG_URL, schema=schema)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except (SQLAlchemyError, OSError) as e:
+        await engine.dispose()
+        why = f"Postgres unreachable at {db.display(PG_URL)} ({type(e).__name__}: {str(e).splitlines()[0]})"
+        if IN_CI:
+            pytest.fail(f"{why}; CI must run the Postgres tests: start Postgres or set PANELBOARD_TEST_POSTGRES_URL", pytrace=False)
+        pytest.skip(why)
+    await db.create_schema(engine)
+    return engine, schema
+
+
+async def drop(engine: AsyncEngine, schema: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    await engine.dispose()
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path):
+    engine = await sqlite_engine(tmp_path)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def postgres_db():
+    engine, schema = await postgres_engine()
+    yield engine
+    await drop(engine, schema)
