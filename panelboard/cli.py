@@ -30,6 +30,7 @@ def cmd_up(a: argparse.Namespace) -> int:
         stack.start(workers=a.workers)
         print(f"panelboard is up: NATS {stack.nats_url}" + (f", mock provider {stack.mock_url}" if stack.mock_url else ""))
         print(f"logs in {stack.home / 'logs'}; try: panelboard submit --intent extraction 'Extract the date from: due 2026-12-01'")
+        print("cost records go to the ledger: panelboard report usage --days 1 (or savings, breakeven, shadow)")
         print("Ctrl-C stops everything.")
         sys.stdout.flush()
         while not done.wait(1.0):

@@ -58,3 +58,16 @@ async def postgres_db():
     engine, schema = await postgres_engine()
     yield engine
     await drop(engine, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def either_db(request, tmp_path):
+    """The test runs once on each database."""
+    if request.param == "sqlite":
+        engine = await sqlite_engine(tmp_path)
+        yield engine
+        await engine.dispose()
+    else:
+        engine, schema = await postgres_engine()
+        yield engine
+        await drop(engine, schema)

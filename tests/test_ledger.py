@@ -1,0 +1,212 @@
+"""The ledger writer: every provider call billed exactly once, whatever dies.
+
+Against a real nats-server, real SQLite and Postgres, and for the kill -9 test the whole
+stack as processes (broker, worker, mock provider, ledger)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from typing import Awaitable, Callable
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from broker import ledger as ledger_mod
+from broker.ledger import Ledger
+from clients import Client
+from panelboard import bus, db, metrics, runtime, streams
+from panelboard.config import load
+from panelboard.natsserver import NatsServer
+from panelboard.stack import Stack
+from schemas import wire
+from schemas.job import CostRecord
+from tests.conftest import TEST_CONFIG, Mock
+from tests.invariants import check
+from tests.ledger_dbs import either_db  # noqa: F401 - fixture
+
+MSG = [{"role": "user", "content": "Extract the date from: due 2026-12-01"}]
+
+
+async def until(what: str, cond: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0) -> None:
+    """Wait for a condition the system reaches by itself, checking often; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while not await _value(cond()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def record(job: str, attempt: int = 0, **kw) -> CostRecord:
+    base = dict(job_id=job, team="ledger-test", key_prefix="pb_abcd", feature="f", intent="fast", tier="fast", provider="oa",
+                model="oa/small", quantization="fp8", hop=0, attempt=attempt, prompt_tokens=12, completion_tokens=3,
+                cost_usd=(12 * 0.5 + 3 * 1.5) / 1e6, latency_ms=42.5, queue_ms=3.2, outcome="ok", ts=time.time())
+    return CostRecord(**{**base, **kw})
+
+
+async def test_a_redelivered_record_is_billed_once(either_db):
+    engine = either_db
+    # Given a committed batch
+    first = [record(f"j{i}") for i in range(100)]
+    await db.insert_costs(engine, map(db.row, first))
+    # When it comes again (committed, not acked, redelivered) together with new records,
+    # a shadow call of the same attempt and a replayed run of a job
+    again = [*first, *(record(f"k{i}") for i in range(50)), record("j0", shadow=True), record("j1", run=1)]
+    await db.insert_costs(engine, map(db.row, again + again[:10]))
+    # Then each call is one row
+    assert await db.count_rows(engine) == 152
+
+
+@pytest.fixture(scope="module")
+async def js(tmp_path_factory):
+    server = NatsServer(tmp_path_factory.mktemp("ledger-nats")).start()
+    nc = await runtime.connect(server.url, "ledger-test")
+    js = nc.jetstream()
+    await streams.ensure_streams(js, load(TEST_CONFIG))
+    await streams.ensure_consumer(js, wire.COSTS_STREAM, ledger_mod.consumer_config())
+    yield js
+    await nc.drain()
+    server.stop()
+
+
+async def test_a_database_outage_holds_records_in_the_stream_until_it_ends(js, tmp_path):
+    # Given a ledger whose SQLite database another writer holds locked (a 0.2 s busy timeout)
+    path = tmp_path / "ledger.db"
+    engine = db.open_engine(f"sqlite+aiosqlite:///{path}?timeout=0.2")
+    await db.create_schema(engine)
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    writer = Ledger(js, engine)
+    task = asyncio.create_task(writer.run())
+    try:
+        # When 40 cost records arrive
+        job = uuid.uuid4().hex[:8]
+        for i in range(40):
+            await bus.publish_cost(js, record(f"{job}-{i}"))
+        await until("the ledger to fail a write", lambda: writer.db_errors > 0)
+        # Then none is acked while the database is down
+        info = await js.consumer_info(wire.COSTS_STREAM, ledger_mod.CONSUMER)
+        assert info.num_ack_pending + info.num_pending == 40 and writer.written == 0
+        # When the database comes back, every record lands and is acked
+        lock.execute("ROLLBACK")
+        await until("40 rows", lambda: _eq(db.count_rows(engine), 40))
+        await until("the batch to be acked", lambda: _acked(js))
+    finally:
+        lock.close()
+        writer.stopping.set()
+        await task
+        await engine.dispose()
+
+
+async def test_the_ledger_serves_spend_tokens_requests_latency_and_queue_depth(js, tmp_path):
+    engine = db.open_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await db.create_schema(engine)
+    meters = metrics.CostMeters()
+    writer = Ledger(js, engine, meters=meters)
+    task = asyncio.create_task(writer.run())
+    try:
+        async with metrics.serving(0, js, meters) as port:
+            job = uuid.uuid4().hex[:8]
+            for i in range(5):
+                await bus.publish_cost(js, record(f"{job}-{i}"))
+            await bus.publish_cost(js, record(f"{job}-0", attempt=1, outcome="RateLimited", prompt_tokens=0, completion_tokens=0, cost_usd=0.0))
+            await until("6 rows", lambda: _eq(db.count_rows(engine), 6))
+            await until("the batch to be acked", lambda: _acked(js))
+            async with httpx.AsyncClient() as http:
+                resp = await http.get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        writer.stopping.set()
+        await task
+        await engine.dispose()
+    body = resp.text
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'panelboard_requests_total{provider="oa",outcome="ok"} 5' in body
+    assert 'panelboard_requests_total{provider="oa",outcome="RateLimited"} 1' in body
+    assert 'panelboard_tokens_total{provider="oa",kind="prompt"} 60' in body
+    assert 'panelboard_provider_latency_seconds_bucket{provider="oa",le="0.05"} 6' in body
+    assert 'panelboard_spend_usd_total{provider="oa",model="oa/small",team="ledger-test",shadow="false"}' in body
+    assert 'panelboard_queue_unacked{stream="PB_COSTS",consumer="ledger"} 0' in body
+
+
+async def _value(v: bool | Awaitable[bool]) -> bool:
+    return await v if inspect.isawaitable(v) else v
+
+
+async def _eq(n: Awaitable[int], want: int) -> bool:
+    return await n == want
+
+
+async def _acked(js) -> bool:
+    info = await js.consumer_info(wire.COSTS_STREAM, ledger_mod.CONSUMER)
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+@pytest.mark.fault
+async def test_kill_9_of_the_ledger_mid_batch_bills_every_provider_call_exactly_once(tmp_path):
+    # Given the whole stack, with the provider failing every 4th call (so calls outnumber jobs)
+    with Stack(tmp_path, config=TEST_CONFIG, mock_args=["--latency-ms", "5"]) as s:
+        s.start(workers=1)
+        mock = Mock(s.mock_url)
+        mock.control(provider="oa", fault="500", every=4)
+        engine = db.open_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+        async with Client(s.nats_url) as c:
+            prefix = f"once-{uuid.uuid4().hex[:6]}"
+            ids = [f"{prefix}-{i}" for i in range(400)]
+            waits = asyncio.gather(*(_run_job(c, j) for j in ids))
+            # When the ledger is SIGKILLed while it holds deliveries it has not acked
+            held, rows_then = await _kill_mid_batch(s, c.js, engine)
+            await waits
+            # and a new ledger process takes over
+            s.start_ledger()
+            rep = await check(c.js, c.client_id, ids, mock.log(), ["oa"])
+            await until(f"{rep.cost_records} rows", lambda: _eq(db.count_rows(engine), rep.cost_records))
+        stored = await _keys(engine)
+        await engine.dispose()
+    # Then every provider call is one row: none lost with the dead writer, none billed twice
+    print(f"\nledger kill -9 holding {held} unacked, {rows_then} rows then; {rep.line()}")
+    assert held > 0 and rows_then < rep.cost_records
+    rep.assert_holds()
+    assert rep.provider_calls > len(ids) and rep.cost_records == rep.provider_calls == len(stored)
+    assert stored == {(r.job_id, r.run, r.hop, r.attempt) for r in rep.costs}
+
+
+async def _run_job(c: Client, job_id: str) -> None:
+    h = await c.submit(MSG, intent="fast", job_id=job_id, max_tokens=16)
+    await h.result(timeout=120)
+
+
+async def _kill_mid_batch(s: Stack, js, engine) -> tuple[int, int]:
+    """Freeze the ledger (SIGSTOP) once it has written something; if it holds unacked
+    deliveries at that instant, SIGKILL it, else let it go on and try again."""
+    proc = s.procs["ledger"]
+    await until("the ledger to write", lambda: _gt(db.count_rows(engine), 0), timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        os.kill(proc.pid, signal.SIGSTOP)
+        info = await js.consumer_info(wire.COSTS_STREAM, ledger_mod.CONSUMER)
+        if info.num_ack_pending:
+            rows = await db.count_rows(engine)
+            s.kill_proc("ledger")
+            return info.num_ack_pending, rows
+        os.kill(proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.01)
+    raise AssertionError("never caught the ledger holding a batch")
+
+
+async def _gt(n: Awaitable[int], floor: int) -> bool:
+    try:
+        return await n > floor
+    except Exception:  # the ledger has not created its table yet
+        return False
+
+
+async def _keys(engine) -> set[tuple[str, int, int, int]]:
+    c = db.costs.c
+    async with engine.connect() as conn:
+        return {tuple(r) for r in (await conn.execute(select(c.job_id, c.run, c.hop, c.attempt).where(c.shadow.is_(False)))).all()}
