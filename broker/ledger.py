@@ -58,6 +58,33 @@ class Ledger:
         self.written = 0  # records committed (redelivered duplicates included)
         self.db_errors = 0
 
+    async def prepare(self) -> bool:
+        """Create the table, waiting for the database as long as it takes (the records wait in
+        the stream meanwhile). False if told to stop first."""
+        delay = 0.5
+        while True:
+            try:
+                await db.create_schema(self.engine)
+                return True
+            except (SQLAlchemyError, OSError) as e:
+                self._unavailable(e, delay, held=0)
+                if await self._stopped_within(delay):
+                    return False
+                delay = min(delay * 2, 10.0)
+
+    def _unavailable(self, e: Exception, retry_s: float, held: int) -> None:
+        self.db_errors += 1
+        log.warning("ledger.database_unavailable", database=db.display(str(self.engine.url)), held=held, retry_s=retry_s,
+                    error=str(e).splitlines()[0][:300],
+                    hint=f"the records wait in PB_COSTS; start the database, or fix --database-url / {db.URL_ENV}")
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
+        return self.stopping.is_set()
+
     async def run(self) -> None:
         puller = Puller(self.js._nc, wire.COSTS_STREAM, CONSUMER, min_request=1)
         await puller.start()
@@ -93,19 +120,13 @@ class Ledger:
                 await db.insert_costs(self.engine, map(db.row, records))
                 break
             except (SQLAlchemyError, OSError) as e:
-                self.db_errors += 1
-                log.warning("ledger.database_unavailable", held=len(good), retry_s=delay, error=str(e).splitlines()[0][:300],
-                            hint="the records wait in PB_COSTS; check the database URL and that the server is up")
+                self._unavailable(e, delay, held=len(good))
                 try:
                     for m in good:
                         await m.in_progress()  # still ours: no other writer should take them meanwhile
                 except Exception:
                     pass  # NATS is away too: the batch is redelivered after ack_wait, insert-ignored
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                except (asyncio.TimeoutError, TimeoutError):
-                    pass
-                if self.stopping.is_set():
+                if await self._stopped_within(delay):
                     for m in good:
                         await m.nak()
                     return
@@ -124,11 +145,6 @@ class Ledger:
 async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | None = None) -> None:
     """The `panelboard ledger` process."""
     engine = db.open_engine(database_url)
-    try:
-        await db.create_schema(engine)
-    except (SQLAlchemyError, OSError) as e:
-        raise db.DatabaseError(f"cannot reach the ledger database {db.display(database_url)}: {str(e).splitlines()[0]}; "
-                               f"start it, or pass --database-url / set {db.URL_ENV}") from None
     nc = await runtime.connect(url, "panelboard-ledger")
     js = nc.jetstream()
     await streams.ensure_streams(js, cfg)
@@ -140,7 +156,8 @@ async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | No
         loop.add_signal_handler(sig, ledger.stopping.set)
     try:
         async with metrics.serving(metrics_port, js, meters):
-            await ledger.run()
+            if await ledger.prepare():
+                await ledger.run()
     finally:
         await nc.drain()
         await engine.dispose()

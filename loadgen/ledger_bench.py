@@ -97,7 +97,8 @@ def synthetic(n: int, cfg: Config, end_ts: float, days: float = 30.0, seed: int 
 
 def _tuples(records: Iterator[CostRecord]) -> Iterator[tuple]:
     for rec in records:
-        yield tuple(db.row(rec).values())
+        row = db.row(rec)
+        yield tuple(row[k] for k in db.COLUMNS)
 
 
 def load_sqlite(path: Path, rows: Iterator[tuple], chunk: int = 200_000) -> int:

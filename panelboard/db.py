@@ -34,7 +34,6 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
-from sqlalchemy.types import Integer as IntegerType
 
 from schemas.config import Config
 from schemas.job import CostRecord
@@ -73,11 +72,18 @@ costs = Table(
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="cost_records_pkey"),
     # Every report reads a time window.
     Index("ix_cost_records_ts", "ts"),
-    # Shadow rows are few: a partial index finds them without touching live traffic.
-    Index("ix_cost_records_shadow_ts", "ts", sqlite_where=text("shadow"), postgresql_where=text("shadow")),
+    # Shadow rows are few: a partial index finds them without touching live traffic. SQLite
+    # uses it only for a query that repeats its WHERE term, and SQLAlchemy writes `shadow = 1`.
+    Index("ix_cost_records_shadow_ts", "ts", sqlite_where=text("shadow = 1"), postgresql_where=text("shadow")),
 )
 
 COLUMNS = [c.name for c in costs.columns]
+
+# Insert-or-skip: a row whose key is already there (a redelivered record) is left alone.
+_INSERTS = {
+    "postgresql": postgresql.insert(costs).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(costs).on_conflict_do_nothing(),
+}
 
 
 def row(rec: CostRecord) -> dict[str, Any]:
@@ -95,7 +101,7 @@ class epoch_day(FunctionElement):
     """Whole days since 1970 (UTC) of a unix-seconds column. Spelled per dialect: Postgres
     rounds a float cast to integer where SQLite truncates, and SQLite may lack floor()."""
 
-    type = IntegerType()
+    type = Integer()
     inherit_cache = True
 
 
@@ -143,6 +149,8 @@ def open_engine(url: str, schema: str | None = None) -> AsyncEngine:
         raise DatabaseError(
             f"cannot use database URL {url!r}: {e}; use sqlite+aiosqlite:///path/ledger.db or postgresql+asyncpg://user@host/db"
         ) from None
+    if engine.dialect.name not in _INSERTS:
+        raise DatabaseError(f"the ledger runs on SQLite or Postgres, not {engine.dialect.name}: use sqlite+aiosqlite:/// or postgresql+asyncpg://")
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine.execution_options(schema_translate_map={None: schema}) if schema else engine
@@ -171,15 +179,6 @@ async def has_ledger(engine: AsyncEngine) -> bool:
         return await conn.run_sync(lambda c: inspect(c).has_table(costs.name, schema=schema))
 
 
-def _insert(dialect: str) -> Any:
-    match dialect:
-        case "postgresql":
-            return postgresql.insert(costs).on_conflict_do_nothing()
-        case "sqlite":
-            return sqlite.insert(costs).on_conflict_do_nothing()
-    raise DatabaseError(f"the ledger supports SQLite and Postgres, not {dialect}")
-
-
 async def insert_costs(engine: AsyncEngine, rows: Iterable[dict[str, Any]]) -> None:
     """One transaction: when it returns the rows are committed; a row already there (a
     redelivered record) is skipped."""
@@ -187,7 +186,7 @@ async def insert_costs(engine: AsyncEngine, rows: Iterable[dict[str, Any]]) -> N
     if not rows:
         return
     async with engine.begin() as conn:
-        await conn.execute(_insert(engine.dialect.name), rows)
+        await conn.execute(_INSERTS[engine.dialect.name], rows)
 
 
 async def count_rows(engine: AsyncEngine) -> int:

