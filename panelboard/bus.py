@@ -49,7 +49,7 @@ async def publish_result(js: JetStreamContext, client: str, job_id: str, result:
 
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
-    await publish(js, wire.dispatch(provider), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop)})
+    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop)})
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:

@@ -76,7 +76,7 @@ async def prepare(nc: NATS, cfg: Config, providers: list[str] | None = None, wit
     if with_broker:
         await streams.ensure_consumer(js, wire.JOBS_STREAM, streams.broker_consumer_config())
     for p in providers if providers is not None else list(cfg.providers):
-        await streams.ensure_consumer(js, wire.DISPATCH_STREAM, streams.pool_consumer_config(cfg, p))
+        await streams.ensure_pool_consumers(js, cfg, p)
 
 
 async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) -> None:

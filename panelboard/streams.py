@@ -14,8 +14,17 @@ BROKER_MAX_ACK_PENDING = 8192
 DAY = 86_400.0
 
 
-def pool_consumer(provider: str) -> str:
-    return f"pool-{provider}"
+def pool_consumer(provider: str, lane: str = "interactive") -> str:
+    return f"pool-{provider}" if lane == "interactive" else f"pool-{provider}-{lane}"
+
+
+def lane_caps(cfg: Config, provider: str) -> dict[str, int]:
+    """The provider's lanes and their slots; they always sum to its max_concurrency."""
+    p = cfg.providers[provider]
+    if p.batch_share is None or p.max_concurrency < 2:
+        return {"interactive": p.max_concurrency}  # one lane takes both subjects
+    batch = min(p.max_concurrency - 1, max(1, round(p.max_concurrency * p.batch_share)))
+    return {"interactive": p.max_concurrency - batch, "batch": batch}
 
 
 def stream_configs(cfg: Config) -> list[StreamConfig]:
@@ -66,18 +75,30 @@ def ack_wait_s(cfg: Config, provider: str) -> float:
     return p.ack_wait_ms / 1000 if p.ack_wait_ms else p.timeout_ms / 1000 + 30.0
 
 
-def pool_consumer_config(cfg: Config, provider: str) -> ConsumerConfig:
-    p = cfg.providers[provider]
+def pool_consumer_config(cfg: Config, provider: str, lane: str = "interactive") -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=pool_consumer(provider),
-        filter_subject=wire.dispatch(provider),
+        durable_name=pool_consumer(provider, lane),
+        filter_subject=wire.dispatch(provider, lane) if len(lane_caps(cfg, provider)) > 1 else wire.dispatch(provider, "*"),
         ack_policy=AckPolicy.EXPLICIT,
         # Longer than the slowest call, so a live worker's delivery never times out under it.
         ack_wait=ack_wait_s(cfg, provider),
-        # The provider's concurrency cap, enforced by the server across every worker process.
-        max_ack_pending=p.max_concurrency,
+        # The lane's share of the provider's concurrency cap, enforced by the server across
+        # every worker process.
+        max_ack_pending=lane_caps(cfg, provider)[lane],
         max_deliver=-1,
     )
+
+
+async def ensure_pool_consumers(js: JetStreamContext, cfg: Config, provider: str) -> None:
+    lanes = lane_caps(cfg, provider)
+    for lane in wire.LANES:
+        if lane in lanes:
+            await ensure_consumer(js, wire.DISPATCH_STREAM, pool_consumer_config(cfg, provider, lane))
+        else:  # lanes switched off: a leftover consumer would take this lane's jobs at its old cap
+            try:
+                await js.delete_consumer(wire.DISPATCH_STREAM, pool_consumer(provider, lane))
+            except NotFoundError:
+                pass
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, cc: ConsumerConfig) -> None:

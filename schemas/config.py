@@ -21,6 +21,10 @@ class Provider(Base):
     # How long the server waits for a worker's ack before redelivering. Defaults to the
     # timeout plus 30 s; heartbeats keep long calls alive either way.
     ack_wait_ms: int | None = None
+    # Priority lanes. None: one lane, batch and interactive jobs share every slot in FIFO
+    # order. A share (0 < s < 1): batch jobs may hold only that share of max_concurrency;
+    # the rest is kept for interactive jobs, which are then never stuck behind a batch.
+    batch_share: float | None = None
     headers: dict[str, str] = {}
 
 

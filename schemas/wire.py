@@ -17,8 +17,11 @@ def jobs(intent: str | None) -> str:
     return f"pb.jobs.{intent or '_'}"
 
 
-def dispatch(provider: str) -> str:
-    return f"pb.dispatch.{provider}"
+LANES = ("interactive", "batch")  # priority lanes: each has its own share of a provider's slots
+
+
+def dispatch(provider: str, lane: str = "interactive") -> str:
+    return f"pb.dispatch.{provider}.{lane}"
 
 
 def result(client: str, job_id: str) -> str:

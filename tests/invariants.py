@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from panelboard.streams import BROKER_CONSUMER, pool_consumer
 from schemas import wire
@@ -99,7 +100,10 @@ async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_l
     rep.calls_without_cost = [r for r in calls if cost_ids[r] == 0]
     rep.costs_without_call = [r.request_id for r in rep.costs if r.outcome != "lost" and calls[r.request_id] == 0]
 
-    for stream, consumer in [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, pool_consumer(p)) for p in providers)]:
-        info = await js.consumer_info(stream, consumer)
+    for stream, consumer in [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, pool_consumer(p, lane)) for p in providers for lane in wire.LANES)]:
+        try:
+            info = await js.consumer_info(stream, consumer)
+        except NotFoundError:  # a provider without a batch lane
+            continue
         rep.unacked[consumer] = info.num_ack_pending + info.num_pending
     return rep

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from broker.pricing import call_cost
 from panelboard import bus, logs
 from panelboard.puller import Puller
-from panelboard.streams import ack_wait_s, pool_consumer
+from panelboard.streams import ack_wait_s, lane_caps, pool_consumer
 from schemas import wire
 from schemas.codec import decode_dispatch
 from schemas.config import Config, Link, Model, RetryPolicy
@@ -63,7 +63,7 @@ class Pool:
         self.provider = provider
         self.settings = cfg.providers[provider]
         self.adapter = adapter or adapter_for(self.settings, api_key)
-        self.cap = self.settings.max_concurrency
+        self.lanes = lane_caps(cfg, provider)
         self.ack_wait = ack_wait_s(cfg, provider)
         self.heartbeat_s = min(5.0, self.ack_wait / 4)
         self.stopping = asyncio.Event()
@@ -260,19 +260,34 @@ class Pool:
                     except Exception:
                         pass
 
-    def _start(self, held: deque[Msg]) -> None:
-        while held and len(self.inflight) < self.cap:
-            lease = Lease(held.popleft())
-            t = asyncio.create_task(self._safe(lease))
-            self.inflight[t] = lease
-            t.add_done_callback(self.inflight.pop)
-
     async def run(self) -> None:
-        puller = Puller(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider), min_request=max(1, self.cap // 8))
-        await puller.start()
         hb = asyncio.create_task(self._heartbeat())
-        held: deque[Msg] = deque()  # delivered, not started: pool paused or at its cap
-        log.info("pool.started", provider=self.provider, cap=self.cap, ack_wait_s=self.ack_wait)
+        log.info("pool.started", provider=self.provider, lanes=self.lanes, ack_wait_s=self.ack_wait)
+        try:
+            await asyncio.gather(*(self._lane(lane, cap) for lane, cap in self.lanes.items()))
+        finally:
+            await self._drain_inflight()
+            hb.cancel()
+            await self.adapter.aclose()
+            log.info("pool.stopped", provider=self.provider, calls=self.calls)
+
+    async def _lane(self, lane: str, cap: int) -> None:
+        """One priority lane: its own durable consumer, whose max_ack_pending is the lane's
+        share of the provider's slots, and its own count of calls in flight."""
+        puller = Puller(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider, lane), min_request=max(1, cap // 8))
+        await puller.start()
+        mine: set[asyncio.Task[None]] = set()
+        held: deque[Msg] = deque()  # delivered, not started: pool paused or lane at its cap
+
+        def start() -> None:
+            while held and len(mine) < cap:
+                lease = Lease(held.popleft())
+                t = asyncio.create_task(self._safe(lease))
+                self.inflight[t] = lease
+                mine.add(t)
+                t.add_done_callback(self.inflight.pop)
+                t.add_done_callback(mine.discard)
+
         try:
             while not self.stopping.is_set():
                 wait = self.paused_until - time.monotonic()
@@ -282,30 +297,29 @@ class Pool:
                     except (asyncio.TimeoutError, TimeoutError):
                         pass
                     continue
-                self._start(held)
-                free = self.cap - len(self.inflight) - len(held)
+                start()
+                free = cap - len(mine) - len(held)
                 if free <= 0:
-                    await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(list(mine), return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
                     await puller.top_up(free)
                 except Exception as e:  # reconnecting: nats-py retries underneath
-                    log.warning("pool.pull_failed", provider=self.provider, error=type(e).__name__)
+                    log.warning("pool.pull_failed", provider=self.provider, lane=lane, error=type(e).__name__)
                 msg = await puller.get(timeout=0.5)
                 if msg is None:
                     continue
                 held.extend([msg, *puller.take_ready()])
                 if self.paused_until > time.monotonic():
                     continue  # paused while we waited: hold them until the pause ends
-                self._start(held)
+                start()
         finally:
-            await self.drain(puller, hb, held)
+            # SIGTERM: stop fetching; what was delivered but not started goes straight back.
+            for m in [*held, *await puller.stop()]:
+                await m.nak()
 
-    async def drain(self, puller: Puller, hb: asyncio.Task[None], held: deque[Msg], grace_s: float = 20.0) -> None:
-        """On SIGTERM: stop fetching, let in-flight calls finish, nak what is left, so none
-        is left to time out."""
-        for m in [*held, *await puller.stop()]:
-            await m.nak()
+    async def _drain_inflight(self, grace_s: float = 20.0) -> None:
+        """Let in-flight calls finish, nak what is left, so none is left to time out."""
         if self.inflight:
             log.info("pool.draining", provider=self.provider, inflight=len(self.inflight))
             _, pending = await asyncio.wait(list(self.inflight), timeout=grace_s)
@@ -317,6 +331,3 @@ class Pool:
                         await lease.msg.nak()
                     except Exception:
                         pass
-        hb.cancel()
-        await self.adapter.aclose()
-        log.info("pool.stopped", provider=self.provider, calls=self.calls)
