@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -31,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from panelboard.natsserver import _CLIENT_PORT, _READY, NatsServer, NatsServerError, binary
+from panelboard.natsserver import NatsServer, NatsServerError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "deploy" / "nats-cluster.conf"
@@ -61,9 +60,7 @@ class Node(NatsServer):
     """One cluster member: the shared config file plus its own environment."""
 
     def __init__(self, name: str, data_dir: Path, env: dict[str, str], http_port: int, conf: Path = CONF):
-        super().__init__(data_dir, port=int(env["NATS_PORT"]), config=str(conf))
-        self.name = name
-        self.env = env
+        super().__init__(data_dir, port=int(env["NATS_PORT"]), config=str(conf), env=env, name=name)
         self.http_port = http_port
 
     @property
@@ -73,30 +70,6 @@ class Node(NatsServer):
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 15.0) -> "Node":
-        # NatsServer.start, with this node's variables in the server's environment.
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        log_start = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(
-            [binary(), "-c", str(self.config)], stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[log_start:].decode("utf-8", "replace")
-            if _READY in text:
-                m = _CLIENT_PORT.search(text)
-                if m:
-                    self.port = int(m.group(1))
-                return self
-            if self.proc.poll() is not None:
-                fatal = [ln for ln in text.splitlines() if "[FTL]" in ln or "[ERR]" in ln]
-                raise NatsServerError(f"{self.name} exited with {self.proc.returncode}: {' | '.join(fatal) or text[-500:]}")
-            time.sleep(0.02)
-        self.stop()
-        raise NatsServerError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
 
     def monitor(self, path: str, timeout: float = 2.0) -> dict[str, Any] | None:
         """GET a monitoring endpoint as JSON; None when the node does not answer or says unhealthy."""

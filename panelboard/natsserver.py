@@ -35,11 +35,21 @@ def binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, data_dir: str | os.PathLike[str], port: int = -1, config: str | None = None, extra: list[str] | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int = -1,
+        config: str | None = None,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "nats-server",
+    ):
         self.data_dir = Path(data_dir)
         self.port = port
         self.config = config
         self.extra = extra or []
+        self.env = env or {}  # a shared config file's per-node variables (deploy/nats-cluster.conf)
+        self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "nats-server.log"
 
@@ -55,7 +65,7 @@ class NatsServer:
         args += self.extra
         log = open(self.log_path, "ab")
         log_start = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -67,10 +77,10 @@ class NatsServer:
                 return self
             if self.proc.poll() is not None:
                 fatal = [ln for ln in text.splitlines() if "[FTL]" in ln or "[ERR]" in ln]
-                raise NatsServerError(f"nats-server exited with {self.proc.returncode}: {' | '.join(fatal) or text[-500:]}")
+                raise NatsServerError(f"{self.name} exited with {self.proc.returncode}: {' | '.join(fatal) or text[-500:]}")
             time.sleep(0.02)
         self.stop()
-        raise NatsServerError(f"nats-server not ready after {timeout}s; see {self.log_path}")
+        raise NatsServerError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
 
     def kill(self) -> None:
         """SIGKILL, for fault tests: no clean shutdown, no flush."""
