@@ -7,10 +7,26 @@ from schemas.errors import InvalidJob, JobError, UnknownIntent
 from schemas.job import Hop, Job, Route
 
 
+# Bits per weight; a model without a stated quantization is taken as served at full precision.
+PRECISION = {"fp4": 4, "int4": 4, "fp6": 6, "fp8": 8, "int8": 8, "fp16": 16, "bf16": 16, "fp32": 32}
+FULL = 16
+
+
+def precise_enough(quantization: str | None, minimum: str | None) -> bool:
+    if minimum is None:
+        return True
+    return PRECISION.get((quantization or "").lower(), FULL) >= PRECISION[minimum.lower()]
+
+
 def tier_route(cfg: Config, tier: str) -> Route:
+    t = cfg.tiers[tier]
     return Route(
         tier=tier,
-        chain=tuple(Hop(model=link.model, provider=cfg.models[link.model].provider) for link in cfg.tiers[tier].fallbacks),
+        chain=tuple(
+            Hop(model=link.model, provider=cfg.models[link.model].provider)
+            for link in t.fallbacks
+            if precise_enough(cfg.models[link.model].quantization, t.min_precision)
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from broker.routing import PRECISION, precise_enough
 from schemas.config import Config, Model, Provider, Tier
 
 _ORDINALS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
@@ -150,6 +151,11 @@ def check(cfg: Config) -> list[str]:
             for trig in link.on:
                 if not _TRIGGER_RE.match(trig):
                     out.append(f"tiers.{name}.fallbacks[{i}].on: trigger {trig!r} is not one of 429, 5xx, 503, timeout, timeout>3000ms")
+        if t.min_precision is not None:
+            if t.min_precision.lower() not in PRECISION:
+                out.append(f"tiers.{name}.min_precision: {t.min_precision!r} is not one of {', '.join(PRECISION)}")
+            elif not any(precise_enough(cfg.models[lk.model].quantization, t.min_precision) for lk in t.fallbacks if lk.model in cfg.models):
+                out.append(f"tiers.{name}.min_precision {t.min_precision} leaves no hop in its chain; lower it or add a full-precision model")
     for intent, tier in cfg.intents.items():
         if tier not in cfg.tiers:
             out.append(f"intents.{intent}: unknown tier {tier!r} (known: {', '.join(cfg.tiers)})")

@@ -58,6 +58,9 @@ class Link(Base):
 class Tier(Base):
     fallbacks: list[Link]
     retry_policy: RetryPolicy = RetryPolicy()
+    # Skip hops serving a coarser build than this (fp4 < fp8 < bf16): the article's warning
+    # that cheap hosts often serve quantized variants of "the same" model.
+    min_precision: str | None = None
 
 
 class NatsSettings(Base):

@@ -82,3 +82,14 @@ def test_routing_errors_carry_hints():
     assert isinstance(unknown, UnknownIntent) and "extraction" in unknown.hint
     none = resolve(job(None), cfg)
     assert isinstance(none, InvalidJob) and "default_intent" in none.hint
+
+
+def test_min_precision_skips_quantized_hops_and_rejects_an_empty_chain():
+    base = DEFAULT_CONFIG.read_text()
+    strict = parse(base.replace("    retry_policy: {max_retries: 2, backoff: exponential}\n  workhorse",
+                                "    retry_policy: {max_retries: 2, backoff: exponential}\n    min_precision: bf16\n  workhorse"))
+    route = resolve(job("extraction"), strict)
+    # novita and deepinfra serve fp8 builds of Llama 3.3 70B: only fireworks' bf16 one is left
+    assert [h.provider for h in route.chain] == ["fireworks"]
+    with pytest.raises(ConfigError, match="leaves no hop"):
+        parse(base.replace("{model: together/deepseek-v4-pro}\n    retry_policy", "{model: together/deepseek-v4-pro}\n    min_precision: fp32\n    retry_policy"))

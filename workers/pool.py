@@ -77,10 +77,14 @@ class Pool:
 
     # -- one delivery -------------------------------------------------------------------
     def _link(self, d: Dispatch) -> tuple[Link, RetryPolicy]:
+        """This hop's triggers and the tier's retry policy. Found by model, not position: a
+        tier's min_precision may have dropped links from the chain."""
+        model = d.route.chain[d.hop].model
         tier = self.cfg.tiers.get(d.route.tier)
-        if tier is None or d.hop >= len(tier.fallbacks):  # config changed under an in-flight job
-            return Link(model=d.route.chain[d.hop].model), RetryPolicy()
-        return tier.fallbacks[d.hop], tier.retry_policy
+        link = next((lk for lk in tier.fallbacks if lk.model == model), None) if tier else None
+        if tier is None or link is None:  # config changed under an in-flight job
+            return Link(model=model), RetryPolicy()
+        return link, tier.retry_policy
 
     async def _ack(self, lease: Lease) -> None:
         # A lease that lapsed (we were cut off from NATS longer than ack_wait) may now belong
@@ -151,6 +155,7 @@ class Pool:
                 result = Completed(
                     job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                     cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
+                    metadata=job.metadata,
                 )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)
