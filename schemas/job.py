@@ -78,12 +78,14 @@ class Completed(msgspec.Struct, tag="completed", kw_only=True):
     attempts: list[Attempt] = msgspec.field(default_factory=list)
     latency_ms: float = 0.0
     queue_ms: float = 0.0
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)  # the job's metadata, echoed back
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):
     job_id: str
     error: JobError
     attempts: list[Attempt] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)  # the job's metadata, echoed back
 
 
 Result = Completed | Failed
