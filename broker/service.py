@@ -7,20 +7,23 @@ costs ~0.4 ms CPU here, the raw loop ~0.03 ms, and this is the hot path.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from broker import routing
+from broker import admission, classify, health, routing, strategies
+from broker.admission import Governor, Wait
+from broker.governance_store import Admitted
 from panelboard import bus, logs
 from panelboard.puller import Puller
 from panelboard.streams import BROKER_CONSUMER
 from schemas import wire
 from schemas.codec import decode_job
 from schemas.config import Config
-from schemas.errors import DeadlineExceeded, InvalidJob, JobError
+from schemas.errors import DeadlineExceeded, InvalidJob, JobError, PromptTooLarge
 from schemas.job import ID_RE, Dispatch, Job, Route
 
 log = logs.get("broker")
@@ -49,36 +52,71 @@ def admit(job: Job, cfg: Config, table: dict[str, Route], now: float) -> Route |
 
 
 class Broker:
-    def __init__(self, js: JetStreamContext, cfg: Config):
+    def __init__(self, js: JetStreamContext, cfg: Config, governor: Governor | None = None):
         self.js = js
         self.cfg = cfg
         self.table = routing.routes(cfg)
+        self.governor = governor or Governor(cfg, None)
         self.stopping = asyncio.Event()
         self.handled = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
+        # Layer 2: every broker's live copy of PB_HEALTH and of its pools' queue depths.
+        self.health: health.Health = {}
+        self.load: dict[str, int] = {}
+        self.rng = random.Random()
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
         header_id = headers.get(wire.HDR_MSG_ID)
         client = headers.get(wire.HDR_CLIENT)
-        try:
-            job = decode_job(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
-            err = InvalidJob(
-                message=f"the job could not be decoded: {e}",
-                hint="send a JSON Job as documented in the README's wire contract (id, client, request.messages)",
-            )
-            await bus.fail_job(self.js, client, header_id, err, reason="invalid", raw=msg.data, dead_msg_id=f"{header_id or msg.metadata.sequence.stream}:invalid")
-            log.info("job.rejected", job_id=header_id, client=client, error="invalid_job", detail=str(e)[:200])
+        early: InvalidJob | PromptTooLarge | None = admission.screen(msg.data, self.cfg.governance)
+        if early is None:
+            try:
+                job = decode_job(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+                early = InvalidJob(
+                    message=f"the job could not be decoded: {e}",
+                    hint="send a JSON Job as documented in the README's wire contract (id, client, request.messages)",
+                )
+        if early is not None:
+            # The raw payload is kept (keys cut to their prefix, oversized ones truncated).
+            await bus.fail_job(self.js, client, header_id, early, reason=early.__struct_config__.tag if isinstance(early, PromptTooLarge) else "invalid",
+                               raw=admission.scrub_raw(msg.data), dead_msg_id=f"{header_id or msg.metadata.sequence.stream}:invalid")
+            log.info("job.rejected", job_id=header_id, client=client, error=early.__struct_config__.tag, detail=early.message[:200])
             await msg.ack()
             return
         if msg.metadata.timestamp.timestamp() < self.suspect_before and await self.already_underway(job):
             await msg.ack()
             return
-        err: JobError | None = validate(job, header_id)
-        decision = err or admit(job, self.cfg, self.table, time.time())
+        err: JobError | None = validate(job, header_id) or admission.check_fields(job)
+        if err is None and (found := admission.forbidden_fields(msg.data)):
+            err = admission.refuse_fields(found)
+        if err is None and not job.intent:  # layer 1: no intent given, classify the request
+            intent, source, _ = classify.intent_for(job, self.cfg)
+            if source == "classified":
+                job = msgspec.structs.replace(job, intent=intent)  # cost records carry it
+        now = time.time()
+        decision = err or admit(job, self.cfg, self.table, now)
         if isinstance(decision, Route):
-            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time()))
+            decision = strategies.choose(decision, self.cfg, self.health, self.load, self.rng)
+            if self.cfg.health.enabled:  # layer 2: degraded hops behind healthy ones, bar a probe share
+                decision = health.order_chain(decision, self.health, self.rng, self.cfg.health.probe_share)
+        reserved = 0.0
+        team = None
+        if isinstance(decision, Route) and self.governor.on is not False:
+            job = admission.bound(job, decision, self.cfg)  # the worst case reserved is the worst case run
+            verdict = await self.governor.admit(job, decision, msg, now)
+            if isinstance(verdict, Wait):  # backpressure: the job waits in the stream
+                await msg.nak(delay=verdict.delay_s)
+                log.debug("job.waiting", job_id=job.id, reason=verdict.reason, delay_s=round(verdict.delay_s, 3))
+                return
+            if isinstance(verdict, Admitted):
+                reserved, team = verdict.reserved_nano / 1e9, verdict.team
+            else:
+                decision = verdict
+        job = admission.public(job, team)  # from here on, never the whole key
+        if isinstance(decision, Route):
+            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved))
             log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
         else:
             reason = decision.__struct_config__.tag
@@ -99,7 +137,32 @@ class Broker:
         except Exception:  # NATS trouble mid-publish: leave the job unacked, it is redelivered
             log.exception("job.handle_failed", subject=msg.subject)
 
+    async def _follow_health(self) -> None:
+        """Aggregate PB_COSTS into PB_HEALTH (every broker does it from the same records, so
+        they agree) and keep local copies of the health states and pool loads."""
+        from broker.health_service import Aggregator, HealthView, pool_load
+        from panelboard.streams import ensure_health_kv
+
+        view = await HealthView.start(self.js, self.cfg)
+        self.health = view.states
+        aggregator = asyncio.create_task(Aggregator(self.js, self.cfg, await ensure_health_kv(self.js, self.cfg)).run())
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.load = await pool_load(self.js)
+                except Exception as e:  # a leader election: keep the last figures
+                    log.debug("broker.load_failed", error=type(e).__name__)
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), 1.0)
+                except (asyncio.TimeoutError, TimeoutError):
+                    pass
+        finally:
+            aggregator.cancel()
+            await view.stop()
+
     async def run(self) -> None:
+        await self.governor.start(self.js)  # keys, limits, budgets, settlement: when governance is on
+        follower = asyncio.create_task(self._follow_health()) if self.cfg.health.enabled else None
         puller = Puller(self.js._nc, wire.JOBS_STREAM, BROKER_CONSUMER, min_request=MAX_INFLIGHT // 8)
         await puller.start()
         inflight: set[asyncio.Task[None]] = set()
@@ -125,4 +188,7 @@ class Broker:
             await m.nak()
         if inflight:
             await asyncio.wait(inflight, timeout=10)
+        if follower is not None:
+            follower.cancel()
+        await self.governor.stop()
         log.info("broker.stopped", handled=self.handled)

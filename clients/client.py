@@ -4,6 +4,9 @@
         r = await c.chat([{"role": "user", "content": "hi"}], intent="extraction")
         h = await c.submit(messages, intent="reasoning", job_id="order-42")
         result = await h.result(timeout=30)
+        async for r in c.as_completed(handles): ...         # results as they finish
+        async for r in c.map(prompts, intent="extraction", concurrency=32): ...   # in input order
+        await c.cancel(h.id)                                 # True: taken out of the queue, never called
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -20,21 +25,25 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from clients.errors import PanelboardError, ResultTimeout, exception_for
+from panelboard.bus import _TRANSIENT
 from schemas import wire
 from schemas.chat import ChatRequest, ChatResponse, Message
 from schemas.codec import decode_result, encode
 from schemas.job import Completed, Failed, Job, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
+PUBLISH_PATIENCE_S = 60.0  # how long a submit keeps retrying (same job id) while NATS is away
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def to_request(messages: MessagesLike, **params: Any) -> ChatRequest:
+def to_request(messages: MessagesLike | str, **params: Any) -> ChatRequest:
     if isinstance(messages, ChatRequest):
         return messages
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
     msgs = [m if isinstance(m, Message) else msgspec.convert(m, Message) for m in messages]
     return ChatRequest(messages=msgs, **{k: v for k, v in params.items() if v is not None})
 
@@ -49,13 +58,21 @@ class JobHandle:
 
     async def response(self, timeout: float | None = None) -> ChatResponse:
         """The ChatResponse, or the JobFailed subclass matching the error."""
-        r = await self.result(timeout)
-        if isinstance(r, Failed):
-            raise exception_for(r)
-        return r.response
+        return unwrap(await self.result(timeout))
+
+    async def cancel(self) -> bool:
+        return await self.client.cancel(self.id)
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r})"
+
+
+def unwrap(result: Result) -> ChatResponse:
+    """A Completed result's response; a Failed one raises the JobFailed subclass of its error
+    kind (UnknownIntentError, ChainExhaustedError, JobCancelledError, ...)."""
+    if isinstance(result, Failed):
+        raise exception_for(result)
+    return result.response
 
 
 class Client:
@@ -67,8 +84,10 @@ class Client:
         key: str | None = None,
         team: str = "default",
         nc: NATS | None = None,
+        publish_patience_s: float = PUBLISH_PATIENCE_S,
     ):
         self._url = nats_url
+        self.publish_patience_s = publish_patience_s
         self.client_id = client_id or "c" + new_id()[:16]
         self.key = key
         self.team = team
@@ -104,12 +123,22 @@ class Client:
 
     async def _resync(self) -> None:
         """Results published while we were disconnected never reached our subscription:
-        read them from the stream."""
+        read them from the stream (retrying while a restarted server brings JetStream up)."""
         for job_id, fut in list(self._waiting.items()):
-            if not fut.done():
-                stored = await self.lookup(job_id)
-                if stored is not None and not fut.done():
-                    fut.set_result(stored)
+            delay = 0.1
+            while not fut.done():
+                try:
+                    raw = await self.js.get_last_msg(wire.RESULTS_STREAM, wire.result(self.client_id, job_id), direct=True)
+                except NotFoundError:
+                    break
+                except (*_TRANSIENT, nats.errors.ConnectionClosedError):
+                    if self.nc is None or self.nc.is_closed or delay > 5:
+                        break
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                if not fut.done():
+                    fut.set_result(decode_result(raw.data))
 
     async def _on_result(self, msg: Msg) -> None:
         job_id = msg.subject.rsplit(".", 1)[-1]
@@ -125,7 +154,7 @@ class Client:
 
     async def submit(
         self,
-        messages: MessagesLike,
+        messages: MessagesLike | str,
         *,
         intent: str | None = None,
         job_id: str | None = None,
@@ -157,15 +186,21 @@ class Client:
         self._future(job.id)
         headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.id, job.run), wire.HDR_CLIENT: job.client}
         # A publish that timed out may still have been stored: retrying with the same
-        # Nats-Msg-Id is safe, the stream drops the duplicate.
-        for attempt in range(5):
+        # Nats-Msg-Id is safe, the stream drops the duplicate. While the server restarts
+        # (or a cluster elects a leader) we keep retrying for publish_patience_s.
+        data = encode(job)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.publish_patience_s
+        delay = 0.1
+        while True:
             try:
-                await self.js.publish(wire.jobs(job.intent), encode(job), headers=headers, timeout=5)
+                await self.js.publish(wire.jobs(job.intent), data, headers=headers, timeout=5)
                 break
-            except Exception:
-                if attempt == 4:
+            except _TRANSIENT:
+                if loop.time() + delay > give_up:
                     raise
-                await asyncio.sleep(0.2 * 2**attempt)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         return JobHandle(self, job.id)
 
     async def lookup(self, job_id: str) -> Result | None:
@@ -196,5 +231,83 @@ class Client:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job of this client that has not started. True: it was taken out of its
+        queue before any broker or worker took it, it gets a Failed result of kind
+        `cancelled`, and no provider is called for it. False: a broker or worker already has
+        it (or it has finished, or no such job is queued); it runs to its own result. It reads
+        the queues once, so it takes longer the deeper they are. See clients/cancel.py."""
+        from clients.cancel import cancel_queued
 
-__all__ = ["Client", "Completed", "Failed", "JobHandle"]
+        rep = await cancel_queued(self.js, lambda j: j.client == self.client_id and j.id == job_id,
+                                  prefilter=job_id.encode(), reason="Client.cancel", keep_ids=True)
+        return job_id in rep.ids
+
+    async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncIterator[Result]:
+        """Each job's Result as it arrives (Completed | Failed), whatever the order they were
+        submitted in. `timeout` bounds the whole wait: ResultTimeout names a job still out."""
+        ids = [h.id if isinstance(h, JobHandle) else h for h in handles]
+        pending = {asyncio.ensure_future(self.result(i)): i for i in ids}
+        end = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            while pending:
+                left = None if end is None else max(0.0, end - asyncio.get_running_loop().time())
+                done, _ = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise ResultTimeout(next(iter(pending.values())), timeout or 0)
+                for t in done:
+                    pending.pop(t)
+                    yield t.result()
+        finally:
+            for t in pending:
+                t.cancel()
+
+    async def map(
+        self,
+        items: Iterable[MessagesLike | str],
+        *,
+        intent: str | None = None,
+        concurrency: int = 64,
+        ordered: bool = True,
+        id_prefix: str | None = None,
+        timeout: float | None = None,
+        **submit_kw: Any,
+    ) -> AsyncIterator[Result]:
+        """Run one job per item (a prompt, a message list or a ChatRequest) with at most
+        `concurrency` jobs submitted and not yet yielded; yield each Result (Completed |
+        Failed) in input order, or as they finish with `ordered=False`. The iterable is read
+        as the window moves, so it may be a generator of millions. With `id_prefix`, job i is
+        `<id_prefix>-<i>`: a restarted run resubmits the same ids and gets the same results
+        instead of paying twice. `timeout` bounds each job's wait."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+        async def one(i: int, item: MessagesLike | str) -> Result:
+            job_id = f"{id_prefix}-{i}" if id_prefix else None
+            h = await self.submit(item, intent=intent, job_id=job_id, **submit_kw)
+            return await h.result(timeout)
+
+        window: deque[asyncio.Task[Result]] = deque()
+        it = iter(enumerate(items))
+        try:
+            while True:
+                while len(window) < concurrency:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    window.append(asyncio.ensure_future(one(*nxt)))
+                if not window:
+                    return
+                if ordered:
+                    yield await window.popleft()
+                else:
+                    done, _ = await asyncio.wait(window, return_when=asyncio.FIRST_COMPLETED)
+                    for t in done:
+                        window.remove(t)
+                        yield t.result()
+        finally:
+            for t in window:
+                t.cancel()
+
+
+__all__ = ["Client", "Completed", "Failed", "JobHandle", "unwrap"]

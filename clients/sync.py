@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, TypeVar
 
 from clients.client import Client, JobHandle, MessagesLike
 from schemas.chat import ChatResponse
 from schemas.job import Result
+
+T = TypeVar("T")
 
 
 class SyncClient:
@@ -20,17 +23,42 @@ class SyncClient:
         self._client = Client(nats_url, **kw)
         self._run(self._client.connect())
 
+    @property
+    def client_id(self) -> str:
+        return self._client.client_id
+
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def chat(self, messages: MessagesLike, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
+    def _iter(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        """Step an async generator on the private loop; closing the iterator closes it."""
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
+    def chat(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         return self._run(self._client.chat(messages, intent=intent, timeout=timeout, **kw))
 
-    def submit(self, messages: MessagesLike, **kw: Any) -> str:
+    def submit(self, messages: MessagesLike | str, **kw: Any) -> str:
         return self._run(self._client.submit(messages, **kw)).id
 
     def result(self, job_id: str, timeout: float | None = None) -> Result:
         return self._run(self._client.result(job_id, timeout))
+
+    def cancel(self, job_id: str) -> bool:
+        return self._run(self._client.cancel(job_id))
+
+    def as_completed(self, job_ids: Iterable[str | JobHandle], timeout: float | None = None) -> Iterator[Result]:
+        return self._iter(self._client.as_completed(list(job_ids), timeout))
+
+    def map(self, items: Iterable[MessagesLike | str], **kw: Any) -> Iterator[Result]:
+        """Client.map: the items are read on the client's loop thread as the window moves."""
+        return self._iter(self._client.map(items, **kw))
 
     def close(self) -> None:
         self._run(self._client.close())

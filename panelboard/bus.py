@@ -116,4 +116,4 @@ async def fail_job(
     attempts = attempts or []
     await publish_dead(js, reason, error, job, raw, attempts, dead_msg_id)
     if client and job_id and ID_RE.match(client) and ID_RE.match(job_id):
-        await publish_result(js, client, job_id, Failed(job_id=job_id, error=error, attempts=attempts), job.run if job else 0)
+        await publish_result(js, client, job_id, Failed(job_id=job_id, error=error, attempts=attempts, metadata=job.metadata if job else {}), job.run if job else 0)

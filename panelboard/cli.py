@@ -204,6 +204,143 @@ def cmd_dead(a: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+async def _quick_connect(url: str):
+    """A short-lived connection for a read-only command: fails fast instead of waiting for a
+    server that is not there."""
+    from nats.aio.client import Client as NATS
+
+    async def quiet(_e: Exception) -> None:  # the caller reports the failure once
+        pass
+
+    nc = NATS()
+    await asyncio.wait_for(nc.connect(servers=[u.strip() for u in url.split(",")], name="panelboard-cli", connect_timeout=2,
+                                      allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet), 6)
+    return nc
+
+
+def _load_job(path: str):
+    """A Job as JSON; lenient for hand-written files: a bare request, or a job with no id."""
+    import msgspec
+
+    from schemas.job import Job
+
+    with (sys.stdin if path == "-" else open(path)) as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict):
+        raise ValueError("expected a JSON object: a Job, or a chat request with messages")
+    if "request" not in raw and "messages" in raw:
+        raw = {"request": raw}
+    raw = {"id": "explain", "client": "cli", **raw}
+    return msgspec.convert(raw, Job)
+
+
+def cmd_route_explain(a: argparse.Namespace) -> int:
+    import msgspec
+
+    from broker.explain import explain, render
+    from panelboard.config import load
+    from panelboard.runtime import find_url
+
+    cfg = load(a.config)
+    try:
+        job = _load_job(a.job)
+    except (OSError, ValueError, msgspec.ValidationError) as e:
+        print(f"cannot read the job {a.job}: {e}\nhint: a Job as in the README's wire contract, or {{\"messages\": [...]}}", file=sys.stderr)
+        return 2
+    health = load_ = None
+    url = None if a.no_health else find_url(a.nats_url, cfg)
+    if url:
+        from broker.health_service import pool_load, read_health
+
+        async def read():
+            nc = await _quick_connect(url)
+            try:
+                js = nc.jetstream()
+                return await read_health(js), await pool_load(js)
+            finally:
+                await nc.close()
+
+        try:
+            health, load_ = asyncio.run(read())
+        except Exception as e:  # no server there: explain without health
+            print(f"(health not read from {url}: {type(e).__name__})", file=sys.stderr)
+    e = explain(job, cfg, health, load_)
+    print(msgspec.json.format(msgspec.json.encode(e)).decode() if a.json else render(e))
+    return 0 if e.error is None else 1
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    import msgspec
+
+    from broker.health_service import render_status, status
+    from panelboard.config import load
+    from panelboard.runtime import find_url
+
+    cfg = load(a.config)
+    url = find_url(a.nats_url, cfg)
+    if not url:
+        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
+        return 2
+
+    async def go():
+        nc = await _quick_connect(url)
+        try:
+            return await status(nc.jetstream(), cfg)
+        finally:
+            await nc.close()
+
+    try:
+        st = asyncio.run(go())
+    except Exception as e:
+        print(f"cannot read status from {url}: {type(e).__name__}: {e}\nhint: is the stack up (`panelboard up`)?", file=sys.stderr)
+        return 2
+    print(msgspec.json.format(msgspec.json.encode(st)).decode() if a.json else render_status(st))
+    return 0
+
+
+def cmd_health(a: argparse.Namespace) -> int:
+    from broker.health_service import serve
+    from panelboard.config import load
+    from panelboard.runtime import find_url, run
+
+    cfg = load(a.config)
+    url = find_url(a.nats_url, cfg)
+    if not url:
+        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
+        return 2
+    run(serve(url, cfg))
+    return 0
+
+
+def cmd_import_litellm(a: argparse.Namespace) -> int:
+    import os
+
+    from panelboard.litellm_import import ImportError_, convert
+
+    try:
+        with open(a.file) as f:
+            text = f.read()
+        conv = convert(text, a.file)
+    except OSError as e:
+        print(f"cannot read {a.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    except ImportError_ as e:
+        print(f"import-litellm: {e}", file=sys.stderr)
+        return 2
+    for w in conv.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if a.output:
+        if os.path.exists(a.output) and not a.force:
+            print(f"{a.output} exists; pass --force to overwrite it", file=sys.stderr)
+            return 2
+        with open(a.output, "w") as f:
+            f.write(conv.yaml)
+        print(f"wrote {a.output}; try: panelboard route explain JOB.json --config {a.output}", file=sys.stderr)
+    else:
+        print(conv.yaml, end="")
+    return 0
+
+
 def cmd_mock(a: argparse.Namespace, rest: list[str]) -> int:
     from loadgen.mock_provider import main as mock_main
 
@@ -298,6 +435,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="replay every (matching) letter")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_dead)
+
+    from panelboard import batch as batch_cli
+
+    batch_cli.add_parser(sub, _common)
+
+    from panelboard import governance_cli
+
+    governance_cli.add_parsers(sub)  # keys, teams
+
+    p = sub.add_parser("route", help="routing decisions: `route explain JOB.json`")
+    rsub = p.add_subparsers(dest="route", required=True)
+    r = rsub.add_parser("explain", help="print the route a job would take and why (intent, tier, chain, exclusions, health)")
+    _common(r)
+    r.add_argument("job", metavar="JOB.json", help="a Job as JSON (or a chat request with messages); - reads stdin")
+    r.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+    r.add_argument("--no-health", action="store_true", help="do not read PB_HEALTH and pool load from NATS")
+    r.set_defaults(fn=cmd_route_explain)
+
+    p = sub.add_parser("status", help="each provider/model's rolling P95, error rate and health state; queue depths")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("health", help="run the health aggregator: PB_COSTS -> PB_HEALTH (rolling P95 and errors per provider/model)")
+    _common(p)
+    p.set_defaults(fn=cmd_health)
+
+    p = sub.add_parser("config", help="config tools: `config import-litellm`")
+    csub = p.add_subparsers(dest="config_cmd", required=True)
+    r = csub.add_parser("import-litellm", help="convert a LiteLLM proxy config (model_list, router_settings, fallbacks) into a panelboard config")
+    r.add_argument("file", metavar="config.yaml")
+    r.add_argument("-o", "--output", help="write here instead of stdout")
+    r.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    r.set_defaults(fn=cmd_import_litellm)
 
     sub.add_parser("mock", help="run the mock provider (see `panelboard mock --help`)")
 

@@ -161,7 +161,9 @@ def check(cfg: Config) -> list[str]:
             out.append(f"intents.{intent}: unknown tier {tier!r} (known: {', '.join(cfg.tiers)})")
     if cfg.default_intent is not None and cfg.default_intent not in cfg.intents:
         out.append(f"default_intent: {cfg.default_intent!r} is not in intents")
-    return out
+    from broker import health, strategies  # here, not at the top: they import schemas, not us
+
+    return out + health.check(cfg) + strategies.check(cfg)
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

@@ -15,6 +15,16 @@ _SECRET_RE = re.compile(r"(pb_[A-Za-z0-9]{4})[A-Za-z0-9_-]{8,}|sk-(?:ant-)?[A-Za
 _SECRET_FIELDS = {"api_key", "key", "authorization", "x-api-key", "token", "password", "secret"}
 
 
+# Secrets known by value (provider keys read from the environment), whatever their format.
+_KNOWN: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Redact this exact string from every log line from now on."""
+    if len(value) >= 8:
+        _KNOWN.add(value)
+
+
 def redact_text(text: str) -> str:
     def sub(m: re.Match[str]) -> str:
         if m.group(1):
@@ -23,6 +33,9 @@ def redact_text(text: str) -> str:
             return m.group(2) + "[redacted]"
         return "sk-…[redacted]"
 
+    for secret in _KNOWN:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
     return _SECRET_RE.sub(sub, text)
 
 

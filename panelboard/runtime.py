@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
@@ -19,10 +19,18 @@ from schemas import wire
 from schemas.config import Config
 from workers.pool import Pool
 
+if TYPE_CHECKING:
+    from broker.admission import Governor
+
 log = logs.get("runtime")
 
 HOME_ENV = "PANELBOARD_HOME"
 URL_ENV = "PANELBOARD_NATS_URL"
+# Credentials for a NATS server with per-team users (panelboard/tenants.py): kept out of the
+# URL, and so out of process listings and the nats.url file.
+USER_ENV = "PANELBOARD_NATS_USER"
+PASSWORD_ENV = "PANELBOARD_NATS_PASSWORD"
+INBOX_ENV = "PANELBOARD_NATS_INBOX_PREFIX"  # a team's reply subjects, e.g. _INBOX_team-a
 
 
 def home() -> Path:
@@ -56,8 +64,14 @@ async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None
     async def on_error(e: Exception) -> None:
         log.warning("nats.error", name=name, error=f"{type(e).__name__}: {e}")
 
+    auth: dict[str, str] = {}
+    if os.environ.get(USER_ENV):
+        auth = {"user": os.environ[USER_ENV], "password": os.environ.get(PASSWORD_ENV, "")}
+    if os.environ.get(INBOX_ENV):
+        auth["inbox_prefix"] = os.environ[INBOX_ENV]
     await nc.connect(
         servers=[u.strip() for u in url.split(",")],  # a cluster: nats://a:4222,nats://b:4222
+        **auth,  # type: ignore[arg-type]
         name=name,
         max_reconnect_attempts=-1,  # a restarting server is waited for, never given up on
         reconnect_time_wait=0.25,
@@ -93,8 +107,12 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
     await prepare(nc, cfg, providers, with_broker=broker)
     js = nc.jetstream()
     if broker:
-        parts.append(Broker(js, cfg))
-    parts += [Pool(js, cfg, p, api_key=provider_key(cfg, p)) for p in providers]
+        parts.append(Broker(js, cfg, governor(cfg)))
+    api_keys = {p: provider_key(cfg, p) for p in providers}
+    for key in api_keys.values():
+        if key:
+            logs.register_secret(key)  # redacted from every log line, whatever its format
+    parts += [Pool(js, cfg, p, api_key=api_keys[p]) for p in providers]
 
     loop = asyncio.get_running_loop()
 
@@ -109,6 +127,17 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
         await asyncio.gather(*(p.run() for p in parts))
     finally:
         await nc.drain()
+
+
+def governor(cfg: Config, database_url: str | None = None) -> "Governor":
+    """The broker's admission control: keys, rate limits, budgets, in the ledger's database."""
+    from broker.admission import Governor
+    from broker.governance_store import Store
+    from panelboard import db
+
+    if cfg.governance.require_keys is False:
+        return Governor(cfg, None)
+    return Governor(cfg, Store.open(db.resolve_url(database_url, cfg, home())))
 
 
 def run(coro) -> None:

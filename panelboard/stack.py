@@ -41,14 +41,37 @@ class Stack:
         self.mock_proc: subprocess.Popen[bytes] | None = None
         self.mock_url: str | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._setup_auth: tuple[str, str] | None = None
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
 
     # -- parts --------------------------------------------------------------------------
     def start_nats(self) -> str:
-        self.nats = NatsServer(self.home / "nats").start()
+        conf = self._tenants_conf()
+        self.nats = NatsServer(self.home / "nats", config=conf).start()
         self.nats_url = self.nats.url
         (self.home / "nats.url").write_text(self.nats_url + "\n")
         return self.nats_url
+
+    def _tenants_conf(self) -> str | None:
+        """With `governance.tenants` in the config, the embedded server gets a user per team
+        (panelboard/tenants.py); the stack's own processes connect as the service user, whose
+        password is drawn here and handed to them in their environment, never on a command line."""
+        import secrets
+
+        from panelboard import tenants
+
+        cfg = load(self.config)
+        if not cfg.governance.tenants:
+            return None
+        password = secrets.token_urlsafe(24)
+        self.env[runtime.USER_ENV] = tenants.SERVICE_USER
+        self.env[runtime.PASSWORD_ENV] = password
+        self._setup_auth = (tenants.SERVICE_USER, password)
+        path = self.home / "nats" / "nats.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(tenants.server_config(cfg, service_password=password, store_dir=str(self.home / "nats" / "jetstream")))
+        return str(path)
 
     def start_mock(self) -> str:
         args = [PY, "-m", "loadgen.mock_provider", "--port", "0", "--log-path", str(self.home / "mock-requests.jsonl"), *self.mock_args]
@@ -96,7 +119,11 @@ class Stack:
 
         async def go() -> None:
             cfg = load(self.config)
-            nc = await runtime.connect(self.nats_url, "panelboard-setup")
+            url = self.nats_url
+            if self._setup_auth is not None:  # the embedded server has per-team users
+                user, password = self._setup_auth
+                url = url.replace("nats://", f"nats://{user}:{password}@", 1)
+            nc = await runtime.connect(url, "panelboard-setup")
             try:
                 await runtime.prepare(nc, cfg)
             finally:

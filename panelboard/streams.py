@@ -7,6 +7,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import BadRequestError, NotFoundError
 
 from schemas import wire
+from schemas.batch import BATCHES_STREAM
 from schemas.config import Config
 
 BROKER_CONSUMER = "broker"
@@ -40,6 +41,10 @@ def stream_configs(cfg: Config) -> list[StreamConfig]:
         StreamConfig(name=wire.DEAD_STREAM, subjects=["pb.dead.>"], max_age=30 * DAY, allow_direct=True, **common),
         # Failed attempts per job, so a chain-end Failed result can list every one of them.
         StreamConfig(name=wire.ATTEMPTS_STREAM, subjects=["pb.attempts.>"], max_age=DAY, allow_direct=True, **common),
+        # Batch manifests (schemas/batch.py), written while a batch is sent: kept twice as long
+        # as results, so they outlive the results of a batch that took a long time to run.
+        StreamConfig(name=BATCHES_STREAM, subjects=["pb.batch.>"], max_msgs_per_subject=1, max_age=2.0 * n.results_ttl_s,
+                     allow_direct=True, **common),
     ]
 
 
@@ -103,3 +108,28 @@ async def ensure_pool_consumers(js: JetStreamContext, cfg: Config, provider: str
 
 async def ensure_consumer(js: JetStreamContext, stream: str, cc: ConsumerConfig) -> None:
     await js.add_consumer(stream, cc)  # create-or-update: the server accepts the same config twice
+
+
+HEALTH_BUCKET = "PB_HEALTH"  # HealthState per provider/model (broker/health.py), shared by every broker
+
+
+async def ensure_kv(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1):
+    """A JetStream KV bucket, created if missing (file storage: it survives restarts). Safe when
+    several processes call it at once."""
+    from nats.js.api import KeyValueConfig
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas, storage=StorageType.FILE))
+    except BadRequestError as e:  # another process created it between our two calls
+        if e.err_code != 10058:
+            raise
+        return await js.key_value(bucket)
+
+
+async def ensure_health_kv(js: JetStreamContext, cfg: Config):
+    return await ensure_kv(js, HEALTH_BUCKET, replicas=cfg.nats.replicas)

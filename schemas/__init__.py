@@ -3,6 +3,7 @@
 from schemas.chat import ChatRequest, ChatResponse, Choice, ChoiceMessage, Message, Usage
 from schemas.errors import (
     BadKey,
+    Cancelled,
     ChainExhausted,
     DeadlineExceeded,
     InvalidJob,
@@ -27,7 +28,7 @@ from schemas.job import (
 )
 
 __all__ = [
-    "Attempt", "BadKey", "ChainExhausted", "ChatRequest", "ChatResponse", "Choice",
+    "Attempt", "BadKey", "Cancelled", "ChainExhausted", "ChatRequest", "ChatResponse", "Choice",
     "ChoiceMessage", "Completed", "CostRecord", "DeadLetter", "DeadlineExceeded", "Dispatch",
     "Failed", "Hop", "InvalidJob", "Job", "JobError", "Message", "OverBudget",
     "PromptTooLarge", "ProviderError", "RateLimited", "Result", "Route", "UnknownIntent",

@@ -3,7 +3,7 @@ a typo in a config file should fail loudly, unlike wire messages."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -53,6 +53,14 @@ class Link(Base):
     model: str
     on: list[str] = msgspec.field(default_factory=lambda: ["429", "5xx", "timeout"])  # what moves the job on
     note: str | None = None
+    # Choice among equals (broker/strategies.py): links of one tier that share a group name are
+    # deployments of the same model; the tier's strategy orders them within the positions they
+    # hold in the chain, so the chosen one goes first and the others stay as its fallbacks.
+    group: str | None = None
+    weight: float | None = None  # simple-shuffle: relative share of first picks (LiteLLM's `weight`)
+
+
+Strategy = Literal["simple-shuffle", "least-busy", "usage-based", "latency-based", "cost-based", "cost-latency"]
 
 
 class Tier(Base):
@@ -61,6 +69,9 @@ class Tier(Base):
     # Skip hops serving a coarser build than this (fp4 < fp8 < bf16): the article's warning
     # that cheap hosts often serve quantized variants of "the same" model.
     min_precision: str | None = None
+    # How a group of equal links is ordered per job (LiteLLM's names, plus our default
+    # cost-latency: price with a P95 penalty and in-flight load). None: cost-latency.
+    strategy: Strategy | None = None
 
 
 class NatsSettings(Base):
@@ -76,11 +87,71 @@ class DatabaseSettings(Base):
     url: str | None = None
 
 
+class Tenant(Base):
+    """A team's NATS user in a multi-team deployment (see panelboard/tenants.py)."""
+
+    password: str  # env:NAME: the secret itself never sits in the file
+    # The client ids its processes use: result subjects pb.results.<client>.> are the only
+    # ones it may read. Default: the team's name.
+    clients: list[str] = []
+
+
+class Governance(Base):
+    """Admission control. Off by default: on with `require_keys: true`, or (auto) as soon as
+    the database holds a virtual key (`panelboard keys create`)."""
+
+    require_keys: bool | None = None  # None: on once a key exists; false: never
+    # Larger jobs fail with PromptTooLarge before they are decoded. Below NATS' 1 MiB default
+    # max_payload, so that the dispatch envelope around an accepted job always fits.
+    max_job_bytes: Annotated[int, msgspec.Meta(gt=0)] = 524_288
+    max_json_depth: Annotated[int, msgspec.Meta(ge=2)] = 64  # deeper JSON (metadata, tools...) fails with InvalidJob
+    # Prompt tokens are reserved at one token per this many UTF-8 bytes. 1.0 bounds byte-level
+    # BPE tokenizers from above (a budget never overspends); ~4 is typical English text.
+    bytes_per_token: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    max_wait_s: float = 600.0  # an on_limit=wait job waits at most this long, then RateLimited
+    refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # how often a broker in auto mode looks for the first key
+    # Jobs whose reservation was never settled (lost terminal) are released after this.
+    reservation_ttl_s: float = 86_400.0
+    tenants: dict[str, Tenant] = {}  # per-team NATS users; the embedded server enforces them
+
+
+class HealthThresholds(Base):
+    """Per-provider or per-model overrides of the global health thresholds."""
+
+    p95_ms: float | None = None
+    error_rate: float | None = None
+
+
+class HealthSettings(Base):
+    """Layer 2, latency-based failover (broker/health.py): a rolling P95 and error rate per
+    provider and model over a sliding window of cost records; a hop past a threshold is marked
+    degraded and moved behind the healthy hops of its chain, with a probe share of jobs still
+    sent to it, until it has stayed healthy for `cooldown_s`."""
+
+    enabled: bool = True
+    p95_ms: float = 5_000.0  # degraded when the window's P95 latency is above this...
+    error_rate: float = 0.25  # ...or when this share of its calls failed (429, 5xx, timeout)
+    min_calls: int = 20  # calls in the window before a healthy hop is judged at all
+    min_probe_calls: int = 5  # calls in the window before a degraded hop can count as recovered
+    window_s: float = 60.0
+    bucket_s: float = 10.0  # the window slides by whole buckets
+    cooldown_s: float = 30.0  # a degraded hop must stay healthy this long to be restored
+    probe_share: float = 0.05  # share of jobs that still try a degraded hop first
+    publish_s: float = 2.0  # how often the aggregator re-assesses and writes PB_HEALTH
+    # Keyed by catalog model name or provider name (the model's entry wins).
+    overrides: dict[str, HealthThresholds] = {}
+
+
 class Config(Base):
     providers: dict[str, Provider]
     models: dict[str, Model]
     tiers: dict[str, Tier]
     intents: dict[str, str]
     default_intent: str | None = None
+    # A job with no intent and no default_intent is classified from its request
+    # (broker/classify.py): "rules" by default; "off" rejects it with InvalidJob instead.
+    classifier: Literal["rules", "off"] = "rules"
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
+    governance: Governance = Governance()
+    health: HealthSettings = HealthSettings()

@@ -8,6 +8,7 @@
     ├── RateLimited       the key or team is over its RPM/TPM/in-flight limit
     ├── PromptTooLarge    the prompt does not fit any model of the tier
     ├── DeadlineExceeded  the job's deadline passed before it could start
+    ├── Cancelled         cancelled (Client.cancel, `panelboard batch cancel`) before it started
     ├── ProviderError     a provider refused the request in a way retrying cannot fix
     └── ChainExhausted    every hop of the fallback chain failed
 """
@@ -50,6 +51,10 @@ class DeadlineExceeded(_Err, tag="deadline_exceeded"):
     pass
 
 
+class Cancelled(_Err, tag="cancelled"):
+    pass
+
+
 class ProviderError(_Err, tag="provider_error"):
     provider: str = ""
     status: int = 0
@@ -67,6 +72,7 @@ JobError = (
     | RateLimited
     | PromptTooLarge
     | DeadlineExceeded
+    | Cancelled
     | ProviderError
     | ChainExhausted
 )

@@ -78,9 +78,12 @@ async def test_article_drill_broken_primary_falls_back_within_its_retry_budget(f
     # Then every job completed on the next hop, and the primary saw exactly its retry budget per job
     rep.assert_holds()
     assert rep.completed == jobs and {r.provider for r in rep.results.values()} == {"secondary"}
+    # Every job that tried the primary spent exactly its budget there (1 call + max_retries 2);
+    # once layer 2 marks the primary degraded, new jobs start on the secondary instead.
     primary_calls = Counter(e["request_id"].split(":")[0] for e in fmock.log("primary"))
-    assert set(primary_calls.values()) == {3}, Counter(primary_calls.values())  # 1 call + max_retries 2
-    assert all(len(r.attempts) == 4 for r in rep.results.values())
+    assert set(primary_calls.values()) == {3}, Counter(primary_calls.values())
+    assert all(len(r.attempts) == (4 if r.job_id in primary_calls else 1) for r in rep.results.values())
+    print(f"jobs that tried the primary: {len(primary_calls)}; steered past it by layer 2: {jobs - len(primary_calls)}")
 
 
 async def test_poison_job_ends_as_one_failed_result_and_one_dead_letter(fstack, fmock, tmp_path):

@@ -1,0 +1,254 @@
+"""Admission: what the broker checks before a job may cost anything.
+
+Pure checks on every job (governance on or off), cheap enough for the hot path:
+    screen(raw, limits)      oversized payloads (PromptTooLarge), JSON nested too deep
+    forbidden_fields(raw)    jobs that try to name an address or credential (api_base, ...)
+    check_fields(job)        team and feature, which become subject tokens and SQL columns
+    public(job)              the job as it travels on: the key cut to its visible prefix
+
+The Governor is the I/O shell for keys, rate limits and budgets: off, it costs one attribute
+read per job; on, one SQL transaction per job (broker/governance_store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from broker import budgets, ratelimit
+from broker.governance_store import Admitted, Store, Throttled
+from broker.keys import ID_LEN, PREFIX_LEN, SECRET_LEN
+from panelboard import logs
+from schemas.config import Config, Governance
+from schemas.errors import InvalidJob, JobError, PromptTooLarge
+from schemas.job import ID_RE, Job, Route
+
+log = logs.get("admission")
+
+# Fields that could point a worker somewhere the config did not name, or carry a credential
+# past it. The typed decoder drops unknown fields anyway; refusing says so out loud.
+FORBIDDEN = frozenset({
+    "api_base", "base_url", "api_url", "url", "endpoint", "azure_endpoint", "api_key", "api_version", "api_type",
+    "headers", "extra_headers", "default_headers", "extra_query", "extra_body", "proxy", "proxies", "host",
+    "custom_llm_provider", "deployment_id", "organization", "http_client", "provider",
+})
+# The lookahead on first letters lets the scan skip most quotes at once: ~2 us for a typical job.
+_FORBIDDEN_RE = re.compile(rb'"(?=[' + bytes(sorted({f.encode()[0] for f in FORBIDDEN})) + rb'])(?:'
+                           + b"|".join(re.escape(f.encode()) for f in sorted(FORBIDDEN)) + rb')"\s*:')
+_TOKENS_RE = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+# A panelboard key anywhere in raw bytes: kept to its visible prefix before raw payloads are
+# stored in a dead letter. Provider-style keys (sk-...) too.
+_RAW_SECRET_RE = re.compile(rb"(pb_[A-Za-z0-9]{%d})_[A-Za-z0-9]{%d}|sk-(?:ant-)?[A-Za-z0-9_-]{8,}" % (ID_LEN, SECRET_LEN))
+MAX_FEATURE = 128
+RAW_KEEP = 65_536  # bytes of an oversized payload kept in its dead letter
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply the JSON nests, strings skipped (C-speed regex; a loop per bracket)."""
+    depth = deepest = 0
+    for m in _TOKENS_RE.finditer(data):
+        c = m.group()[0]
+        if c in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif c in b"]}":
+            depth -= 1
+    return deepest
+
+
+def screen(data: bytes, g: Governance) -> PromptTooLarge | InvalidJob | None:
+    """Checks on the raw payload, before it is decoded at all."""
+    if len(data) > g.max_job_bytes:
+        return PromptTooLarge(
+            message=f"the job is {len(data)} bytes, over this gateway's limit of {g.max_job_bytes} bytes",
+            hint="send a shorter prompt (split the document, or summarise it in parts), or ask an operator to raise governance.max_job_bytes",
+        )
+    # Cheap bound first: the depth cannot exceed the number of opening brackets.
+    if data.count(b"{") + data.count(b"[") > g.max_json_depth and (depth := json_depth(data)) > g.max_json_depth:
+        return InvalidJob(message=f"the job's JSON nests {depth} levels deep, over the limit of {g.max_json_depth}",
+                          hint="flatten metadata, tools and response_format; deep nesting is refused so that it cannot exhaust a decoder")
+    return None
+
+
+def forbidden_fields(data: bytes) -> list[str]:
+    """Fields of the job or its request that name an address or a credential."""
+    if not _FORBIDDEN_RE.search(data):  # the common case: one C-speed scan, nothing found
+        return []
+    try:
+        raw = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+    found = [k for k in raw if k in FORBIDDEN]
+    req = raw.get("request")
+    if isinstance(req, dict):
+        found += [f"request.{k}" for k in req if k in FORBIDDEN]
+    return found
+
+
+def refuse_fields(found: list[str]) -> InvalidJob:
+    return InvalidJob(message=f"the job sets {', '.join(sorted(found))}, which a client may not set",
+                      hint="providers, their addresses and credentials come from the gateway's config; pick them with an intent, and drop these fields")
+
+
+def check_fields(job: Job) -> InvalidJob | None:
+    """The team names a subject (pb.costs.<team>) and, with the feature, a ledger column."""
+    if not ID_RE.match(job.team):
+        return InvalidJob(message=f"team {job.team[:64]!r} is not a valid name", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
+    if job.feature is not None and (len(job.feature) > MAX_FEATURE or not job.feature.isprintable()):
+        return InvalidJob(message=f"feature {job.feature[:64]!r}... is not a valid label", hint=f"use at most {MAX_FEATURE} printable characters")
+    return None
+
+
+def public(job: Job, team: str | None = None) -> Job:
+    """The job as it goes on to workers, dead letters and results: never the whole key (its
+    visible prefix stays, for cost records); the team its key belongs to under governance."""
+    if (job.key is None or len(job.key) <= PREFIX_LEN) and (team is None or team == job.team):
+        return job
+    return msgspec.structs.replace(job, key=job.key[:PREFIX_LEN] if job.key else None, team=team or job.team)
+
+
+def bound(job: Job, route: Route, cfg: Config) -> Job:
+    """Under governance a job without max_tokens gets the smallest output cap of its chain:
+    then no hop can answer at more length than its reservation assumed (a provider's own
+    default can exceed the catalog's cap), and every hop accepts it."""
+    if job.request.max_tokens is not None:
+        return job
+    cap = min(cfg.models[h.model].max_output_tokens for h in route.chain)
+    return msgspec.structs.replace(job, request=msgspec.structs.replace(job.request, max_tokens=cap))
+
+
+def scrub_raw(data: bytes) -> bytes:
+    """A raw payload fit for a dead letter: keys cut to their prefix, and at most RAW_KEEP bytes."""
+    data = data[:RAW_KEEP]
+    return _RAW_SECRET_RE.sub(lambda m: (m.group(1) or b"sk-") + b"_[redacted]", data)
+
+
+# -- the governor ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Wait:
+    """Over a rate limit with on_limit=wait: leave the job in the stream for `delay_s`."""
+
+    delay_s: float
+    reason: str
+
+
+class Governor:
+    def __init__(self, cfg: Config, store: Store | None):
+        self.cfg = cfg
+        self.g = cfg.governance
+        self.store = store
+        # None: not known yet (auto mode, database not read yet): admit nothing until it is.
+        self.on: bool | None = False if store is None or self.g.require_keys is False else (True if self.g.require_keys else None)
+        self.sem = asyncio.Semaphore(4 if store is not None and store.dialect == "sqlite" else 8)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = asyncio.Event()
+        self.soft_alerts = 0
+        self.settler: Any = None
+
+    async def start(self, js: JetStreamContext) -> None:
+        if self.store is None or self.on is False:
+            return
+        self.js = js
+        await self._refresh()
+        if not self.on:
+            self.tasks.append(asyncio.create_task(self._watch()))
+
+    async def _turn_on(self) -> None:
+        from broker.settle import Settler
+
+        assert self.store is not None
+        await self.store.create()
+        settler = Settler(self.js, self.store)
+        await settler.prepare()
+        self.settler = settler
+        self.tasks.append(asyncio.create_task(settler.run(self.stopping)))
+        self.tasks.append(asyncio.create_task(self._sweep()))
+        self.on = True
+        log.info("governance.on", database=_display(self.store), mode="required" if self.g.require_keys else "auto (a key exists)")
+
+    async def _refresh(self) -> None:
+        """On with require_keys, or (auto) once a key exists. While the database cannot be
+        read, admit nothing (on = None): jobs wait in PB_JOBS rather than pass unchecked."""
+        assert self.store is not None
+        try:
+            if self.g.require_keys or await self.store.has_keys():
+                await self._turn_on()
+            else:
+                self.on = False
+        except Exception as e:
+            self.on = None
+            log.warning("governance.database_unavailable", database=_display(self.store), error=str(e).splitlines()[0][:300],
+                        hint="jobs wait in PB_JOBS until the key database can be read")
+
+    async def _watch(self) -> None:
+        """Auto mode: the first `panelboard keys create` turns governance on within refresh_s;
+        an unreadable database is retried as often."""
+        while not self.on and not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.g.refresh_s if self.on is False else 1.0)
+            except (asyncio.TimeoutError, TimeoutError):
+                await self._refresh()
+
+    async def _sweep(self) -> None:
+        assert self.store is not None
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), 30.0)
+                return
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+            try:
+                stats = await self.store.sweep(self.g.reservation_ttl_s)
+                if stats.ended:
+                    log.warning("budget.reservations_expired", jobs=stats.ended, released_usd=budgets.usd(stats.released_nano),
+                                hint="these jobs never reported an end; their reservations were released")
+            except Exception as e:
+                log.warning("governance.sweep_failed", error=str(e).splitlines()[0][:300])
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=10)
+        if self.store is not None:
+            await self.store.close()
+
+    async def admit(self, job: Job, route: Route, msg: Msg, now: float) -> Admitted | Wait | JobError:
+        """Key, rate limits and budget, in one transaction. Admitted: dispatch it. Wait: nak it
+        with that delay. A JobError: fail it."""
+        assert self.store is not None
+        deliveries = msg.metadata.num_delivered or 1
+        if self.on is None:
+            return Wait(delay_s=min(0.5 * deliveries, 5.0), reason="key database unavailable")
+        est = budgets.estimate(job, route, self.cfg, self.g.bytes_per_token)
+        try:
+            async with self.sem:
+                out = await self.store.admit(job.id, job.run, job.key, route, est, now, redelivered=deliveries > 1)
+        except Exception as e:  # the database is away: the job waits in the stream, nothing is lost
+            log.warning("governance.admit_failed", job_id=job.id, error=str(e).splitlines()[0][:300])
+            return Wait(delay_s=min(0.5 * deliveries, 5.0), reason="key database unavailable")
+        if isinstance(out, Throttled):
+            lim = out.limited
+            published = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else now
+            if out.on_limit == "wait" and not lim.never and now - published < self.g.max_wait_s:
+                return Wait(delay_s=ratelimit.wait_delay(lim, deliveries), reason=f"{lim.owner} {lim.what}")
+            return lim.error()
+        if isinstance(out, Admitted) and out.soft_crossed:
+            self.soft_alerts += len(out.soft_crossed)
+            for owner in out.soft_crossed:
+                log.warning("budget.soft_limit", owner=owner, job_id=job.id, hint="spend crossed the soft limit this period")
+        return out
+
+
+def _display(store: Store) -> str:
+    from panelboard import db
+
+    return db.display(str(store.engine.url))
