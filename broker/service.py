@@ -116,6 +116,8 @@ class Broker:
                 decision = verdict
         job = admission.public(job, team)  # from here on, never the whole key
         if isinstance(decision, Route):
+            if (mirror := self.shadow_route(decision)) is not None:  # before the live one: both or neither on a crash
+                await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
             await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved))
             log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
         else:
@@ -123,6 +125,13 @@ class Broker:
             await bus.fail_job(self.js, job.client, job.id, decision, reason=reason, job=job)
             log.info("job.rejected", job_id=job.id, client=job.client, error=reason, detail=decision.message)
         await msg.ack()
+
+    def shadow_route(self, live: Route) -> Route | None:
+        """The candidate route to mirror this job to, for the tier's sampled share of jobs."""
+        rule = self.cfg.tiers[live.tier].shadow
+        if rule is None or self.rng.random() >= rule.sample:
+            return None
+        return self.table[rule.tier]
 
     async def already_underway(self, job: Job) -> bool:
         """After a server restart lost recent acks: a job with a result or recorded attempts

@@ -49,22 +49,23 @@ async def publish_result(js: JetStreamContext, client: str, job_id: str, result:
 
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
-    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop)})
+    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop, d.shadow)})
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:
-    await publish(js, wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt)})
+    await publish(js, wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt, rec.shadow)})
 
 
-async def publish_attempt(js: JetStreamContext, job_id: str, a: Attempt) -> None:
-    await publish(js, wire.attempts(job_id), encode(a), headers={wire.HDR_MSG_ID: wire.attempt_msg_id(job_id, a.run, a.hop, a.attempt)})
+async def publish_attempt(js: JetStreamContext, job_id: str, a: Attempt, shadow: bool = False) -> None:
+    headers = {wire.HDR_MSG_ID: wire.attempt_msg_id(job_id, a.run, a.hop, a.attempt, shadow)}
+    await publish(js, wire.attempts(job_id, shadow), encode(a), headers=headers)
 
 
-async def read_attempts(js: JetStreamContext, job_id: str, run: int) -> list[Attempt]:
+async def read_attempts(js: JetStreamContext, job_id: str, run: int, shadow: bool = False) -> list[Attempt]:
     """Every attempt recorded for a job, oldest first: direct gets walking the job's subject."""
     out: list[Attempt] = []
     seq = 1
-    subject = wire.attempts(job_id)
+    subject = wire.attempts(job_id, shadow)
     while True:
         try:
             raw = await js.get_msg(wire.ATTEMPTS_STREAM, seq=seq, subject=subject, direct=True, next=True)

@@ -151,6 +151,11 @@ def check(cfg: Config) -> list[str]:
             for trig in link.on:
                 if not _TRIGGER_RE.match(trig):
                     out.append(f"tiers.{name}.fallbacks[{i}].on: trigger {trig!r} is not one of 429, 5xx, 503, timeout, timeout>3000ms")
+        if t.shadow is not None:
+            if t.shadow.tier not in cfg.tiers:
+                out.append(f"tiers.{name}.shadow.tier: unknown tier {t.shadow.tier!r} (known: {', '.join(cfg.tiers)})")
+            if not 0.0 <= t.shadow.sample <= 1.0:
+                out.append(f"tiers.{name}.shadow.sample must be between 0 and 1 (a share of jobs), not {t.shadow.sample}")
         if t.min_precision is not None:
             if t.min_precision.lower() not in PRECISION:
                 out.append(f"tiers.{name}.min_precision: {t.min_precision!r} is not one of {', '.join(PRECISION)}")

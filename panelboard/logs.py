@@ -54,6 +54,21 @@ def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return _redact(event)
 
 
+class _StderrLogger:
+    """Writes to whatever sys.stderr is at the time of the call, not at configure time: a
+    caller that swaps stderr (a test capturing output, a daemon redirecting it) and closes the
+    old one must not break every later log line."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _stderr_logger(*_args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure(level: str | None = None, json: bool | None = None) -> None:
     level = (level or os.environ.get("PANELBOARD_LOG_LEVEL", "info")).upper()
     if json is None:
@@ -68,7 +83,7 @@ def configure(level: str | None = None, json: bool | None = None) -> None:
             structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
 

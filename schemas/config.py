@@ -63,6 +63,15 @@ class Link(Base):
 Strategy = Literal["simple-shuffle", "least-busy", "usage-based", "latency-based", "cost-based", "cost-latency"]
 
 
+class Shadow(Base):
+    """Mirror a sample of a tier's jobs to a candidate tier: the shadow call is made and
+    billed (cost records flagged shadow), its answer never reaches the client. The article's
+    "deploy a gateway in shadow mode" step; `panelboard report shadow` compares the two."""
+
+    tier: str
+    sample: float = 0.1
+
+
 class Tier(Base):
     fallbacks: list[Link]
     retry_policy: RetryPolicy = RetryPolicy()
@@ -72,6 +81,7 @@ class Tier(Base):
     # How a group of equal links is ordered per job (LiteLLM's names, plus our default
     # cost-latency: price with a P95 penalty and in-flight load). None: cost-latency.
     strategy: Strategy | None = None
+    shadow: Shadow | None = None
 
 
 class NatsSettings(Base):

@@ -14,8 +14,9 @@ from schemas.errors import JobError
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
-def request_id(job_id: str, run: int, hop: int, attempt: int) -> str:
-    return f"{job_id}:{hop}:{attempt}" if run == 0 else f"{job_id}~{run}:{hop}:{attempt}"
+def request_id(job_id: str, run: int, hop: int, attempt: int, shadow: bool = False) -> str:
+    base = f"{job_id}:{hop}:{attempt}" if run == 0 else f"{job_id}~{run}:{hop}:{attempt}"
+    return base + ":s" if shadow else base
 
 
 class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -66,6 +67,7 @@ class Dispatch(msgspec.Struct, kw_only=True):
     history: list[Attempt] = msgspec.field(default_factory=list)
     admitted_at: float = 0.0
     reserved_usd: float = 0.0
+    shadow: bool = False  # a mirrored call: billed and recorded, never answered to the client
 
 
 class Completed(msgspec.Struct, tag="completed", kw_only=True):
@@ -116,7 +118,7 @@ class CostRecord(msgspec.Struct, kw_only=True):
     @property
     def request_id(self) -> str:
         """The id the provider saw (x-pb-request-id): cost records and provider logs join on it."""
-        return request_id(self.job_id, self.run, self.hop, self.attempt)
+        return request_id(self.job_id, self.run, self.hop, self.attempt, self.shadow)
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -36,8 +36,8 @@ def dead(reason: str) -> str:
     return f"pb.dead.{reason}"
 
 
-def attempts(job_id: str) -> str:
-    return f"pb.attempts.{job_id}"
+def attempts(job_id: str, shadow: bool = False) -> str:
+    return f"pb.attempts.{job_id}.shadow" if shadow else f"pb.attempts.{job_id}"
 
 
 def submit_msg_id(job_id: str, run: int = 0) -> str:
@@ -47,20 +47,24 @@ def submit_msg_id(job_id: str, run: int = 0) -> str:
 
 # Nats-Msg-Ids: derived from (job, run, hop, attempt), so a step redone after a crash is
 # dropped by the stream's dedupe window instead of counted twice.
-def dispatch_msg_id(job_id: str, run: int, hop: int) -> str:
-    return f"{job_id}:{run}:d{hop}"
+def _s(shadow: bool) -> str:
+    return ":s" if shadow else ""
+
+
+def dispatch_msg_id(job_id: str, run: int, hop: int, shadow: bool = False) -> str:
+    return f"{job_id}:{run}:d{hop}{_s(shadow)}"
 
 
 def result_msg_id(job_id: str, run: int) -> str:
     return f"{job_id}:{run}:result"
 
 
-def cost_msg_id(job_id: str, run: int, hop: int, attempt: int) -> str:
-    return f"{job_id}:{run}:c{hop}:{attempt}"
+def cost_msg_id(job_id: str, run: int, hop: int, attempt: int, shadow: bool = False) -> str:
+    return f"{job_id}:{run}:c{hop}:{attempt}{_s(shadow)}"
 
 
-def attempt_msg_id(job_id: str, run: int, hop: int, attempt: int) -> str:
-    return f"{job_id}:{run}:a{hop}:{attempt}"
+def attempt_msg_id(job_id: str, run: int, hop: int, attempt: int, shadow: bool = False) -> str:
+    return f"{job_id}:{run}:a{hop}:{attempt}{_s(shadow)}"
 
 
 def dead_msg_id(job_id: str, run: int) -> str:

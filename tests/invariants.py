@@ -87,7 +87,8 @@ async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_l
     calls = Counter(e["request_id"] for e in mock_log if e["request_id"].split(":")[0].split("~")[0] in ids)
     rep.provider_calls = sum(calls.values())
     rep.duplicate_calls = [r for r, n in calls.items() if n > 1]
-    ok_calls = Counter(e["request_id"].split(":")[0] for e in mock_log if e["status"] == 200 and e["request_id"].split(":")[0] in ids)
+    ok_calls = Counter(e["request_id"].split(":")[0] for e in mock_log  # shadow calls (":s") are mirrors, not re-runs
+                       if e["status"] == 200 and e["request_id"].split(":")[0] in ids and not e["request_id"].endswith(":s"))
     rep.reexecuted_jobs = sum(1 for n in ok_calls.values() if n > 1)
 
     for _, data in await read_all(js, wire.COSTS_STREAM, "pb.costs.>"):

@@ -68,7 +68,7 @@ class Pool:
         self.heartbeat_s = min(5.0, self.ack_wait / 4)
         self.stopping = asyncio.Event()
         self.inflight: dict[asyncio.Task[None], Lease] = {}
-        self.active: dict[tuple[str, int, int], Lease] = {}  # (job, run, hop) -> who holds it
+        self.active: dict[tuple[str, int, int, bool], Lease] = {}  # (job, run, hop, shadow) -> who holds it
         self.paused_until = 0.0
         self.streak_429 = 0
         self.rng = random.Random()
@@ -106,7 +106,7 @@ class Pool:
             await self._ack(lease)
             return
         job = d.job
-        step = (job.id, job.run, d.hop)
+        step = (job.id, job.run, d.hop, d.shadow)
         holder = self.active.get(step)
         if holder is not None:
             holder.twins.append(msg)
@@ -136,7 +136,7 @@ class Pool:
 
         queue_ms = (now - (d.admitted_at or now)) * 1000
         timeout_s = link_timeout_ms(link, self.settings.timeout_ms) / 1000
-        outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt), timeout_s)
+        outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
         self.calls += 1
         self._pressure(outcome)
         decision = decide(outcome, attempt=attempt, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy, provider=self.provider, rng=self.rng)
@@ -147,6 +147,10 @@ class Pool:
             latency_ms=round(outcome.latency_ms, 2), error=None if isinstance(outcome, Ok) else getattr(outcome, "message", "")[:300],
             decision=type(decision).__name__.lower(),
         )
+
+        if d.shadow:
+            await self._shadow_step(d, lease, decision, cost, this, attempt)
+            return
 
         match decision:
             case Succeed():
@@ -179,16 +183,32 @@ class Pool:
                 await self._ack(lease)
                 log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
 
+    async def _shadow_step(self, d: Dispatch, lease: Lease, decision, cost: CostRecord, this: Attempt, attempt: int) -> None:
+        """A mirrored call: recorded and billed like any other, retried and forwarded along
+        the shadow tier's chain, but it never answers the client and never dead-letters.
+        Its end is an attempt record, which a redelivery finds (there is no result)."""
+        job = d.job
+        await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this, shadow=True))
+        match decision:
+            case Retry(delay_s=delay):
+                for m in (lease.msg, *lease.twins):
+                    await m.nak(delay=delay)
+                return
+            case Forward(hop=next_hop):
+                await self._forward(d, next_hop, [*d.history, this])
+        await self._ack(lease)
+        log.debug("job.shadow", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, decision=this.decision)
+
     async def _history(self, d: Dispatch, attempt: int, this: Attempt) -> list[Attempt]:
         """Earlier hops travel in the envelope; this hop's earlier tries were nak'd, so
         they are read back from the attempts stream (only when there were any)."""
         if attempt == 0:
             return [*d.history, this]
-        same_hop = [a for a in await bus.read_attempts(self.js, d.job.id, d.job.run) if a.hop == d.hop and a.attempt < attempt]
+        same_hop = [a for a in await bus.read_attempts(self.js, d.job.id, d.job.run, d.shadow) if a.hop == d.hop and a.attempt < attempt]
         return [*d.history, *same_hop, this]
 
     async def _forward(self, d: Dispatch, next_hop: int, history: list[Attempt]) -> None:
-        nxt = Dispatch(job=d.job, route=d.route, hop=next_hop, history=history, admitted_at=d.admitted_at, reserved_usd=d.reserved_usd)
+        nxt = Dispatch(job=d.job, route=d.route, hop=next_hop, history=history, admitted_at=d.admitted_at, reserved_usd=d.reserved_usd, shadow=d.shadow)
         await bus.publish_dispatch(self.js, nxt)
 
     async def recover(self, d: Dispatch, attempt: int, lease: Lease, now: float) -> bool:
@@ -200,11 +220,14 @@ class Pool:
           them, so every call the provider may have served has a cost record.
         """
         job = d.job
-        if await bus.result_exists(self.js, job.client, job.id, job.run):
+        if not d.shadow and await bus.result_exists(self.js, job.client, job.id, job.run):
             await self._ack(lease)
             return True
-        recorded = {a.attempt: a for a in await bus.read_attempts(self.js, job.id, job.run) if a.hop == d.hop}
+        recorded = {a.attempt: a for a in await bus.read_attempts(self.js, job.id, job.run, d.shadow) if a.hop == d.hop}
         last = recorded.get(attempt - 1)
+        if d.shadow and last is not None and last.decision in ("succeed", "fail"):
+            await self._ack(lease)
+            return True
         if last is not None and last.decision == "forward":
             await self._forward(d, d.hop + 1, [*d.history, *sorted(recorded.values(), key=lambda a: a.attempt)])
             await self._ack(lease)
@@ -216,7 +239,7 @@ class Pool:
                 lost = Attempt(provider=self.provider, model=hop.model, hop=d.hop, attempt=n, status=0, latency_ms=0.0, run=job.run,
                                error="the worker holding this attempt stopped before it finished", decision="lost")
                 rec = self._cost(d, n, None, model, 0.0, now)
-                await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.id, lost))
+                await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.id, lost, d.shadow))
         return False
 
     def _pressure(self, outcome: Outcome) -> None:
@@ -238,7 +261,7 @@ class Pool:
             tier=d.route.tier, provider=self.provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
             hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct),
             latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
-            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now,
+            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow,
         )
 
     async def _safe(self, lease: Lease) -> None:
