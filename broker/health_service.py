@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from panelboard.config import load
-    from panelboard.runtime import find_url, run
+    from panelboard.runtime import NoServerError, require_url, run
 
     ap = argparse.ArgumentParser(prog="python -m broker.health_service", description="the health aggregator: PB_COSTS -> PB_HEALTH")
     ap.add_argument("--config")
@@ -350,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logs.configure()
     cfg = load(a.config)
-    url = find_url(a.nats_url, cfg)
-    if not url:
-        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
+    try:
+        url = require_url(a.nats_url, cfg)
+    except NoServerError as e:
+        print(e, file=sys.stderr)
         return 2
     run(serve(url, cfg))
     return 0

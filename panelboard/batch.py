@@ -87,13 +87,10 @@ def _status_text(st: dict[str, Any]) -> str:
 def cmd_batch(a: argparse.Namespace) -> int:
     from clients import batch
     from panelboard.config import load
-    from panelboard.runtime import connect, find_url, run
+    from panelboard.runtime import connect, require_url, run
 
     cfg = load(a.config)
-    url = find_url(a.nats_url, cfg)
-    if not url:
-        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
-        return 2
+    url = require_url(a.nats_url, cfg)
 
     async def go() -> int:
         nc = await connect(url, f"panelboard-batch-{a.action}")

@@ -43,13 +43,10 @@ def cmd_up(a: argparse.Namespace) -> int:
 
 def _serve(a: argparse.Namespace, broker: bool) -> int:
     from panelboard.config import load
-    from panelboard.runtime import find_url, run, serve
+    from panelboard.runtime import require_url, run, serve
 
     cfg = load(a.config)
-    url = find_url(a.nats_url, cfg)
-    if not url:
-        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
-        return 2
+    url = require_url(a.nats_url, cfg)
     providers = [] if broker else (a.provider or list(cfg.providers))
     unknown = [p for p in providers if p not in cfg.providers]
     if unknown:
@@ -74,13 +71,10 @@ def cmd_ledger(a: argparse.Namespace) -> int:
     from broker.ledger import serve
     from panelboard import db
     from panelboard.config import load
-    from panelboard.runtime import find_url, home, run
+    from panelboard.runtime import home, require_url, run
 
     cfg = load(a.config)
-    url = find_url(a.nats_url, cfg)
-    if not url:
-        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
-        return 2
+    url = require_url(a.nats_url, cfg)
     try:
         run(serve(url, cfg, db.resolve_url(a.database_url, cfg, home()), a.metrics_port))
     except db.DatabaseError as e:
@@ -173,12 +167,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_dead(a: argparse.Namespace) -> int:
     from panelboard import dead
-    from panelboard.runtime import connect, find_url
+    from panelboard.runtime import connect, require_url
 
-    url = find_url(a.nats_url)
-    if not url:
-        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
-        return 2
+    url = require_url(a.nats_url)
 
     async def go() -> int:
         nc = await connect(url, "panelboard-dead")
@@ -274,13 +265,10 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     from broker.health_service import render_status, status
     from panelboard.config import load
-    from panelboard.runtime import find_url
+    from panelboard.runtime import require_url
 
     cfg = load(a.config)
-    url = find_url(a.nats_url, cfg)
-    if not url:
-        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
-        return 2
+    url = require_url(a.nats_url, cfg)
 
     async def go():
         nc = await _quick_connect(url)
@@ -301,13 +289,10 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_health(a: argparse.Namespace) -> int:
     from broker.health_service import serve
     from panelboard.config import load
-    from panelboard.runtime import find_url, run
+    from panelboard.runtime import require_url, run
 
     cfg = load(a.config)
-    url = find_url(a.nats_url, cfg)
-    if not url:
-        print("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory", file=sys.stderr)
-        return 2
+    url = require_url(a.nats_url, cfg)
     run(serve(url, cfg))
     return 0
 
@@ -474,11 +459,15 @@ def main(argv: list[str] | None = None) -> int:
 
     a = ap.parse_args(argv)
     from panelboard.config import ConfigError
+    from panelboard.runtime import NoServerError
 
     try:
         return a.fn(a)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except NoServerError as e:
+        print(e, file=sys.stderr)
         return 2
 
 

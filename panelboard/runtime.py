@@ -49,6 +49,17 @@ def find_url(explicit: str | None, cfg: Config | None = None) -> str | None:
     return f.read_text().strip() if f.exists() else None
 
 
+class NoServerError(RuntimeError):
+    """No NATS URL anywhere: the message says where one can come from."""
+
+
+def require_url(explicit: str | None, cfg: Config | None = None) -> str:
+    url = find_url(explicit, cfg)
+    if not url:
+        raise NoServerError("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory")
+    return url
+
+
 async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
     nc = NATS()
 
