@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 from panelboard import logs
@@ -144,7 +145,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from schemas.job import Completed
 
     async def go() -> int:
-        async with Client(a.nats_url) as c:
+        async with Client(a.nats_url, key=a.key or os.environ.get("PANELBOARD_KEY")) as c:
             h = await c.submit([{"role": "user", "content": a.prompt}], intent=a.intent, job_id=a.job_id, max_tokens=a.max_tokens, team=a.team)
             r = await h.result(timeout=a.timeout)
         if a.json:
@@ -396,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("submit", help="submit one job and print its result")
     _common(p)
     p.add_argument("prompt")
-    p.add_argument("--intent", required=True)
+    p.add_argument("--intent", help="the job's intent; omit it and the classifier picks one from the prompt")
+    p.add_argument("--key", help="virtual key (default: $PANELBOARD_KEY); needed once governance is on")
     p.add_argument("--job-id")
     p.add_argument("--team", default="default")
     p.add_argument("--max-tokens", type=int)

@@ -31,6 +31,10 @@ def test_up_then_submit_from_the_same_directory_without_flags(tmp_path):
         out = run_cli("submit", "--intent", "classification", "Is this positive? 'Great product'", cwd=str(tmp_path), env=env)
         assert out.returncode == 0, out.stderr
         assert "novita" in out.stderr and "tier=cheap-fast" in out.stderr
+        # No intent: the broker classifies the request (layer 1) and routes it by that
+        plan = run_cli("submit", "Design a multi-region job queue architecture step by step and list the trade-offs.", cwd=str(tmp_path), env=env)
+        assert plan.returncode == 0, plan.stderr
+        assert "tier=frontier" in plan.stderr
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
