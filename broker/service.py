@@ -185,6 +185,9 @@ class Broker:
                 await puller.top_up(free)
             except Exception as e:  # reconnecting: nats-py retries underneath
                 log.warning("broker.pull_failed", error=type(e).__name__)
+            if puller.idle and inflight:  # too few free slots for a pull request: let some finish
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             msg = await puller.get(timeout=0.5)
             if msg is None:
                 continue

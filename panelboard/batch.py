@@ -148,7 +148,12 @@ def cmd_batch(a: argparse.Namespace) -> int:
     async def main() -> None:
         rc.append(await go())
 
-    run(main())
+    try:
+        run(main())
+    except KeyboardInterrupt:
+        hint = " (the jobs sent keep running; the same command resumes the rest)" if a.action == "submit" else ""
+        print(f"\nbatch {a.action}: interrupted{hint}", file=sys.stderr)
+        return 130
     return rc[0]
 
 

@@ -44,6 +44,11 @@ class Puller:
         self.sub = await self.nc.subscribe(self.prefix + ".*", cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
 
     @property
+    def idle(self) -> bool:
+        """Nothing asked for and nothing waiting: get() could only time out."""
+        return not self.requests and self.queue.empty()
+
+    @property
     def credit(self) -> int:
         return sum(r.remaining for r in self.requests.values())
 

@@ -334,6 +334,11 @@ class Pool:
                     await puller.top_up(free)
                 except Exception as e:  # reconnecting: nats-py retries underneath
                     log.warning("pool.pull_failed", provider=self.provider, lane=lane, error=type(e).__name__)
+                if puller.idle and mine:
+                    # Too few free slots to be worth a pull request: let more calls finish
+                    # first, rather than idling in get() while the whole lane drains.
+                    await asyncio.wait(list(mine), return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 msg = await puller.get(timeout=0.5)
                 if msg is None:
                     continue
