@@ -4,6 +4,8 @@ agree one to one; nothing is left unacked."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -69,7 +71,7 @@ class Report:
         assert not any(self.unacked.values()), f"left unacked or pending: {self.unacked}"
 
 
-async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_log: list[dict], providers: list[str]) -> Report:
+async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_log: list[dict], providers: list[str], settle_s: float = 30.0) -> Report:
     ids = set(job_ids)
     rep = Report(submitted=len(job_ids))
     per_job = Counter()
@@ -101,10 +103,18 @@ async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_l
     rep.calls_without_cost = [r for r in calls if cost_ids[r] == 0]
     rep.costs_without_call = [r.request_id for r in rep.costs if r.outcome != "lost" and calls[r.request_id] == 0]
 
-    for stream, consumer in [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, pool_consumer(p, lane)) for p in providers for lane in wire.LANES)]:
-        try:
-            info = await js.consumer_info(stream, consumer)
-        except NotFoundError:  # a provider without a batch lane
-            continue
-        rep.unacked[consumer] = info.num_ack_pending + info.num_pending
+    # "Left" unacked: a restarted server redelivers deliveries whose acks it lost, and the
+    # workers ack them (the job is done) once ack_wait passes; wait for that, bounded.
+    consumers = [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, pool_consumer(p, lane)) for p in providers for lane in wire.LANES)]
+    deadline = time.monotonic() + settle_s
+    while True:
+        for stream, consumer in consumers:
+            try:
+                info = await js.consumer_info(stream, consumer)
+            except NotFoundError:  # a provider without a batch lane
+                continue
+            rep.unacked[consumer] = info.num_ack_pending + info.num_pending
+        if not any(rep.unacked.values()) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
     return rep
