@@ -24,26 +24,41 @@ async def sqlite_engine(tmp_path: Path) -> AsyncEngine:
     return engine
 
 
-async def postgres_engine() -> tuple[AsyncEngine, str]:
-    schema = f"pb_test_{uuid.uuid4().hex[:12]}"
-    engine = db.open_engine(PG_URL, schema=schema)
+async def new_pg_schema(prefix: str) -> str:
+    """A fresh schema in the local Postgres, so tests never collide. A missing Postgres
+    skips on a laptop and fails when CI=true."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = db.open_engine(PG_URL)
     try:
         async with engine.begin() as conn:
             await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except (SQLAlchemyError, OSError) as e:
-        await engine.dispose()
         why = f"Postgres unreachable at {db.display(PG_URL)} ({type(e).__name__}: {str(e).splitlines()[0]})"
         if IN_CI:
             pytest.fail(f"{why}; CI must run the Postgres tests: start Postgres or set PANELBOARD_TEST_POSTGRES_URL", pytrace=False)
         pytest.skip(why)
+    finally:
+        await engine.dispose()
+    return schema
+
+
+async def drop_pg_schema(schema: str) -> None:
+    engine = db.open_engine(PG_URL)
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    await engine.dispose()
+
+
+async def postgres_engine() -> tuple[AsyncEngine, str]:
+    schema = await new_pg_schema("pb_test")
+    engine = db.open_engine(PG_URL, schema=schema)
     await db.create_schema(engine)
     return engine, schema
 
 
 async def drop(engine: AsyncEngine, schema: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     await engine.dispose()
+    await drop_pg_schema(schema)
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from schemas import wire
 from schemas.codec import decode_cost, encode
 from schemas.errors import BadKey, InvalidJob, OverBudget, PromptTooLarge, RateLimited
 from schemas.job import Completed, Failed
-from tests.conftest import IN_CI, ROOT, run_cli
-from tests.ledger_dbs import PG_URL
+from tests.conftest import ROOT, run_cli
+from tests.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
 
 GOV_CONFIG = ROOT / "tests" / "data" / "governance.yaml"
 CFG = load(GOV_CONFIG)
@@ -50,21 +50,9 @@ async def database(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'gov.db'}", None
         return
-    schema = f"pb_gov_{uuid.uuid4().hex[:12]}"
-    engine = db.open_engine(PG_URL)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except (SQLAlchemyError, OSError) as e:
-        await engine.dispose()
-        why = f"Postgres unreachable at {db.display(PG_URL)} ({type(e).__name__})"
-        if IN_CI:
-            pytest.fail(f"{why}; CI must run the Postgres tests", pytrace=False)
-        pytest.skip(why)
+    schema = await new_pg_schema("pb_gov")
     yield PG_URL, schema
-    async with engine.begin() as conn:
-        await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    await engine.dispose()
+    await drop_pg_schema(schema)
 
 
 @pytest.fixture

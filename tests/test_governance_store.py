@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import func, select
 
 from broker import budgets, keys
 from broker.governance_store import Admitted, Store, Throttled, admissions, rate_buckets, teams, virtual_keys
-from panelboard import db
 from schemas.errors import BadKey, OverBudget
 from schemas.job import CostRecord, Hop, Route
-from tests.conftest import IN_CI
-from tests.ledger_dbs import PG_URL
+from tests.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
 
 ROUTE = Route(tier="fast", chain=(Hop("oa/small", "oa"),))
 CENT = 10_000_000  # nano-dollars
@@ -41,18 +37,7 @@ async def stores(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'gov.db'}"
     else:
-        url, schema = PG_URL, f"pb_gov_{uuid.uuid4().hex[:12]}"
-        engine = db.open_engine(PG_URL)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except (SQLAlchemyError, OSError) as e:
-            why = f"Postgres unreachable at {db.display(PG_URL)} ({type(e).__name__})"
-            if IN_CI:
-                pytest.fail(f"{why}; CI must run the Postgres tests", pytrace=False)
-            pytest.skip(why)
-        finally:
-            await engine.dispose()
+        url, schema = PG_URL, await new_pg_schema("pb_gov")
     made: list[Store] = []
 
     def make() -> Store:
@@ -65,10 +50,7 @@ async def stores(request, tmp_path):
     for s in made:
         await s.close()
     if schema:
-        engine = db.open_engine(PG_URL)
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await engine.dispose()
+        await drop_pg_schema(schema)
 
 
 async def team_row(store: Store, name: str):
