@@ -67,7 +67,9 @@ class Puller:
         await self.nc.publish(self.api, body, reply=subject)
 
     async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get(STATUS) if msg.headers else None
+        # A status message is addressed to the pull request's own inbox; a data message keeps
+        # the subject it was published on. A publisher's own `Status` header is just a header.
+        status = msg.headers.get(STATUS) if msg.headers and msg.subject.startswith(self.prefix) else None
         if status:
             # 404/408: nothing more for this request; 409: the server ended it (max
             # waiting, leadership change...); 100: an idle heartbeat.
