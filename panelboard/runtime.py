@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
-from broker.service import Broker
 from panelboard import logs, streams
 from panelboard.config import provider_key
 from schemas import wire
 from schemas.config import Config
-from workers.pool import Pool
 
 if TYPE_CHECKING:
     from broker.admission import Governor
+    from broker.service import Broker
+    from workers.pool import Pool
 
 log = logs.get("runtime")
 
@@ -117,13 +117,20 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
     nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"), on_reconnect=reconnected)
     await prepare(nc, cfg, providers, with_broker=broker)
     js = nc.jetstream()
+    # Imported here, each only by the process that runs it: a worker never loads the broker's
+    # SQL stack, so a replacement for a killed worker is serving in well under a second.
     if broker:
+        from broker.service import Broker
+
         parts.append(Broker(js, cfg, governor(cfg)))
-    api_keys = {p: provider_key(cfg, p) for p in providers}
-    for key in api_keys.values():
-        if key:
-            logs.register_secret(key)  # redacted from every log line, whatever its format
-    parts += [Pool(js, cfg, p, api_key=api_keys[p]) for p in providers]
+    if providers:
+        from workers.pool import Pool
+
+        api_keys = {p: provider_key(cfg, p) for p in providers}
+        for key in api_keys.values():
+            if key:
+                logs.register_secret(key)  # redacted from every log line, whatever its format
+        parts += [Pool(js, cfg, p, api_key=api_keys[p]) for p in providers]
 
     loop = asyncio.get_running_loop()
 

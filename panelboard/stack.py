@@ -41,6 +41,9 @@ class Stack:
         self.mock_proc: subprocess.Popen[bytes] | None = None
         self.mock_url: str | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.started: list[subprocess.Popen[bytes]] = []  # every process ever started, replacements too
+        self.log_offsets: dict[str, int] = {}  # where each process's current run begins in its log
+        self.stopped = False
         self._setup_auth: tuple[str, str] | None = None
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -94,13 +97,24 @@ class Stack:
 
     def _cli(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         assert self.nats_url
+        if self.stopped:  # e.g. a test's background task still running after the test failed
+            raise RuntimeError(f"stack {self.home} is stopped: not starting {name}")
         cmd = [PY, "-m", "panelboard.cli", *args, "--nats-url", self.nats_url]
         if self.config:
             cmd += ["--config", self.config]
-        log = open(self.home / "logs" / f"{name}.log", "ab")
+        path = self.home / "logs" / f"{name}.log"
+        log = open(path, "ab")
+        self.log_offsets[name] = log.tell()
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env, start_new_session=True)
         self.procs[name] = proc
+        self.started.append(proc)
         return proc
+
+    def logged(self, name: str, needle: str) -> bool:
+        """Whether the current run of `name` has logged `needle` yet."""
+        with open(self.home / "logs" / f"{name}.log", "rb") as f:
+            f.seek(self.log_offsets.get(name, 0))
+            return needle.encode() in f.read()
 
     def start_broker(self, name: str = "broker") -> subprocess.Popen[bytes]:
         return self._cli(name, "broker")
@@ -169,8 +183,13 @@ class Stack:
             return proc.wait()
 
     def stop(self) -> None:
+        self.stopped = True
         for name in list(self.procs):
             self.stop_proc(name)
+        for proc in self.started:  # whatever the outcome, nothing we started outlives us
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if self.mock_proc and self.mock_proc.poll() is None:
             self.mock_proc.terminate()
             try:

@@ -75,9 +75,15 @@ def broker_consumer_config() -> ConsumerConfig:
     )
 
 
+# Short, because a killed worker's deliveries stay frozen (its share of the provider's cap
+# with them) until ack_wait passes; live workers renew every delivery they hold with
+# heartbeats at a quarter of it, so a long call never times out under them.
+DEFAULT_ACK_WAIT_S = 6.0
+
+
 def ack_wait_s(cfg: Config, provider: str) -> float:
     p = cfg.providers[provider]
-    return p.ack_wait_ms / 1000 if p.ack_wait_ms else p.timeout_ms / 1000 + 30.0
+    return p.ack_wait_ms / 1000 if p.ack_wait_ms else DEFAULT_ACK_WAIT_S
 
 
 def pool_consumer_config(cfg: Config, provider: str, lane: str = "interactive") -> ConsumerConfig:
@@ -85,7 +91,7 @@ def pool_consumer_config(cfg: Config, provider: str, lane: str = "interactive") 
         durable_name=pool_consumer(provider, lane),
         filter_subject=wire.dispatch(provider, lane) if len(lane_caps(cfg, provider)) > 1 else wire.dispatch(provider, "*"),
         ack_policy=AckPolicy.EXPLICIT,
-        # Longer than the slowest call, so a live worker's delivery never times out under it.
+        # Heartbeats renew it, so it bounds how long a dead worker's deliveries stay frozen.
         ack_wait=ack_wait_s(cfg, provider),
         # The lane's share of the provider's concurrency cap, enforced by the server across
         # every worker process.

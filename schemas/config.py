@@ -18,8 +18,8 @@ class Provider(Base):
     api_key: str | None = None  # "env:NAME"; the secret itself never sits in the file
     max_concurrency: int = 32
     timeout_ms: int = 60_000
-    # How long the server waits for a worker's ack before redelivering. Defaults to the
-    # timeout plus 30 s; heartbeats keep long calls alive either way.
+    # How long the server waits for a worker's ack before redelivering: how long a killed
+    # worker's deliveries stay frozen. Default 6 s; heartbeats keep long calls alive.
     ack_wait_ms: int | None = None
     # Priority lanes. None: one lane, batch and interactive jobs share every slot in FIFO
     # order. A share (0 < s < 1): batch jobs may hold only that share of max_concurrency;

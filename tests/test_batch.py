@@ -189,20 +189,25 @@ async def test_a_submitter_killed_halfway_resumes_with_one_result_per_custom_id(
 
 
 async def test_cancel_takes_queued_jobs_out_and_they_are_never_called(stack, mock, client, tmp_path):
-    # Given a 40-job batch on a provider with 4 slots and 200 ms calls (about 2 s of work)
+    # Given a 40-job batch on a provider with 4 slots and 1.7 s calls (about 17 s of work,
+    # so the queue outlasts a CLI start-up on a busy machine)
     n = 40
     src = tmp_path / "slow.jsonl"
     src.write_text("".join(anthropic_line_of(f"s-{i}", f"Plan step {i}") + "\n" for i in range(n)))
     batch_id = "cancel-" + uuid.uuid4().hex[:8]
-    out = bcli(stack, "submit", str(src), "--intent", "capped", "--batch-id", batch_id)
-    assert out.returncode == 0, out.stderr
-    deadline = time.monotonic() + 30
-    while await batch.count_results(client.js, batch_id) < 1:  # the first calls are done
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    mock.control(provider="capped", latency_ms=1500)
+    try:
+        out = bcli(stack, "submit", str(src), "--intent", "capped", "--batch-id", batch_id)
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + 30
+        while await batch.count_results(client.js, batch_id) < 1:  # the first calls are done
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
 
-    # When it is cancelled
-    out = bcli(stack, "cancel", batch_id, "--json")
+        # When it is cancelled
+        out = bcli(stack, "cancel", batch_id, "--json")
+    finally:
+        mock.control(provider="capped", latency_ms=None)
 
     # Then the queued jobs get a `cancelled` result at once, and the started ones finish
     assert out.returncode == 0, out.stderr

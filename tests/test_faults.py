@@ -27,6 +27,7 @@ pytestmark = pytest.mark.fault
 
 CONFIG = ROOT / "tests" / "data" / "faults.yaml"
 PROVIDERS = ["primary", "secondary", "tertiary", "slow", "ra"]
+ACK_WAIT_S = 4.0  # the pools' ack_wait in faults.yaml
 MSG = [{"role": "user", "content": "Extract the date from: due 2026-12-01"}]
 
 
@@ -167,6 +168,16 @@ async def test_sigterm_drains_in_flight_jobs(tmp_path):
     assert rep.reexecuted_jobs == 0 and rep.lost_calls == 0
 
 
+async def wait_logged(s: Stack, name: str, needle: str, bound_s: float) -> float:
+    """Seconds until the current run of process `name` logs `needle`; fails past the bound."""
+    t0 = time.monotonic()
+    while not s.logged(name, needle):
+        assert s.procs[name].poll() is None, f"{name} exited with {s.procs[name].returncode}"
+        assert time.monotonic() - t0 < bound_s, f"{name} did not log {needle} within {bound_s} s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - t0
+
+
 async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
     with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "50", "--jitter-ms", "20"]) as s:
         s.start(workers=2)
@@ -174,32 +185,77 @@ async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
         rng = random.Random(3)
         intents = [rng.choice(["p1", "p2", "p3"]) for _ in range(10_000)]
         kills = 0
+        startup_s: list[float] = []  # kill -9 -> the replacement's pools pulling
         async with Client(s.nats_url) as c:
             stop = asyncio.Event()
 
             async def killer() -> None:
+                # Kill a worker once a second at most, and never faster than the pools
+                # recover: the replacement must be pulling and the victim's frozen
+                # deliveries released (ack_wait) before the next kill. On a busy box a
+                # start-up takes seconds; kills that outpace recovery stall every pool.
                 nonlocal kills
+                for name in ("worker-0", "worker-1"):
+                    await wait_logged(s, name, "pool.started", bound_s=120)
                 n = 0
-                while not stop.is_set():
+                while True:
                     try:
                         await asyncio.wait_for(stop.wait(), 1.0)
+                        return
                     except asyncio.TimeoutError:
-                        victim = f"worker-{n % 2}"
-                        s.kill_proc(victim)
-                        s.start_worker(victim)
-                        kills += 1
-                        n += 1
+                        pass
+                    victim = f"worker-{n % 2}"
+                    t0 = time.monotonic()
+                    s.kill_proc(victim)
+                    s.start_worker(victim)
+                    kills += 1
+                    n += 1
+                    await wait_logged(s, victim, "pool.started", bound_s=60)
+                    startup_s.append(time.monotonic() - t0)
+                    try:
+                        await asyncio.wait_for(stop.wait(), max(0.0, ACK_WAIT_S - (time.monotonic() - t0)))
+                        return
+                    except asyncio.TimeoutError:
+                        pass
 
             k = asyncio.create_task(killer())
-            ids = await submit_all(c, intents, "kill-" + uuid.uuid4().hex[:6])
-            await wait_all(c, ids, timeout=300)
-            stop.set()
-            await k
+            try:
+                ids = await submit_all(c, intents, "kill-" + uuid.uuid4().hex[:6])
+                await wait_all(c, ids, timeout=300)
+            finally:
+                stop.set()
+                await k  # raises if a replacement never started
             rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
     print(f"\nkill -9 x{kills}: {rep.line()}")
+    print(f"replacement start-up (kill -> pools pulling): median {sorted(startup_s)[len(startup_s) // 2]:.2f} s, max {max(startup_s):.2f} s")
     assert kills >= 3 and rep.lost_calls > 0  # the kills really cut calls off mid-flight
     rep.assert_holds()
     assert rep.completed == 10_000
+
+
+async def test_a_killed_workers_replacement_takes_over_its_frozen_slots(tmp_path):
+    # Given the only worker of a 128-slot pool, every slot busy with 50 ms calls
+    with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "50"]) as s:
+        s.start(workers=0)
+        s.start_worker("w", providers=["primary"])
+        mock = Mock(s.mock_url)
+        async with Client(s.nats_url) as c:
+            submitter = asyncio.create_task(submit_all(c, ["p1"] * 2000, "takeover-" + uuid.uuid4().hex[:6]))
+            await wait_logged(s, "w", "pool.first_call", bound_s=120)
+            # When it is killed mid-batch and a replacement is started
+            t0 = time.monotonic()
+            s.kill_proc("w")
+            s.start_worker("w", providers=["primary"])
+            startup = await wait_logged(s, "w", "pool.started", bound_s=60)
+            # Then the replacement serves again once the dead worker's deliveries are released
+            recover = time.monotonic() - t0 + await wait_logged(s, "w", "pool.first_call", bound_s=60)
+            ids = await submitter
+            await wait_all(c, ids, timeout=180)
+            rep = await check(c.js, c.client_id, ids, mock.log(), ["primary"])
+    print(f"\ntakeover: start-up {startup:.2f} s, first call served {recover:.2f} s after the kill (ack_wait {ACK_WAIT_S} s); {rep.line()}")
+    rep.assert_holds()
+    assert rep.completed == 2000
+    assert recover < ACK_WAIT_S + 30  # ack_wait plus a start-up on a busy 2-core box
 
 
 async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):

@@ -34,11 +34,13 @@ async def test_interactive_jobs_finish_while_a_batch_saturates_the_provider(clie
         return r
 
     results = await asyncio.gather(*(wait(h) for h in batch + interactive))
-    # Then they all complete, the interactive ones within ~1.5 s (2 reserved slots x 200 ms),
-    # long before the batch drains, and the provider never sees more than its 8 slots.
+    # Then they all complete, the interactive ones (2 reserved slots x 200 ms: ~1 s of work)
+    # before even half the batch ahead of them (6 slots: ~4 s), and the provider never sees
+    # more than its 8 slots. Compared within the run, so a busy machine slows both alike.
     assert all(isinstance(r, Completed) for r in results)
     worst_interactive = max(done_at[h.id] for h in interactive) - t_int
     batch_done = max(done_at[h.id] for h in batch) - t0
-    print(f"\ninteractive worst wait {worst_interactive:.2f}s; batch of 120 drained in {batch_done:.2f}s")
-    assert worst_interactive < 2.5 < batch_done
+    batch_half = sorted(done_at[h.id] for h in batch)[len(batch) // 2] - t0
+    print(f"\ninteractive worst wait {worst_interactive:.2f}s; half the batch of 120 done at {batch_half:.2f}s, all at {batch_done:.2f}s")
+    assert t_int - t0 + worst_interactive < batch_half
     assert mock.stats()["max_in_flight"]["laned"] <= 8

@@ -43,14 +43,15 @@ def key_prefix(key: str | None) -> str | None:
 
 
 class Lease:
-    """A delivery we hold. The server hands it to someone else once ack_wait passes without
-    word from us, so we ack only while the lease is provably ours."""
+    """A delivery we hold, from the moment it reaches us (started or still queued). The server
+    hands it to someone else once ack_wait passes without word from us, so we ack only while
+    the lease is provably ours."""
 
-    __slots__ = ("msg", "started", "renewed", "twins")
+    __slots__ = ("msg", "renewed", "twins")
 
     def __init__(self, msg: Msg):
         self.msg = msg
-        self.started = self.renewed = time.monotonic()
+        self.renewed = time.monotonic()
         # Redeliveries of this same step that reached us while we still hold it (a restarted
         # server forgets deliveries): answered together with ours, never run twice.
         self.twins: list[Msg] = []
@@ -66,6 +67,8 @@ class Pool:
         self.lanes = lane_caps(cfg, provider)
         self.ack_wait = ack_wait_s(cfg, provider)
         self.heartbeat_s = min(5.0, self.ack_wait / 4)
+        self.queued: list[deque[Lease]] = []  # each lane's deliveries not started yet: heartbeats keep them too
+        self.served = False
         self.stopping = asyncio.Event()
         self.inflight: dict[asyncio.Task[None], Lease] = {}
         self.active: dict[tuple[str, int, int, bool], Lease] = {}  # (job, run, hop, shadow) -> who holds it
@@ -243,7 +246,7 @@ class Pool:
         return False
 
     def _pressure(self, outcome: Outcome) -> None:
-        pause = min(pause_s(outcome, self.streak_429), self.ack_wait / 2)  # held deliveries must not time out
+        pause = pause_s(outcome, self.streak_429)  # deliveries held meanwhile are kept by heartbeats
         self.streak_429 = self.streak_429 + 1 if pause and not isinstance(outcome, Ok) else 0
         if pause:
             until = time.monotonic() + pause
@@ -271,22 +274,29 @@ class Pool:
             raise
         except Exception:  # NATS trouble mid-publish: leave it unacked; it is redelivered after ack_wait
             log.exception("job.handle_failed", provider=self.provider)
+        if self.calls and not self.served:  # operators (and the kill -9 test) see a replacement serving
+            self.served = True
+            log.info("pool.first_call", provider=self.provider)
 
     # -- the loop -------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
         """One task for the whole pool: long calls say in_progress, so ack_wait never expires
         under a live worker and nobody else is handed its job."""
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            await asyncio.sleep(self.heartbeat_s / 2)
             now = time.monotonic()
-            for lease in list(self.inflight.values()):
-                if now - lease.renewed >= self.heartbeat_s:
-                    try:
-                        await lease.msg.in_progress()
-                        await self.js._nc.flush(timeout=2)  # renewed only once the server has it
-                        lease.renewed = now
-                    except Exception:
-                        pass
+            held = [*self.inflight.values(), *(lease for q in self.queued for lease in q)]
+            due = [lease for lease in held if now - lease.renewed >= self.heartbeat_s]
+            if not due:
+                continue
+            try:
+                for lease in due:
+                    await lease.msg.in_progress()
+                await self.js._nc.flush(timeout=2)  # renewed only once the server has them all
+            except Exception:
+                continue
+            for lease in due:
+                lease.renewed = now
 
     async def run(self) -> None:
         hb = asyncio.create_task(self._heartbeat())
@@ -305,11 +315,12 @@ class Pool:
         puller = Puller(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider, lane), min_request=max(1, cap // 8))
         await puller.start()
         mine: set[asyncio.Task[None]] = set()
-        held: deque[Msg] = deque()  # delivered, not started: pool paused or lane at its cap
+        held: deque[Lease] = deque()  # delivered, not started: pool paused or lane at its cap
+        self.queued.append(held)
 
         def start() -> None:
             while held and len(mine) < cap:
-                lease = Lease(held.popleft())
+                lease = held.popleft()
                 t = asyncio.create_task(self._safe(lease))
                 self.inflight[t] = lease
                 mine.add(t)
@@ -342,13 +353,13 @@ class Pool:
                 msg = await puller.get(timeout=0.5)
                 if msg is None:
                     continue
-                held.extend([msg, *puller.take_ready()])
+                held.extend(Lease(m) for m in [msg, *puller.take_ready()])
                 if self.paused_until > time.monotonic():
                     continue  # paused while we waited: hold them until the pause ends
                 start()
         finally:
             # SIGTERM: stop fetching; what was delivered but not started goes straight back.
-            for m in [*held, *await puller.stop()]:
+            for m in [*(lease.msg for lease in held), *await puller.stop()]:
                 await m.nak()
 
     async def _drain_inflight(self, grace_s: float = 20.0) -> None:
