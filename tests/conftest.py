@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,14 @@ class Mock:
 
     def log(self, provider: str | None = None) -> list[dict]:
         return self.http.get("/_mock/log", params={"provider": provider} if provider else None).json()
+
+    def settled_log(self, bound_s: float = 30.0) -> list[dict]:
+        """The request log once the mock has answered every request it holds: a call our
+        worker gave up on (a timeout) is still running there, and is logged when it ends."""
+        deadline = time.monotonic() + bound_s
+        while any(self.stats()["in_flight"].values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.log()
 
     def stats(self) -> dict:
         return self.http.get("/_mock/stats").json()

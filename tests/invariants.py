@@ -101,7 +101,7 @@ async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_l
     rep.lost_calls = sum(r.outcome == "lost" for r in rep.costs)
     cost_ids = Counter(r.request_id for r in rep.costs)
     rep.calls_without_cost = [r for r in calls if cost_ids[r] == 0]
-    rep.costs_without_call = [r.request_id for r in rep.costs if r.outcome != "lost" and calls[r.request_id] == 0]
+    rep.costs_without_call = [f"{r.request_id} ({r.outcome}, {r.latency_ms:.0f} ms)" for r in rep.costs if r.outcome != "lost" and calls[r.request_id] == 0]
 
     # "Left" unacked: a restarted server redelivers deliveries whose acks it lost, and the
     # workers ack them (the job is done) once ack_wait passes; wait for that, bounded.
