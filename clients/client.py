@@ -49,13 +49,14 @@ def to_request(messages: MessagesLike | str, **params: Any) -> ChatRequest:
 
 
 class JobHandle:
-    def __init__(self, client: "Client", job_id: str, seq: int | None = None):
+    def __init__(self, client: "Client", job_id: str, seq: int | None = None, team: str | None = None):
         self.client = client
         self.id = job_id
         self.seq = seq  # its PB_JOBS sequence (None: answered from a stored result, not sent)
+        self.team = team or client.team
 
     async def result(self, timeout: float | None = None) -> Result:
-        return await self.client.result(self.id, timeout)
+        return await self.client.result(self.id, timeout, team=self.team)
 
     async def response(self, timeout: float | None = None) -> ChatResponse:
         """The ChatResponse, or the JobFailed subclass matching the error."""
@@ -246,7 +247,7 @@ class Client:
             if stored is not None:
                 if not fut.done():
                     fut.set_result(stored)
-                return JobHandle(self, job.id)
+                return JobHandle(self, job.id, team=job.team)
         # A publish that timed out may still have been stored: retrying with the same
         # Nats-Msg-Id (unique to this call) is safe, the stream drops the duplicate. While the
         # server restarts (or a cluster elects a leader) we keep retrying for publish_patience_s.
@@ -272,7 +273,7 @@ class Client:
         elif not fut.done():
             self._seqs[at] = key
             self._seq_of.setdefault(key, []).append(ack.seq)
-        return JobHandle(self, job.id, ack.seq)
+        return JobHandle(self, job.id, ack.seq, job.team)
 
     async def lookup(self, job_id: str, team: str | None = None) -> Result | None:
         """A result already in the results stream: for late or restarted clients. None also
@@ -320,8 +321,8 @@ class Client:
     async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncIterator[Result]:
         """Each job's Result as it arrives (Completed | Failed), whatever the order they were
         submitted in. `timeout` bounds the whole wait: ResultTimeout names a job still out."""
-        ids = [h.id if isinstance(h, JobHandle) else h for h in handles]
-        pending = {asyncio.ensure_future(self.result(i)): i for i in ids}
+        hs = [h if isinstance(h, JobHandle) else JobHandle(self, h) for h in handles]
+        pending = {asyncio.ensure_future(h.result()): h.id for h in hs}
         end = None if timeout is None else asyncio.get_running_loop().time() + timeout
         try:
             while pending:

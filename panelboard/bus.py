@@ -45,28 +45,28 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict
 
 
 async def publish_result(js: JetStreamContext, team: str, job_id: str, result: Result, run: int = 0) -> None:
-    subject = wire.result(team, job_id)
-    await _index_batch(js, team, job_id, result, subject)
-    await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: wire.result_msg_id(team, job_id, run)})
+    subject, msg_id = wire.result(team, job_id), wire.result_msg_id(team, job_id, run)
+    await _index_batch(js, team, job_id, result, subject, msg_id)
+    await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
 
 
 async def publish_reject(js: JetStreamContext, team: str, seq: int, result: Failed) -> None:
     """The one terminal message of a publish refused before it was claimed: the submitter
     learned `seq` from its PubAck."""
-    subject = wire.reject(team, seq)
+    subject, msg_id = wire.reject(team, seq), wire.reject_msg_id(seq)
     if result.job_id:
-        await _index_batch(js, team, result.job_id, result, subject)
-    await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: wire.reject_msg_id(seq)})
+        await _index_batch(js, team, result.job_id, result, subject, msg_id)
+    await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
 
 
-async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Result, subject: str) -> None:
+async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Result, subject: str, msg_id: str) -> None:
     """A batch job's end, in its batch's index, before the result itself: then every result
     of a batch is in the index (a crash between the two redoes both, deduped)."""
     if not result.metadata or (batch_id := B.batch_of(job_id, result.metadata)) is None:
         return
     kind = "completed" if isinstance(result, Completed) else result.error.__struct_config__.tag
     await publish(js, B.done_subject(batch_id, team, job_id), encode(B.Done(kind=kind, subject=subject)),
-                  headers={wire.HDR_MSG_ID: f"{subject}:done"})
+                  headers={wire.HDR_MSG_ID: msg_id + ":done"})
 
 
 async def claim(js: JetStreamContext, team: str, job_id: str, run: int, seq: int) -> bool:

@@ -71,7 +71,7 @@ async def test_article_drill_broken_primary_falls_back_within_its_retry_budget(f
             # When a batch runs through the article's chain
             ids = await submit_all(c, ["chain"] * jobs, f"drill{fault}-{uuid.uuid4().hex[:6]}")
             await wait_all(c, ids, timeout=240)
-            rep = await check(c.js, c.client_id, ids, fmock.log(), PROVIDERS)
+            rep = await check(c.js, c.team, ids, fmock.log(), PROVIDERS)
     finally:
         fmock.control(provider="primary", fault=None)
     print(f"\ndrill fault={fault}: {rep.line()}")
@@ -90,7 +90,7 @@ async def test_poison_job_ends_as_one_failed_result_and_one_dead_letter(fstack, 
     async with Client(fstack.nats_url) as c:
         h = await c.submit(MSG, intent="poison", job_id="poison-" + uuid.uuid4().hex[:8])
         r = await h.result(timeout=60)
-        rep = await check(c.js, c.client_id, [h.id], fmock.log(), PROVIDERS)
+        rep = await check(c.js, c.team, [h.id], fmock.log(), PROVIDERS)
         print(f"\npoison: {rep.line()}")
         rep.assert_holds()
         assert isinstance(r, Failed) and isinstance(r.error, ChainExhausted)
@@ -115,7 +115,7 @@ async def test_slow_calls_longer_than_ack_wait_are_not_duplicated(fstack, fmock)
     async with Client(fstack.nats_url) as c:
         ids = await submit_all(c, ["slow"] * 12, "slow-" + uuid.uuid4().hex[:6])
         results = await wait_all(c, ids, timeout=60)
-        rep = await check(c.js, c.client_id, ids, fmock.log(), PROVIDERS)
+        rep = await check(c.js, c.team, ids, fmock.log(), PROVIDERS)
     print(f"\nslow: {rep.line()}")
     rep.assert_holds()
     assert all(isinstance(r, Completed) for r in results)
@@ -159,7 +159,7 @@ async def test_sigterm_drains_in_flight_jobs(tmp_path):
             rc = s.stop_proc("slow-only")
             # Then it finishes them before exiting: nothing is left to time out or to redo
             results = await wait_all(c, ids, timeout=5)
-            rep = await check(c.js, c.client_id, ids, mock.log(), ["slow"])
+            rep = await check(c.js, c.team, ids, mock.log(), ["slow"])
     print(f"\nsigterm drain: exit={rc} {rep.line()}")
     assert rc == 0
     rep.assert_holds()
@@ -195,7 +195,7 @@ async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
             await wait_all(c, ids, timeout=300)
             stop.set()
             await k
-            rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
+            rep = await check(c.js, c.team, ids, mock.log(), PROVIDERS)
     print(f"\nkill -9 x{kills}: {rep.line()}")
     assert kills >= 3 and rep.lost_calls > 0  # the kills really cut calls off mid-flight
     rep.assert_holds()
@@ -219,7 +219,7 @@ async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
                 servers.append(NatsServer(servers[0].data_dir, port=servers[0].port).start())
                 ids = await submitter
                 await wait_all(c, ids, timeout=300)
-                rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
+                rep = await check(c.js, c.team, ids, mock.log(), PROVIDERS)
     finally:
         for server in servers:
             server.stop()
@@ -249,7 +249,7 @@ async def test_cluster_stream_leader_killed_mid_batch(tmp_path, monkeypatch):
                 ids = await submitter
                 await wait_all(c, ids, timeout=300)
                 new_leader = cluster.wait_stream_leader("PB_DISPATCH", exclude=(leader,))
-                rep = await check(c.js, c.client_id, ids, mock.log(), PROVIDERS)
+                rep = await check(c.js, c.team, ids, mock.log(), PROVIDERS)
     print(f"\ncluster leader nats-{leader + 1} killed (new leader nats-{(new_leader or 0) + 1}): {rep.line()}")
     assert new_leader is not None and new_leader != leader
     rep.assert_holds()
