@@ -140,6 +140,11 @@ class Broker:
             else:
                 decision = verdict
         job = admission.public(job)  # from here on, never the whole key
+        if not isinstance(decision, Route) and self.governor.on is not False:
+            # Refused before the key was checked: the team is not authenticated, so the job id
+            # is not claimed under it (that would let anyone pre-empt another team's id).
+            await self.reject(msg, team, seq, decision, job)
+            return
         # The team is authenticated (subject permissions, or the key): the job id becomes ours.
         if not await bus.claim(self.js, team, job.id, job.run, seq):
             # Another message of this team owns this id: a duplicate submit; its one result is
