@@ -231,7 +231,7 @@ class Governor:
         est = budgets.estimate(job, route, self.cfg, self.g.bytes_per_token)
         try:
             async with self.sem:
-                out = await self.store.admit(job.id, job.run, job.key, route, est, now, redelivered=deliveries > 1)
+                out = await self.store.admit(job.id, job.run, job.key, route, est, now, redelivered=deliveries > 1, team=job.team)
         except Exception as e:  # the database is away: the job waits in the stream, nothing is lost
             log.warning("governance.admit_failed", job_id=job.id, error=str(e).splitlines()[0][:300])
             return Wait(delay_s=min(0.5 * deliveries, 5.0), reason="key database unavailable")

@@ -306,11 +306,12 @@ class Store:
 
     # -- admission: the hot path under governance -----------------------------------------------
     async def admit(self, job_id: str, run: int, key: str | None, route: Route, est: Estimate, now: float,
-                    redelivered: bool = True) -> AdmitOutcome:
+                    redelivered: bool = True, team: str | None = None) -> AdmitOutcome:
         """Verify the key, check the rate limits, reserve the budget: one transaction. A job
         delivered for the first time (`redelivered=False`) skips looking for an earlier
-        admission; the insert would still notice one."""
-        return await self._retrying(lambda: self._admit(job_id, run, key, route, est, now, redelivered))
+        admission; the insert would still notice one. `team`: the team the job was published
+        for; a key of another team is refused before anything is reserved."""
+        return await self._retrying(lambda: self._admit(job_id, run, key, route, est, now, redelivered, team))
 
     async def _prior(self, conn: AsyncConnection, job_id: str, run: int) -> Admitted | None:
         prior = (await conn.execute(
@@ -320,7 +321,8 @@ class Store:
             return None
         return Admitted(prefix=prior.key_prefix, team=prior.team, reserved_nano=prior.reserved_nano, again=True)
 
-    async def _admit(self, job_id: str, run: int, key: str | None, route: Route, est: Estimate, now: float, redelivered: bool) -> AdmitOutcome:
+    async def _admit(self, job_id: str, run: int, key: str | None, route: Route, est: Estimate, now: float, redelivered: bool,
+                     expect_team: str | None = None) -> AdmitOutcome:
         # Round trips are what an admission costs (and how long it holds the team's lock):
         # typically four statements, six with rate limits.
         async with self.engine.begin() as conn:
@@ -339,6 +341,8 @@ class Store:
                 return verdict
             assert krow is not None and prefix is not None
             team = verdict.team
+            if expect_team is not None and team != expect_team:
+                return keys.team_mismatch(expect_team, team)
 
             # rate limits: jobs in flight, then the key's and the team's minute windows
             key_limits = Limits(f"key {prefix}", krow.rpm, krow.tpm)

@@ -119,3 +119,9 @@ def parse_expiry(text: str, now: float | None = None) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+def team_mismatch(team: str, key_team: str) -> BadKey:
+    """A valid key used for another team than the one the job was published for."""
+    return BadKey(message=f"the key belongs to team {key_team!r}, but the job was published for team {team!r}",
+                  hint=f"submit as team {key_team!r}: Client(team={key_team!r}, key=...), or publish on pb.jobs.{key_team}.<intent>")

@@ -1,4 +1,8 @@
-"""The broker: consume pb.jobs.>, admit, route, dispatch to the first hop, then ack.
+"""The broker: consume pb.jobs.>, admit, claim, route, dispatch to the first hop, then ack.
+
+Every message the stream acked ends in exactly one terminal message: refused before it is
+claimed (not decodable, bad ids, team mismatch, bad key), a Failed on
+pb.rejects.<subject team>.<seq>; claimed, its Result on pb.results.<team>.<job>.
 
 A raw nats-py pull loop rather than a faststream subscriber: faststream's per-message dispatch
 costs ~0.4 ms CPU here, the raw loop ~0.03 ms, and this is the hot path.
@@ -23,7 +27,7 @@ from panelboard.streams import BROKER_CONSUMER
 from schemas import wire
 from schemas.codec import decode_job
 from schemas.config import Config
-from schemas.errors import DeadlineExceeded, InvalidJob, JobError, PromptTooLarge
+from schemas.errors import BadKey, DeadlineExceeded, InvalidJob, JobError, PromptTooLarge
 from schemas.job import ID_RE, Dispatch, Job, Route
 
 log = logs.get("broker")
@@ -31,14 +35,23 @@ log = logs.get("broker")
 MAX_INFLIGHT = 1024  # jobs being admitted at once; well under the consumer's max_ack_pending
 
 
-def validate(job: Job, header_id: str | None) -> InvalidJob | None:
-    """Wire-contract checks msgspec's types cannot express. Pure."""
+ID_RULE = "use 1-128 characters from A-Z a-z 0-9 _ - (ids become subject tokens)"
+
+
+def validate(job: Job, header_id: str | None, team: str) -> InvalidJob | None:
+    """Wire-contract checks msgspec's types cannot express, against the team of the subject
+    the job was published on. Pure."""
+    if not ID_RE.match(team):
+        return InvalidJob(message=f"the job was published on pb.jobs.{team[:64]}, whose team token is not a valid team",
+                          hint="publish to pb.jobs.<team>.<intent> (intent `_` for none); " + ID_RULE)
     if not ID_RE.match(job.id):
-        return InvalidJob(message=f"job id {job.id[:64]!r} is not a valid id", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
-    if not ID_RE.match(job.client):
-        return InvalidJob(message=f"client id {job.client[:64]!r} is not a valid id", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
-    if header_id is not None and header_id != wire.submit_msg_id(job.id, job.run):
-        return InvalidJob(message=f"Nats-Msg-Id {header_id!r} differs from the job id {job.id!r}", hint="set the Nats-Msg-Id header to the job id so resubmits dedupe")
+        return InvalidJob(message=f"job id {job.id[:64]!r} ({len(job.id)} characters) is not a valid id", hint=ID_RULE)
+    if job.team != team:
+        return InvalidJob(message=f"the job says team {job.team[:64]!r} but was published on pb.jobs.{team}",
+                          hint=f"set the job's team to {team!r}, or publish it on pb.jobs.<its team>.<intent> as that team's user")
+    if header_id is not None and not wire.submit_msg_id_fits(header_id, team, job.id):
+        return InvalidJob(message=f"Nats-Msg-Id {header_id[:200]!r} does not name job {job.id!r} of team {team!r}",
+                          hint="send no Nats-Msg-Id, or <team>.<job id>.<nonce> with a nonce unique to this submit")
     if not job.request.messages:
         return InvalidJob(message="the request has no messages", hint="send at least one message")
     return None
@@ -68,7 +81,9 @@ class Broker:
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
         header_id = headers.get(wire.HDR_MSG_ID)
-        client = headers.get(wire.HDR_CLIENT)
+        seq = msg.metadata.sequence.stream
+        # The subject's team is who published it: a tenant user may publish only under its own.
+        team = wire.jobs_subject_team(msg.subject)
         early: InvalidJob | PromptTooLarge | None = admission.screen(msg.data, self.cfg.governance)
         if early is None:
             try:
@@ -80,15 +95,18 @@ class Broker:
                 )
         if early is not None:
             # The raw payload is kept (keys cut to their prefix, oversized ones truncated).
-            await bus.fail_job(self.js, client, header_id, early, reason=early.__struct_config__.tag if isinstance(early, PromptTooLarge) else "invalid",
-                               raw=admission.scrub_raw(msg.data), dead_msg_id=f"{header_id or msg.metadata.sequence.stream}:invalid")
-            log.info("job.rejected", job_id=header_id, client=client, error=early.__struct_config__.tag, detail=early.message[:200])
+            await bus.reject_job(self.js, team, seq, early, reason=early.__struct_config__.tag if isinstance(early, PromptTooLarge) else "invalid",
+                                 raw=admission.scrub_raw(msg.data))
+            log.info("job.rejected", seq=seq, team=team, error=early.__struct_config__.tag, detail=early.message[:200])
             await msg.ack()
+            return
+        if (bad := validate(job, header_id, team)) is not None:  # not addressable by its ids: by its seq
+            await self.reject(msg, team, seq, bad, job)
             return
         if msg.metadata.timestamp.timestamp() < self.suspect_before and await self.already_underway(job):
             await msg.ack()
             return
-        err: JobError | None = validate(job, header_id) or admission.check_fields(job)
+        err: JobError | None = admission.check_fields(job)
         if err is None and (found := admission.forbidden_fields(msg.data)):
             err = admission.refuse_fields(found)
         if err is None and not job.intent:  # layer 1: no intent given, classify the request
@@ -102,7 +120,6 @@ class Broker:
             if self.cfg.health.enabled:  # layer 2: degraded hops behind healthy ones, bar a probe share
                 decision = health.order_chain(decision, self.health, self.rng, self.cfg.health.probe_share)
         reserved = 0.0
-        team = None
         if isinstance(decision, Route) and self.governor.on is not False:
             job = admission.bound(job, decision, self.cfg)  # the worst case reserved is the worst case run
             verdict = await self.governor.admit(job, decision, msg, now)
@@ -110,11 +127,31 @@ class Broker:
                 await msg.nak(delay=verdict.delay_s)
                 log.debug("job.waiting", job_id=job.id, reason=verdict.reason, delay_s=round(verdict.delay_s, 3))
                 return
+            if isinstance(verdict, Admitted) and verdict.team != team:
+                # The ledger's admissions are keyed by job id alone: this id was admitted for
+                # another team. Refused, never run or billed under that team.
+                verdict = InvalidJob(message=f"job id {job.id!r} is already recorded in this gateway's ledger for another team",
+                                     hint="submit it under another job id")
+            if isinstance(verdict, (BadKey, InvalidJob)):  # the team is not authenticated: nothing to claim
+                await self.reject(msg, team, seq, verdict, admission.public(job))
+                return
             if isinstance(verdict, Admitted):
-                reserved, team = verdict.reserved_nano / 1e9, verdict.team
+                reserved = verdict.reserved_nano / 1e9
             else:
                 decision = verdict
-        job = admission.public(job, team)  # from here on, never the whole key
+        job = admission.public(job)  # from here on, never the whole key
+        if not isinstance(decision, Route) and self.governor.on is not False:
+            # Refused before the key was checked: the team is not authenticated, so the job id
+            # is not claimed under it (that would let anyone pre-empt another team's id).
+            await self.reject(msg, team, seq, decision, job)
+            return
+        # The team is authenticated (subject permissions, or the key): the job id becomes ours.
+        if not await bus.claim(self.js, team, job.id, job.run, seq):
+            # Another message of this team owns this id: a duplicate submit; its one result is
+            # the original's, on the same subject.
+            log.info("job.duplicate", job_id=job.id, team=team, seq=seq)
+            await msg.ack()
+            return
         if isinstance(decision, Route):
             if (mirror := self.shadow_route(decision)) is not None:  # before the live one: both or neither on a crash
                 await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
@@ -122,8 +159,14 @@ class Broker:
             log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
         else:
             reason = decision.__struct_config__.tag
-            await bus.fail_job(self.js, job.client, job.id, decision, reason=reason, job=job)
-            log.info("job.rejected", job_id=job.id, client=job.client, error=reason, detail=decision.message)
+            await bus.fail_job(self.js, team, job.id, decision, reason=reason, job=job)
+            log.info("job.rejected", job_id=job.id, team=team, error=reason, detail=decision.message)
+        await msg.ack()
+
+    async def reject(self, msg: Msg, team: str, seq: int, error: JobError, job: Job) -> None:
+        reason = error.__struct_config__.tag
+        await bus.reject_job(self.js, team, seq, error, reason="invalid" if reason == "invalid_job" else reason, job=job)
+        log.info("job.rejected", seq=seq, team=team, job_id=job.id[:128], error=reason, detail=error.message[:200])
         await msg.ack()
 
     def shadow_route(self, live: Route) -> Route | None:
@@ -136,9 +179,9 @@ class Broker:
     async def already_underway(self, job: Job) -> bool:
         """After a server restart lost recent acks: a job with a result or recorded attempts
         was dispatched before; dispatching it again would run it twice."""
-        if await bus.result_exists(self.js, job.client, job.id, job.run):
+        if await bus.result_exists(self.js, job.team, job.id, job.run):
             return True
-        return bool(await bus.read_attempts(self.js, job.id, job.run))
+        return bool(await bus.read_attempts(self.js, job.team, job.id, job.run))
 
     async def _safe(self, msg: Msg) -> None:
         try:

@@ -43,12 +43,13 @@ _FAILED = b'"type":"failed"'  # msgspec writes a tagged struct's tag first: no n
 
 
 def ended_run(msg: Msg) -> tuple[str, int] | None:
-    """(job, run) of a result, from its Nats-Msg-Id `<job>:<run>:result`."""
+    """(job, run) of a result, from its Nats-Msg-Id `<team>.<job>:<run>:result` (ids have no
+    dots; older results carry `<job>:<run>:result`)."""
     msg_id = (msg.headers or {}).get(wire.HDR_MSG_ID, "")
     parts = msg_id.rsplit(":", 2)
     if len(parts) != 3 or parts[2] != "result" or not parts[1].isdigit():
         return None
-    return parts[0], int(parts[1])
+    return parts[0].rpartition(".")[2], int(parts[1])
 
 
 def consumer_config(subjects: str) -> ConsumerConfig:

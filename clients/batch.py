@@ -5,16 +5,17 @@ on any machine, can report on a batch or cancel it; no local file is needed afte
 
 - **Ids.** A line's job id is a hash of (batch id, custom_id); the batch id is `--batch-id`,
   or a hash of the file's bytes and the submit options. So the same file submitted again is
-  the same batch, and each of its lines the same job: JetStream's Nats-Msg-Id dedupe drops
-  what was already sent.
+  the same batch, and each of its lines the same job: the broker's claim on (team, job id)
+  drops what was already sent.
 - **Resume.** The submitter checkpoints (every second and every CHECKPOINT_LINES lines) the
   line up to which everything is in the stream. A resubmit of the same file skips those lines,
   and for the lines that may have been sent after the last checkpoint first checks for a
   result, so a job already done is not run again even after the dedupe window has passed.
 - **Memory.** The file is read line by line and at most `window` publishes are in flight;
   results are streamed from PB_RESULTS into the output files. Flat at any size.
-- **Results** go to the client id `batch-<batch id>`; each carries the job's metadata
-  (`batch_id`, `custom_id`) back, which is how `results` writes custom_id next to each one.
+- **Results** go where every job's go (pb.results.<team>.<job>); each carries the job's
+  metadata (`batch_id`, `custom_id`) back, and is indexed under the batch
+  (pb.batch.<batch>.done.<team>.<job>), which is what status counts and results reads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import os
 import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,7 +65,7 @@ class SubmitReport:
     requests: int = 0  # well-formed lines
     malformed: int = 0
     sent: int = 0  # jobs published by this run (the stream drops those it already had)
-    duplicates: int = 0  # of those, ones the stream already had (a resume, or a repeated custom_id)
+    duplicates: int = 0  # of those, ones the stream already had (a publish retried after a timeout)
     skipped: int = 0  # lines before the last checkpoint of an earlier run: not sent again
     already_done: int = 0  # lines after it whose result already existed: not sent again
     resumed: bool = False
@@ -143,8 +145,13 @@ async def count_jobs(js: JetStreamContext, batch_id: str) -> int:
     return await _count(js, B.BATCHES_STREAM, B.jobs_filter(batch_id))
 
 
-async def count_results(js: JetStreamContext, batch_id: str) -> int:
-    return await _count(js, wire.RESULTS_STREAM, wire.result(B.client_id(batch_id), ">"))
+async def team_of(js: JetStreamContext, batch_id: str) -> str:
+    info = await read_info(js, batch_id)
+    return info.team if info is not None else "default"
+
+
+async def count_results(js: JetStreamContext, batch_id: str, team: str | None = None) -> int:
+    return await _count(js, B.BATCHES_STREAM, B.done_filter(batch_id, team or await team_of(js, batch_id)))
 
 
 def _malformed_record(line_no: int, raw: bytes, error: str) -> bytes:
@@ -189,12 +196,14 @@ class _Submitter:
         try:
             exists = False
             if check:  # may have been sent before a crash: a job already done is not run again
-                exists = await bus.result_exists(self.js, job.client, job.id, 0)
+                exists = await bus.result_exists(self.js, job.team, job.id, 0)
             if exists:
                 rep.already_done += 1
             else:
-                headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.id), wire.HDR_CLIENT: job.client}
-                ack = await _publish(self.js, wire.jobs(job.intent), encode(job), headers)
+                # A nonce per send: only this send's own retries dedupe in the stream (a fixed
+                # id could be squatted by another team); a resend is dropped by the claim.
+                headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, uuid.uuid4().hex[:16])}
+                ack = await _publish(self.js, wire.jobs(job.team, job.intent), encode(job), headers)
                 rep.sent += 1
                 rep.duplicates += bool(ack.duplicate)
             # The manifest entry follows the job: every entry names a job that is in the stream.
@@ -359,30 +368,16 @@ def _me() -> str:
 # -- status -------------------------------------------------------------------------------
 
 
-class _ErrKind(msgspec.Struct):
-    kind: str = ""
+_decode_done = msgspec.json.Decoder(B.Done).decode
 
 
-class _ResultKind(msgspec.Struct, tag_field="type"):
-    pass
-
-
-class _Done(_ResultKind, tag="completed"):
-    pass
-
-
-class _Fail(_ResultKind, tag="failed"):
-    error: _ErrKind = msgspec.field(default_factory=_ErrKind)
-
-
-_decode_kind = msgspec.json.Decoder(_Done | _Fail).decode
-
-
-async def _read(js: JetStreamContext, subject: str, cc: ConsumerConfig, on_msg: Callable[[Any], None], batch: int = 1000) -> int:
-    """Every message a consumer has pending when created, one fetch of `batch` at a time."""
+async def _read(js: JetStreamContext, subject: str, cc: ConsumerConfig, on_msg: Callable[[Any], Any], batch: int = 1000,
+                stream: str = B.BATCHES_STREAM) -> int:
+    """Every message a consumer has pending when created, one fetch of `batch` at a time
+    (`on_msg` may be a coroutine function: a fetch's messages are then handled together)."""
     cc.ack_policy = AckPolicy.NONE
     cc.inactive_threshold = 30.0
-    psub = await js.pull_subscribe(subject, stream=wire.RESULTS_STREAM, config=cc, pending_msgs_limit=4 * batch)
+    psub = await js.pull_subscribe(subject, stream=stream, config=cc, pending_msgs_limit=4 * batch)
     try:
         expected = (await psub.consumer_info()).num_pending
         got = 0
@@ -391,36 +386,38 @@ async def _read(js: JetStreamContext, subject: str, cc: ConsumerConfig, on_msg: 
                 msgs = await psub.fetch(min(batch, expected - got), timeout=5)
             except nats.errors.TimeoutError:
                 break  # what was pending has gone (max_age): stop at what we have
-            for m in msgs:
-                on_msg(m)
+            outs = [on_msg(m) for m in msgs]
+            if outs and asyncio.iscoroutine(outs[0]):
+                await asyncio.gather(*outs)
             got += len(msgs)
         return got
     finally:
         try:
-            await js.delete_consumer(wire.RESULTS_STREAM, psub._consumer)
+            await js.delete_consumer(stream, psub._consumer)
         except Exception:
             pass
         await psub.unsubscribe()
 
 
-async def tally(js: JetStreamContext, batch_id: str) -> B.Tally:
-    """Result counts by kind, read from PB_RESULTS after the last counted sequence (the
-    counts so far are cached in the manifest, so a status of a finished batch reads nothing)."""
+async def tally(js: JetStreamContext, batch_id: str, team: str | None = None) -> B.Tally:
+    """Result counts by kind, read from the batch's index of ended jobs after the last
+    counted sequence (the counts so far are cached in the manifest, so a status of a finished
+    batch reads nothing)."""
     t = await _last(js, B.tally_subject(batch_id), B.Tally) or B.Tally()
     start = t.seq
 
     def count(m: Any) -> None:
-        r = _decode_kind(m.data)
-        if isinstance(r, _Done):
+        kind = _decode_done(m.data).kind
+        if kind == "completed":
             t.completed += 1
         else:
             t.failed += 1
-            t.cancelled += r.error.kind == "cancelled"
-            t.expired += r.error.kind == "deadline_exceeded"
+            t.cancelled += kind == "cancelled"
+            t.expired += kind == "deadline_exceeded"
         t.seq = max(t.seq, m.metadata.sequence.stream)
         t.last_ts = max(t.last_ts, m.metadata.timestamp.timestamp())
 
-    subject = wire.result(B.client_id(batch_id), ">")
+    subject = B.done_filter(batch_id, team or await team_of(js, batch_id))
     cc = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start + 1) if start else ConsumerConfig()
     if await _read(js, subject, cc, count) and t.seq > start:
         await _publish(js, B.tally_subject(batch_id), encode(t), {})
@@ -432,8 +429,9 @@ async def status(js: JetStreamContext, batch_id: str) -> dict[str, Any] | None:
     panelboard knows besides. None: no trace of this batch (or it aged out)."""
     check_batch_id(batch_id)
     info, cancel = await read_info(js, batch_id), await read_cancel(js, batch_id)
+    team = info.team if info is not None else "default"
     total = await count_jobs(js, batch_id)
-    t = await tally(js, batch_id)
+    t = await tally(js, batch_id, team)
     finished = t.completed + t.failed
     if info is None and not total and not finished:
         return None
@@ -471,7 +469,8 @@ async def status(js: JetStreamContext, batch_id: str) -> dict[str, Any] | None:
         "request_counts": {"total": total, "completed": t.completed, "failed": t.failed},
         "panelboard": {
             "client": B.client_id(batch_id),
-            "results_subject": wire.result(B.client_id(batch_id), ">"),
+            "results_subject": wire.results_of(team),
+            "index_subject": B.done_filter(batch_id, team),
             "submission": submission,
             "lines": info.lines if info else None,
             "sent_through_line": info.through_line if info else None,
@@ -527,10 +526,15 @@ async def results(js: JetStreamContext, batch_id: str, out: str | os.PathLike[st
     out = Path(out)
     err_path = Path(errors_out) if errors_out else out.with_name(out.stem + ".errors.jsonl")
     rep = ResultsReport(output=str(out))
+    team = await team_of(js, batch_id)
     with open(out, "wb") as ok_f, open(err_path, "wb") as err_f:
 
-        def write(m: Any) -> None:
-            good, line = openai_line(decode_result(m.data), batch_id)
+        async def write(m: Any) -> None:
+            try:  # the index names where the job's terminal message is
+                raw = await js.get_last_msg(wire.RESULTS_STREAM, _decode_done(m.data).subject, direct=True)
+            except NotFoundError:
+                return  # aged out of PB_RESULTS (results_ttl_s)
+            good, line = openai_line(decode_result(raw.data), batch_id)
             (ok_f if good else err_f).write(line)
             if good:
                 rep.completed += 1
@@ -539,7 +543,7 @@ async def results(js: JetStreamContext, batch_id: str, out: str | os.PathLike[st
             if progress is not None:
                 progress(1)
 
-        await _read(js, wire.result(B.client_id(batch_id), ">"), ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT), write)
+        await _read(js, B.done_filter(batch_id, team), ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT), write, batch=256)
     if not rep.failed:
         err_path.unlink(missing_ok=True)
     else:
@@ -555,12 +559,11 @@ async def follow(js: JetStreamContext, batch_id: str, progress: Progress | None 
                  timeout: float | None = None, every: float = 1.0) -> bool:
     """Wait until every job of the batch has a result (True), or `timeout` passes (False).
     Reads counts only: the server counts the results for a consumer that never fetches."""
-    client = B.client_id(batch_id)
     # It never fetches, so the server reaps it as inactive after inactive_threshold: then it is
     # created again. We delete it at the end.
-    cc = ConsumerConfig(filter_subject=wire.result(client, ">"), ack_policy=AckPolicy.NONE, inactive_threshold=600.0,
-                        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
-    ci = await js.add_consumer(wire.RESULTS_STREAM, cc)
+    cc = ConsumerConfig(filter_subject=B.done_filter(batch_id, await team_of(js, batch_id)), ack_policy=AckPolicy.NONE,
+                        inactive_threshold=600.0, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+    ci = await js.add_consumer(B.BATCHES_STREAM, cc)
     end = None if timeout is None else time.monotonic() + timeout
     seen = total = 0
     final = False  # the job count stops changing once the submission has ended
@@ -569,9 +572,9 @@ async def follow(js: JetStreamContext, batch_id: str, progress: Progress | None 
             info, cancel = await read_info(js, batch_id), await read_cancel(js, batch_id)
             sent = info is None or info.state == "sent" or (cancel is not None and info.state != "sending")
             try:
-                n = (await js.consumer_info(wire.RESULTS_STREAM, ci.name)).num_pending
+                n = (await js.consumer_info(B.BATCHES_STREAM, ci.name)).num_pending
             except NotFoundError:
-                ci = await js.add_consumer(wire.RESULTS_STREAM, cc)
+                ci = await js.add_consumer(B.BATCHES_STREAM, cc)
                 n = ci.num_pending
             if not final:
                 final = sent
@@ -590,7 +593,7 @@ async def follow(js: JetStreamContext, batch_id: str, progress: Progress | None 
             await asyncio.sleep(every)
     finally:
         try:
-            await js.delete_consumer(wire.RESULTS_STREAM, ci.name)
+            await js.delete_consumer(B.BATCHES_STREAM, ci.name)
         except Exception:
             pass
 
@@ -619,8 +622,8 @@ async def cancel(js: JetStreamContext, batch_id: str, cfg: Config, wait_submitte
         if info is None or info.state != "sending" or time.time() - info.updated_at > HEARTBEAT_STALE_S:
             break
         await asyncio.sleep(0.2)
-    client = B.client_id(batch_id)
-    rep = await cancel_queued(js, lambda j: j.client == client, prefilter=f'"client":"{client}"'.encode(),
+    client, team = B.client_id(batch_id), await team_of(js, batch_id)
+    rep = await cancel_queued(js, lambda j: j.client == client and j.team == team, prefilter=f'"client":"{client}"'.encode(),
                               reason=f"batch {batch_id} was cancelled")
     rec.finished_at = time.time()
     rec.cancelled += rep.cancelled

@@ -170,12 +170,15 @@ class _Scan:
                 return
             raise RuntimeError(f"{stream} delete of {seq}: {r.data[:200]!r}")
 
-    def decode(self, stream: str, data: bytes) -> tuple[Job, list[Attempt]] | None:
+    def decode(self, stream: str, subject: str, data: bytes) -> tuple[Job, list[Attempt]] | None:
         if self.prefilter is not None and self.prefilter not in data:
             return None
         try:
             if stream == wire.JOBS_STREAM:
-                return decode_job(data), []
+                job = decode_job(data)
+                # Not yet claimed: only its subject vouches for its team. A job whose body
+                # says otherwise is the broker's to reject, not anyone's to cancel.
+                return (job, []) if job.team == wire.jobs_subject_team(subject) else None
             d = decode_dispatch(data)
             return d.job, d.history
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -190,7 +193,7 @@ class _Scan:
             if m is None or m.seq >= hi:
                 break
             self.report.scanned += 1
-            hit = self.decode(stream, m.data)
+            hit = self.decode(stream, m.subject, m.data)
             if hit is not None and self.match(hit[0]):
                 found.append((m, *hit))
             seq = m.seq + 1
@@ -217,13 +220,18 @@ class _Scan:
         """The `cancelled` result first, then the delete: should NATS fail between the two,
         the job still has exactly one result (a worker that later runs it publishes under the
         same Nats-Msg-Id, which the stream drops), rather than none."""
-        await asyncio.gather(*(self.publish(job, history) for _, job, history in hits))
+        if stream == wire.JOBS_STREAM:  # not claimed yet: claim it first, as the broker would
+            owned = await asyncio.gather(*(bus.claim(self.js, job.team, job.id, job.run, m.seq) for m, job, _ in hits))
+        else:
+            owned = [True] * len(hits)
+        # A queued duplicate of a job already claimed is only deleted: its result is the original's.
+        await asyncio.gather(*(self.publish(job, history) for (_, job, history), mine in zip(hits, owned) if mine))
         await asyncio.gather(*(self.delete(stream, m.seq) for m, _, _ in hits))
 
     async def publish(self, job: Job, history: list[Attempt]) -> None:
         err = Cancelled(message=f"job {job.id} was cancelled before it started ({self.reason})",
                         hint="nothing was called for it; submit it again (a new job id) if it is still wanted")
-        await bus.publish_result(self.js, job.client, job.id, Failed(job_id=job.id, error=err, attempts=history, metadata=job.metadata), job.run)
+        await bus.publish_result(self.js, job.team, job.id, Failed(job_id=job.id, error=err, attempts=history, metadata=job.metadata), job.run)
         self.report.cancelled += 1
         self.running.discard(job.id)
         if self.keep_ids:
@@ -254,7 +262,7 @@ async def cancel_queued(
     on_cancel: Callable[[Job], None] | None = None,
 ) -> CancelReport:
     """Cancel every queued job for which `match(job)` holds. `prefilter`: bytes every
-    matching message contains (its client id), to skip decoding the others.
+    matching message contains (its job id, its batch id), to skip decoding the others.
 
     PB_JOBS first, then PB_DISPATCH (a job the broker moves meanwhile is found there); then
     again over what arrived since, while a round still finds matching jobs."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -29,7 +29,7 @@ from panelboard.bus import _TRANSIENT
 from schemas import wire
 from schemas.chat import ChatRequest, ChatResponse, Message
 from schemas.codec import decode_result, encode
-from schemas.job import Completed, Failed, Job, Result
+from schemas.job import ID_RE, Completed, Failed, Job, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
 PUBLISH_PATIENCE_S = 60.0  # how long a submit keeps retrying (same job id) while NATS is away
@@ -49,12 +49,14 @@ def to_request(messages: MessagesLike | str, **params: Any) -> ChatRequest:
 
 
 class JobHandle:
-    def __init__(self, client: "Client", job_id: str):
+    def __init__(self, client: "Client", job_id: str, seq: int | None = None, team: str | None = None):
         self.client = client
         self.id = job_id
+        self.seq = seq  # its PB_JOBS sequence (None: answered from a stored result, not sent)
+        self.team = team or client.team
 
     async def result(self, timeout: float | None = None) -> Result:
-        return await self.client.result(self.id, timeout)
+        return await self.client.result(self.id, timeout, team=self.team)
 
     async def response(self, timeout: float | None = None) -> ChatResponse:
         """The ChatResponse, or the JobFailed subclass matching the error."""
@@ -75,7 +77,21 @@ def unwrap(result: Result) -> ChatResponse:
     return result.response
 
 
+def check_id(what: str, value: str) -> None:
+    """Ids become subject tokens: refuse a bad one before anything is published."""
+    if not ID_RE.match(value):
+        raise ValueError(f"{what} {value[:64]!r} ({len(value)} characters) is not valid: use 1-128 characters "
+                         "from A-Z a-z 0-9 _ - (no dots, spaces or wildcards: ids become NATS subject tokens)")
+
+
+EARLY_REJECTS = 4096  # rejects seen before their PubAck (or for another process of the team)
+
+
 class Client:
+    """One team's submitter. Results of the team's jobs are on pb.results.<team>.<job>, so any
+    process of the team that knows a job id gets its result; a publish refused before the
+    broker could claim it is answered on pb.rejects.<team>.<seq> (seq from the PubAck)."""
+
     def __init__(
         self,
         nats_url: str | None = None,
@@ -86,15 +102,19 @@ class Client:
         nc: NATS | None = None,
         publish_patience_s: float = PUBLISH_PATIENCE_S,
     ):
+        check_id("team", team)
         self._url = nats_url
         self.publish_patience_s = publish_patience_s
-        self.client_id = client_id or "c" + new_id()[:16]
+        self.client_id = client_id or "c" + new_id()[:16]  # informational: names the connection
         self.key = key
         self.team = team
         self.nc = nc
         self._own_nc = nc is None
-        self._waiting: dict[str, asyncio.Future[Result]] = {}
-        self._sub = None
+        self._waiting: dict[tuple[str, str], asyncio.Future[Result]] = {}  # (team, job id)
+        self._seqs: dict[tuple[str, int], tuple[str, str]] = {}  # (team, PB_JOBS seq) -> (team, job id)
+        self._seq_of: dict[tuple[str, str], list[int]] = {}
+        self._early: OrderedDict[tuple[str, int], Failed] = OrderedDict()
+        self._subs: dict[str, list[Any]] = {}
 
     async def __aenter__(self) -> "Client":
         await self.connect()
@@ -113,43 +133,71 @@ class Client:
             self.nc = await connect(url, f"panelboard-client-{self.client_id}", on_reconnect=self._resync)
         self.js = self.nc.jetstream()
         # Subscribe before the first submit, so no live result can slip past us.
-        self._sub = await self.nc.subscribe(f"pb.results.{self.client_id}.>", cb=self._on_result)
+        await self._listen(self.team)
+
+    async def _listen(self, team: str) -> None:
+        if team in self._subs:
+            return
+        assert self.nc is not None
+        self._subs[team] = [await self.nc.subscribe(wire.results_of(team), cb=self._on_result),
+                            await self.nc.subscribe(wire.rejects_of(team), cb=self._on_reject)]
+        await self.nc.flush()  # the server has the interest before we publish
 
     async def close(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for subs in self._subs.values():
+            for sub in subs:
+                await sub.unsubscribe()
+        self._subs.clear()
         if self._own_nc and self.nc is not None:
             await self.nc.drain()
 
     async def _resync(self) -> None:
         """Results published while we were disconnected never reached our subscription:
         read them from the stream (retrying while a restarted server brings JetStream up)."""
-        for job_id, fut in list(self._waiting.items()):
-            delay = 0.1
-            while not fut.done():
-                try:
-                    raw = await self.js.get_last_msg(wire.RESULTS_STREAM, wire.result(self.client_id, job_id), direct=True)
-                except NotFoundError:
-                    break
-                except (*_TRANSIENT, nats.errors.ConnectionClosedError):
-                    if self.nc is None or self.nc.is_closed or delay > 5:
+        by_job = {job: (team, seq) for (team, seq), job in self._seqs.items()}
+        for job, fut in list(self._waiting.items()):
+            subjects = [wire.result(*job)]
+            if job in by_job:
+                subjects.append(wire.reject(*by_job[job]))
+            for subject in subjects:
+                delay = 0.1
+                while not fut.done():
+                    try:
+                        raw = await self.js.get_last_msg(wire.RESULTS_STREAM, subject, direct=True)
+                    except NotFoundError:
                         break
-                    await asyncio.sleep(delay)
-                    delay *= 2
-                    continue
-                if not fut.done():
-                    fut.set_result(decode_result(raw.data))
+                    except (*_TRANSIENT, nats.errors.ConnectionClosedError):
+                        if self.nc is None or self.nc.is_closed or delay > 5:
+                            break
+                        await asyncio.sleep(delay)
+                        delay *= 2
+                        continue
+                    if not fut.done():
+                        fut.set_result(decode_result(raw.data))
 
     async def _on_result(self, msg: Msg) -> None:
-        job_id = msg.subject.rsplit(".", 1)[-1]
-        fut = self._waiting.get(job_id)
+        _, _, team, job_id = msg.subject.split(".", 3)
+        fut = self._waiting.get((team, job_id))
         if fut is not None and not fut.done():
             fut.set_result(decode_result(msg.data))
 
-    def _future(self, job_id: str) -> asyncio.Future[Result]:
-        fut = self._waiting.get(job_id)
+    async def _on_reject(self, msg: Msg) -> None:
+        _, _, team, seq = msg.subject.split(".", 3)
+        key = (team, int(seq))
+        job = self._seqs.get(key)
+        if job is None:  # its PubAck is not in yet (or another process of the team sent it)
+            self._early[key] = decode_result(msg.data)  # type: ignore[assignment]
+            if len(self._early) > EARLY_REJECTS:
+                self._early.popitem(last=False)
+            return
+        fut = self._waiting.get(job)
+        if fut is not None and not fut.done():
+            fut.set_result(decode_result(msg.data))
+
+    def _future(self, job: tuple[str, str]) -> asyncio.Future[Result]:
+        fut = self._waiting.get(job)
         if fut is None:
-            fut = self._waiting[job_id] = asyncio.get_running_loop().create_future()
+            fut = self._waiting[job] = asyncio.get_running_loop().create_future()
         return fut
 
     async def submit(
@@ -166,7 +214,11 @@ class Client:
         deadline: float | None = None,
         team: str | None = None,
     ) -> JobHandle:
-        """Enqueue a job. Idempotent by job id: the same id twice is one job, one provider call."""
+        """Enqueue a job. Idempotent by (team, job id): the same id twice is one job, one
+        provider call, one result; with an explicit `job_id` a result already stored (by this
+        or any earlier process of the team) is returned without sending the job again."""
+        if job_id is not None:
+            check_id("job id", job_id)
         job = Job(
             id=job_id or new_id(),
             client=self.client_id,
@@ -180,43 +232,64 @@ class Client:
             deadline=deadline,
             submitted_at=time.time(),
         )
-        return await self.submit_job(job)
+        return await self.submit_job(job, reuse=job_id is not None)
 
-    async def submit_job(self, job: Job) -> JobHandle:
-        self._future(job.id)
-        headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.id, job.run), wire.HDR_CLIENT: job.client}
+    async def submit_job(self, job: Job, *, reuse: bool = False) -> JobHandle:
+        """Publish a Job. `reuse`: first look for a stored result of this job id (skipped for
+        fresh ids: nothing can be stored under a random id, and it costs a round trip)."""
+        check_id("job id", job.id)
+        check_id("team", job.team)
+        await self._listen(job.team)
+        key = (job.team, job.id)
+        fut = self._future(key)
+        if reuse and not fut.done() and job.run == 0:
+            stored = await self.lookup(job.id, job.team)
+            if stored is not None:
+                if not fut.done():
+                    fut.set_result(stored)
+                return JobHandle(self, job.id, team=job.team)
         # A publish that timed out may still have been stored: retrying with the same
-        # Nats-Msg-Id is safe, the stream drops the duplicate. While the server restarts
-        # (or a cluster elects a leader) we keep retrying for publish_patience_s.
+        # Nats-Msg-Id (unique to this call) is safe, the stream drops the duplicate. While the
+        # server restarts (or a cluster elects a leader) we keep retrying for publish_patience_s.
+        headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, new_id()[:16])}
         data = encode(job)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.publish_patience_s
         delay = 0.1
         while True:
             try:
-                await self.js.publish(wire.jobs(job.intent), data, headers=headers, timeout=5)
+                ack = await self.js.publish(wire.jobs(job.team, job.intent), data, headers=headers, timeout=5)
                 break
             except _TRANSIENT:
                 if loop.time() + delay > give_up:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        return JobHandle(self, job.id)
+        at = (job.team, ack.seq)
+        early = self._early.pop(at, None)
+        if early is not None:
+            if not fut.done():
+                fut.set_result(early)
+        elif not fut.done():
+            self._seqs[at] = key
+            self._seq_of.setdefault(key, []).append(ack.seq)
+        return JobHandle(self, job.id, ack.seq, job.team)
 
-    async def lookup(self, job_id: str) -> Result | None:
+    async def lookup(self, job_id: str, team: str | None = None) -> Result | None:
         """A result already in the results stream: for late or restarted clients. None also
         when the stream cannot answer right now (a cluster electing a leader): the live
         subscription, and the re-check after a reconnect, still deliver it."""
         try:
-            raw = await self.js.get_last_msg(wire.RESULTS_STREAM, wire.result(self.client_id, job_id), direct=True)
+            raw = await self.js.get_last_msg(wire.RESULTS_STREAM, wire.result(team or self.team, job_id), direct=True)
         except (NotFoundError, nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
             return None
         return decode_result(raw.data)
 
-    async def result(self, job_id: str, timeout: float | None = None) -> Result:
-        fut = self._future(job_id)
+    async def result(self, job_id: str, timeout: float | None = None, team: str | None = None) -> Result:
+        key = (team or self.team, job_id)
+        fut = self._future(key)
         if not fut.done():
-            stored = await self.lookup(job_id)
+            stored = await self.lookup(job_id, key[0])
             if stored is not None and not fut.done():
                 fut.set_result(stored)
         try:
@@ -225,29 +298,31 @@ class Client:
             raise ResultTimeout(job_id, timeout or 0) from None
         finally:
             if fut.done():
-                self._waiting.pop(job_id, None)
+                self._waiting.pop(key, None)
+                for seq in self._seq_of.pop(key, ()):
+                    self._seqs.pop((key[0], seq), None)
 
     async def chat(self, messages: MessagesLike, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel a job of this client that has not started. True: it was taken out of its
+        """Cancel a job of this client's team that has not started. True: it was taken out of its
         queue before any broker or worker took it, it gets a Failed result of kind
         `cancelled`, and no provider is called for it. False: a broker or worker already has
         it (or it has finished, or no such job is queued); it runs to its own result. It reads
         the queues once, so it takes longer the deeper they are. See clients/cancel.py."""
         from clients.cancel import cancel_queued
 
-        rep = await cancel_queued(self.js, lambda j: j.client == self.client_id and j.id == job_id,
+        rep = await cancel_queued(self.js, lambda j: j.team == self.team and j.id == job_id,
                                   prefilter=job_id.encode(), reason="Client.cancel", keep_ids=True)
         return job_id in rep.ids
 
     async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncIterator[Result]:
         """Each job's Result as it arrives (Completed | Failed), whatever the order they were
         submitted in. `timeout` bounds the whole wait: ResultTimeout names a job still out."""
-        ids = [h.id if isinstance(h, JobHandle) else h for h in handles]
-        pending = {asyncio.ensure_future(self.result(i)): i for i in ids}
+        hs = [h if isinstance(h, JobHandle) else JobHandle(self, h) for h in handles]
+        pending = {asyncio.ensure_future(h.result()): h.id for h in hs}
         end = None if timeout is None else asyncio.get_running_loop().time() + timeout
         try:
             while pending:

@@ -13,10 +13,11 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from schemas import batch as B
 from schemas import wire
 from schemas.codec import decode_attempt, encode
 from schemas.errors import JobError
-from schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
+from schemas.job import ID_RE, Attempt, Completed, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
 
 
 PUBLISH_PATIENCE_S = 30.0
@@ -43,29 +44,66 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict
             delay = min(delay * 2, 2.0)
 
 
-async def publish_result(js: JetStreamContext, client: str, job_id: str, result: Result, run: int = 0) -> None:
-    await publish(js, wire.result(client, job_id), encode(result), headers={wire.HDR_MSG_ID: wire.result_msg_id(job_id, run)})
+async def publish_result(js: JetStreamContext, team: str, job_id: str, result: Result, run: int = 0) -> None:
+    subject, msg_id = wire.result(team, job_id), wire.result_msg_id(team, job_id, run)
+    await _index_batch(js, team, job_id, result, subject, msg_id)
+    await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
+
+
+async def publish_reject(js: JetStreamContext, team: str, seq: int, result: Failed) -> None:
+    """The one terminal message of a publish refused before it was claimed: the submitter
+    learned `seq` from its PubAck."""
+    subject, msg_id = wire.reject(team, seq), wire.reject_msg_id(seq)
+    if result.job_id:
+        await _index_batch(js, team, result.job_id, result, subject, msg_id)
+    await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
+
+
+async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Result, subject: str, msg_id: str) -> None:
+    """A batch job's end, in its batch's index, before the result itself: then every result
+    of a batch is in the index (a crash between the two redoes both, deduped)."""
+    if not result.metadata or (batch_id := B.batch_of(job_id, result.metadata)) is None:
+        return
+    kind = "completed" if isinstance(result, Completed) else result.error.__struct_config__.tag
+    await publish(js, B.done_subject(batch_id, team, job_id), encode(B.Done(kind=kind, subject=subject)),
+                  headers={wire.HDR_MSG_ID: msg_id + ":done"})
+
+
+async def claim(js: JetStreamContext, team: str, job_id: str, run: int, seq: int) -> bool:
+    """Make (team, job, run) ours: the PB_JOBS message `seq` owns it. True when it is ours
+    (just created, or created by an earlier delivery of this same message); False when
+    another message of this team already owns the id (a duplicate submit)."""
+    subject = wire.claim(team, job_id, run)
+    try:
+        await publish(js, subject, str(seq).encode(), headers={wire.HDR_EXPECT_LAST_SUBJECT_SEQ: "0"})
+        return True
+    except nats.js.errors.APIError as e:
+        if e.err_code != 10071:  # wrong last sequence: the claim exists
+            raise
+    raw = await js.get_last_msg(wire.CLAIMS_STREAM, subject, direct=True)
+    return raw.data == str(seq).encode()
 
 
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
-    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers={wire.HDR_MSG_ID: wire.dispatch_msg_id(d.job.id, d.job.run, d.hop, d.shadow)})
+    msg_id = wire.dispatch_msg_id(d.job.team, d.job.id, d.job.run, d.hop, d.shadow)
+    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers={wire.HDR_MSG_ID: msg_id})
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:
-    await publish(js, wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt, rec.shadow)})
+    await publish(js, wire.cost(rec.team), encode(rec), headers={wire.HDR_MSG_ID: wire.cost_msg_id(rec.team, rec.job_id, rec.run, rec.hop, rec.attempt, rec.shadow)})
 
 
-async def publish_attempt(js: JetStreamContext, job_id: str, a: Attempt, shadow: bool = False) -> None:
-    headers = {wire.HDR_MSG_ID: wire.attempt_msg_id(job_id, a.run, a.hop, a.attempt, shadow)}
-    await publish(js, wire.attempts(job_id, shadow), encode(a), headers=headers)
+async def publish_attempt(js: JetStreamContext, team: str, job_id: str, a: Attempt, shadow: bool = False) -> None:
+    headers = {wire.HDR_MSG_ID: wire.attempt_msg_id(team, job_id, a.run, a.hop, a.attempt, shadow)}
+    await publish(js, wire.attempts(team, job_id, shadow), encode(a), headers=headers)
 
 
-async def read_attempts(js: JetStreamContext, job_id: str, run: int, shadow: bool = False) -> list[Attempt]:
+async def read_attempts(js: JetStreamContext, team: str, job_id: str, run: int, shadow: bool = False) -> list[Attempt]:
     """Every attempt recorded for a job, oldest first: direct gets walking the job's subject."""
     out: list[Attempt] = []
     seq = 1
-    subject = wire.attempts(job_id, shadow)
+    subject = wire.attempts(team, job_id, shadow)
     while True:
         try:
             raw = await js.get_msg(wire.ATTEMPTS_STREAM, seq=seq, subject=subject, direct=True, next=True)
@@ -77,13 +115,13 @@ async def read_attempts(js: JetStreamContext, job_id: str, run: int, shadow: boo
         seq = raw.seq + 1
 
 
-async def result_exists(js: JetStreamContext, client: str, job_id: str, run: int) -> bool:
+async def result_exists(js: JetStreamContext, team: str, job_id: str, run: int) -> bool:
     """Whether this run of the job already has its terminal result (a replay is a new run)."""
     try:
-        raw = await js.get_last_msg(wire.RESULTS_STREAM, wire.result(client, job_id), direct=True)
+        raw = await js.get_last_msg(wire.RESULTS_STREAM, wire.result(team, job_id), direct=True)
     except NotFoundError:
         return False
-    return (raw.headers or {}).get(wire.HDR_MSG_ID) == wire.result_msg_id(job_id, run)
+    return (raw.headers or {}).get(wire.HDR_MSG_ID) == wire.result_msg_id(team, job_id, run)
 
 
 async def publish_dead(
@@ -94,15 +132,16 @@ async def publish_dead(
     raw: bytes | None = None,
     attempts: list[Attempt] | None = None,
     msg_id: str | None = None,
+    subject_team: str | None = None,
 ) -> None:
-    letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time())
-    msg_id = msg_id or (wire.dead_msg_id(job.id, job.run) if job else None)
+    letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time(), subject_team=subject_team)
+    msg_id = msg_id or (wire.dead_msg_id(job.team, job.id, job.run) if job else None)
     await publish(js, wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)
 
 
 async def fail_job(
     js: JetStreamContext,
-    client: str | None,
+    team: str | None,
     job_id: str | None,
     error: JobError,
     *,
@@ -113,8 +152,17 @@ async def fail_job(
     dead_msg_id: str | None = None,
 ) -> None:
     """A terminal failure: a dead letter holding everything needed to inspect or replay it,
-    then the Failed result to the client (when we know where it goes)."""
+    then the Failed result on the claimed job's subject (when there is one)."""
     attempts = attempts or []
     await publish_dead(js, reason, error, job, raw, attempts, dead_msg_id)
-    if client and job_id and ID_RE.match(client) and ID_RE.match(job_id):
-        await publish_result(js, client, job_id, Failed(job_id=job_id, error=error, attempts=attempts, metadata=job.metadata if job else {}), job.run if job else 0)
+    if team and job_id and ID_RE.match(team) and ID_RE.match(job_id):
+        await publish_result(js, team, job_id, Failed(job_id=job_id, error=error, attempts=attempts, metadata=job.metadata if job else {}), job.run if job else 0)
+
+
+async def reject_job(js: JetStreamContext, team: str, seq: int, error: JobError, *, reason: str, job: Job | None = None,
+                     raw: bytes | None = None) -> None:
+    """A publish refused before any claim: a dead letter, then its Failed on
+    pb.rejects.<subject team>.<seq>, where its submitter (who has the seq from its PubAck)
+    reads it. Keyed by seq, never by the ids it carries, which nothing vouches for."""
+    await publish_dead(js, reason, error, job, raw, None, f"jobs-{seq}:dead", subject_team=team)
+    await publish_reject(js, team, seq, Failed(job_id=job.id if job else "", error=error, metadata=job.metadata if job else {}))

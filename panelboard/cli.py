@@ -145,8 +145,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from schemas.job import Completed
 
     async def go() -> int:
-        async with Client(a.nats_url, key=a.key or os.environ.get("PANELBOARD_KEY")) as c:
-            h = await c.submit([{"role": "user", "content": a.prompt}], intent=a.intent, job_id=a.job_id, max_tokens=a.max_tokens, team=a.team)
+        async with Client(a.nats_url, key=a.key or os.environ.get("PANELBOARD_KEY"), team=a.team or "default") as c:
+            h = await c.submit([{"role": "user", "content": a.prompt}], intent=a.intent, job_id=a.job_id, max_tokens=a.max_tokens)
             r = await h.result(timeout=a.timeout)
         if a.json:
             print(encode(r).decode())

@@ -49,12 +49,14 @@ async def replay(js: JetStreamContext, rows: list[tuple[int, DeadLetter]]) -> tu
     letter. Undecodable payloads cannot be replayed: they stay for inspection."""
     replayed = skipped = 0
     for seq, d in rows:
-        if d.job is None:
-            skipped += 1
+        if d.job is None or (d.subject_team is not None and d.subject_team != d.job.team):
+            skipped += 1  # undecodable, or refused for claiming a team its publisher was not
             continue
         job = msgspec.structs.replace(d.job, run=d.job.run + 1, submitted_at=time.time())
-        headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.id, job.run), wire.HDR_CLIENT: job.client}
-        await js.publish(wire.jobs(job.intent), encode(job), headers=headers)
+        # A new run is a new claim (pb.claims.<team>.<job>.<run>); the letter's team was
+        # authenticated when the job was first claimed.
+        headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, f"replay{job.run}")}
+        await js.publish(wire.jobs(job.team, job.intent), encode(job), headers=headers)
         await js.delete_msg(wire.DEAD_STREAM, seq)
         replayed += 1
     return replayed, skipped

@@ -35,8 +35,14 @@ def stream_configs(cfg: Config) -> list[StreamConfig]:
         # Work queues: a job leaves the stream once a broker / pool has acked it.
         StreamConfig(name=wire.JOBS_STREAM, subjects=["pb.jobs.>"], retention=RetentionPolicy.WORK_QUEUE, **common),
         StreamConfig(name=wire.DISPATCH_STREAM, subjects=["pb.dispatch.>"], retention=RetentionPolicy.WORK_QUEUE, **common),
-        # Results stay for late or restarted clients; direct get serves them without a consumer.
-        StreamConfig(name=wire.RESULTS_STREAM, subjects=["pb.results.>"], max_age=float(n.results_ttl_s), allow_direct=True, **common),
+        # Results (pb.results.<team>.<job>) and rejects (pb.rejects.<team>.<seq>) stay for late
+        # or restarted clients; direct get serves them without a consumer.
+        StreamConfig(name=wire.RESULTS_STREAM, subjects=["pb.results.>", "pb.rejects.>"], max_age=float(n.results_ttl_s),
+                     allow_direct=True, **common),
+        # Who owns a job id (pb.claims.<team>.<job>.<run>): kept longer than its result, so a
+        # resubmit is a duplicate for as long as a client can still read the answer.
+        StreamConfig(name=wire.CLAIMS_STREAM, subjects=["pb.claims.>"], max_age=2.0 * n.results_ttl_s, max_msgs_per_subject=1,
+                     allow_direct=True, **common),
         StreamConfig(name=wire.COSTS_STREAM, subjects=["pb.costs.>"], max_age=30 * DAY, **common),
         StreamConfig(name=wire.DEAD_STREAM, subjects=["pb.dead.>"], max_age=30 * DAY, allow_direct=True, **common),
         # Failed attempts per job, so a chain-end Failed result can list every one of them.

@@ -1,13 +1,15 @@
 """Tenant isolation on NATS: one user per team, allowed only its own subjects.
 
 A team's user may
-    publish    pb.jobs.>                                          submit jobs
-               $JS.API.DIRECT.GET.PB_RESULTS.pb.results.<client>.>  read its stored results
-    subscribe  pb.results.<client>.>                              its live results
-               _INBOX_<team>.>                                    replies to its own requests
-for each of its client ids (default: the team's name; results go to pb.results.<client>.<job>).
-Everything else is denied: other teams' results, pb.costs.> (cost records), pb.dead.> (dead
-letters hold whole jobs), and the JetStream API (no consumers, no stream reads). Clients of a
+    publish    pb.jobs.<team>.>                                    submit jobs, as its own team only
+               $JS.API.DIRECT.GET.PB_RESULTS.pb.results.<team>.>   read its stored results
+               $JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.<team>.>   and its refused publishes
+    subscribe  pb.results.<team>.>   pb.rejects.<team>.>           the same, live
+               _INBOX_<team>.>                                     replies to its own requests
+So the subject of a job authenticates its team: the broker takes the team from it, and claims
+the job id under it; nobody else can publish, claim or read under that team. Everything else
+is denied: other teams' results, pb.costs.> (cost records), pb.dead.> (dead letters hold whole
+jobs), pb.claims.>, and the JetStream API (no consumers, no stream reads). Clients of a
 team connect with `inbox_prefix="_INBOX_<team>"` (PANELBOARD_NATS_INBOX_PREFIX for the SDK
 and CLI), so no team can listen to another's request replies. The panelboard processes
 (broker, workers, ledger) connect as one service user with full rights.
@@ -32,8 +34,12 @@ def inbox_prefix(team: str) -> str:
     return f"_INBOX_{team}"
 
 
-def clients_of(team: str, t: Tenant) -> list[str]:
-    return t.clients or [team]
+def permissions(team: str, t: Tenant) -> dict[str, dict[str, list[str]]]:
+    return {
+        "publish": {"allow": [f"pb.jobs.{team}.>", f"$JS.API.DIRECT.GET.PB_RESULTS.pb.results.{team}.>",
+                              f"$JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.{team}.>"]},
+        "subscribe": {"allow": [f"pb.results.{team}.>", f"pb.rejects.{team}.>", f"{inbox_prefix(team)}.>"]},
+    }
 
 
 def _secret(ref: str, where: str) -> str:
@@ -43,28 +49,10 @@ def _secret(ref: str, where: str) -> str:
     return "$" + ref[4:]
 
 
-def permissions(team: str, t: Tenant) -> dict[str, dict[str, list[str]]]:
-    clients = clients_of(team, t)
-    return {
-        "publish": {"allow": ["pb.jobs.>", *(f"$JS.API.DIRECT.GET.PB_RESULTS.pb.results.{c}.>" for c in clients)]},
-        "subscribe": {"allow": [*(f"pb.results.{c}.>" for c in clients), f"{inbox_prefix(team)}.>"]},
-    }
-
-
 def check(cfg: Config) -> list[str]:
-    out = []
     subject_token = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-    owner: dict[str, str] = {}
-    for team, t in cfg.governance.tenants.items():
-        if not subject_token.match(team):
-            out.append(f"governance.tenants.{team}: team names become subject tokens; use A-Z a-z 0-9 _ -")
-        for c in clients_of(team, t):
-            if not subject_token.match(c):
-                out.append(f"governance.tenants.{team}.clients: {c!r} is not a valid client id")
-            elif c in owner:
-                out.append(f"governance.tenants.{team}.clients: {c!r} also belongs to team {owner[c]}")
-            owner[c] = team
-    return out
+    return [f"governance.tenants.{team}: team names become subject tokens; use A-Z a-z 0-9 _ -"
+            for team in cfg.governance.tenants if not subject_token.match(team)]
 
 
 def server_config(cfg: Config, *, service_password: str, store_dir: str | None = None, host: str = "127.0.0.1",

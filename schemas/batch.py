@@ -17,8 +17,12 @@ The manifest lives in the PB_BATCHES stream (one message kept per subject):
     pb.batch.<batch>.tally         Tally, a cache of result counts written by `batch status`
     pb.batch.<batch>.job.<job>     JobEntry {custom_id, line}: one per job, published after
                                    the job itself, so every entry names a submitted job
+    pb.batch.<batch>.done.<team>.<job>   Done {kind, subject}: written just before the job's
+                                   terminal message (panelboard/bus.py), so a batch counts and
+                                   reads its results without scanning the team's
 
-Results go to the batch's own client id, `batch-<batch>`: pb.results.batch-<batch>.<job>.
+Results go where every job's go, pb.results.<team>.<job> (or pb.rejects.<team>.<seq>); the
+jobs keep `client: batch-<batch>` as an informational label.
 """
 
 from __future__ import annotations
@@ -60,10 +64,35 @@ def jobs_filter(batch_id: str) -> str:
     return f"pb.batch.{batch_id}.job.>"
 
 
+def done_subject(batch_id: str, team: str, job_id: str) -> str:
+    return f"pb.batch.{batch_id}.done.{team}.{job_id}"
+
+
+def done_filter(batch_id: str, team: str) -> str:
+    return f"pb.batch.{batch_id}.done.{team}.>"
+
+
+class Done(msgspec.Struct):
+    """A batch job's end: its result kind, and the subject in PB_RESULTS that holds it."""
+
+    kind: str  # "completed", or the error kind of the Failed
+    subject: str
+
+
+def batch_of(jid: str, metadata: dict[str, Any]) -> str | None:
+    """The batch a job belongs to: only when its id is the hash of that batch and custom_id,
+    so a job cannot write itself into another batch by copying its metadata."""
+    bid, cid = metadata.get("batch_id"), metadata.get("custom_id")
+    if isinstance(bid, str) and isinstance(cid, str) and jid == job_id(bid, cid):
+        return bid
+    return None
+
+
 def job_id(batch_id: str, custom_id: str) -> str:
     """The job id of a line: a hash of (batch id, custom_id), so resubmitting the same line
     is the same job (Nats-Msg-Id dedupe), and two batches never share a job id."""
     return hashlib.blake2b(f"{batch_id}\x00{custom_id}".encode(), digest_size=12).hexdigest()
+
 
 
 # -- the line formats ---------------------------------------------------------------------

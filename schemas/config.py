@@ -101,8 +101,8 @@ class Tenant(Base):
     """A team's NATS user in a multi-team deployment (see panelboard/tenants.py)."""
 
     password: str  # env:NAME: the secret itself never sits in the file
-    # The client ids its processes use: result subjects pb.results.<client>.> are the only
-    # ones it may read. Default: the team's name.
+    # Ignored (kept so older config files load): results are addressed by team,
+    # pb.results.<team>.<job>, whatever client id a process of the team uses.
     clients: list[str] = []
 
 

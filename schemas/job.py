@@ -10,7 +10,7 @@ import msgspec
 from schemas.chat import ChatRequest, ChatResponse
 from schemas.errors import JobError
 
-# Ids become subject tokens (pb.results.<client>.<job>): no dots, spaces or wildcards.
+# Ids become subject tokens (pb.results.<team>.<job>): no dots, spaces or wildcards.
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -21,8 +21,8 @@ def request_id(job_id: str, run: int, hop: int, attempt: int, shadow: bool = Fal
 
 class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
-    client: str
     request: ChatRequest
+    client: str | None = None  # informational (which process sent it); results are addressed by team and id
     intent: str | None = None
     key: str | None = None
     team: str = "default"
@@ -128,3 +128,6 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     error: JobError
     attempts: list[Attempt] = msgspec.field(default_factory=list)
     ts: float = 0.0
+    # A publish refused before it was claimed: the team of the subject it came on. Only that
+    # team is authenticated; the job's own `team` field is the publisher's word.
+    subject_team: str | None = None

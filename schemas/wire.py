@@ -8,13 +8,27 @@ RESULTS_STREAM = "PB_RESULTS"
 COSTS_STREAM = "PB_COSTS"
 DEAD_STREAM = "PB_DEAD"
 ATTEMPTS_STREAM = "PB_ATTEMPTS"
+CLAIMS_STREAM = "PB_CLAIMS"
 
-HDR_MSG_ID = "Nats-Msg-Id"  # JetStream dedupe: the job id on submit
-HDR_CLIENT = "Pb-Client"  # where the result goes, even if the body cannot be decoded
+HDR_MSG_ID = "Nats-Msg-Id"  # JetStream dedupe of a publish retried after a timeout
+HDR_EXPECT_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"  # "0": create only if absent
 
 
-def jobs(intent: str | None) -> str:
-    return f"pb.jobs.{intent or '_'}"
+def jobs(team: str, intent: str | None) -> str:
+    """Where a job is published. The team token is the team the publisher claims: tenant users
+    may publish only under their own team, and a virtual key's team must match it."""
+    return f"pb.jobs.{team}.{intent or '_'}"
+
+
+def jobs_subject_team(subject: str) -> str:
+    """The team token of a job subject (pb.jobs.<team>.<intent>); "" when it has none."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) >= 3 else ""
+
+
+def jobs_subject_intent(subject: str) -> str | None:
+    parts = subject.split(".")
+    return parts[3] if len(parts) == 4 and parts[3] != "_" else None
 
 
 LANES = ("interactive", "batch")  # priority lanes: each has its own share of a provider's slots
@@ -24,8 +38,29 @@ def dispatch(provider: str, lane: str = "interactive") -> str:
     return f"pb.dispatch.{provider}.{lane}"
 
 
-def result(client: str, job_id: str) -> str:
-    return f"pb.results.{client}.{job_id}"
+def result(team: str, job_id: str) -> str:
+    """The one terminal Result of a claimed job: any process of the team that knows the id
+    reads it (direct get, last by subject) or waits for it live."""
+    return f"pb.results.{team}.{job_id}"
+
+
+def results_of(team: str) -> str:
+    return f"pb.results.{team}.>"
+
+
+def reject(team: str, seq: int) -> str:
+    """A Failed for a publish refused before it could be claimed (undecodable, bad ids, bad
+    key, team mismatch, oversized), addressed by its PB_JOBS sequence from the PubAck."""
+    return f"pb.rejects.{team}.{seq}"
+
+
+def rejects_of(team: str) -> str:
+    return f"pb.rejects.{team}.>"
+
+
+def claim(team: str, job_id: str, run: int = 0) -> str:
+    """Ownership of (team, job, run): created once, by the broker, after the team is authenticated."""
+    return f"pb.claims.{team}.{job_id}.{run}"
 
 
 def cost(team: str) -> str:
@@ -36,36 +71,48 @@ def dead(reason: str) -> str:
     return f"pb.dead.{reason}"
 
 
-def attempts(job_id: str, shadow: bool = False) -> str:
-    return f"pb.attempts.{job_id}.shadow" if shadow else f"pb.attempts.{job_id}"
+def attempts(team: str, job_id: str, shadow: bool = False) -> str:
+    return f"pb.attempts.{team}.{job_id}.shadow" if shadow else f"pb.attempts.{team}.{job_id}"
 
 
-def submit_msg_id(job_id: str, run: int = 0) -> str:
-    """The submit dedupe key: the job id; a replay (run n) is a new submission."""
-    return job_id if run == 0 else f"{job_id}~{run}"
+def submit_msg_id(team: str, job_id: str, nonce: str) -> str:
+    """A submit's Nats-Msg-Id: unique per submit call (the nonce), so the stream drops only
+    that call's own retries; ownership of the job id is the broker's claim, not this."""
+    return f"{team}.{job_id}.{nonce}"
 
 
-# Nats-Msg-Ids: derived from (job, run, hop, attempt), so a step redone after a crash is
-# dropped by the stream's dedupe window instead of counted twice.
+def submit_msg_id_fits(header_id: str, team: str, job_id: str) -> bool:
+    """A submit's Nats-Msg-Id, when one is sent, names the job it carries."""
+    return header_id == f"{team}.{job_id}" or header_id.startswith(f"{team}.{job_id}.")
+
+
+# Nats-Msg-Ids: derived from (team, job, run, hop, attempt), so a step redone after a crash
+# is dropped by the stream's dedupe window instead of counted twice, and two teams' jobs of
+# the same id never dedupe each other.
 def _s(shadow: bool) -> str:
     return ":s" if shadow else ""
 
 
-def dispatch_msg_id(job_id: str, run: int, hop: int, shadow: bool = False) -> str:
-    return f"{job_id}:{run}:d{hop}{_s(shadow)}"
+def dispatch_msg_id(team: str, job_id: str, run: int, hop: int, shadow: bool = False) -> str:
+    return f"{team}.{job_id}:{run}:d{hop}{_s(shadow)}"
 
 
-def result_msg_id(job_id: str, run: int) -> str:
-    return f"{job_id}:{run}:result"
+def result_msg_id(team: str, job_id: str, run: int) -> str:
+    return f"{team}.{job_id}:{run}:result"
 
 
-def cost_msg_id(job_id: str, run: int, hop: int, attempt: int, shadow: bool = False) -> str:
-    return f"{job_id}:{run}:c{hop}:{attempt}{_s(shadow)}"
+def reject_msg_id(seq: int) -> str:
+    return f"jobs-{seq}:reject"
 
 
-def attempt_msg_id(job_id: str, run: int, hop: int, attempt: int, shadow: bool = False) -> str:
-    return f"{job_id}:{run}:a{hop}:{attempt}{_s(shadow)}"
+def cost_msg_id(team: str, job_id: str, run: int, hop: int, attempt: int, shadow: bool = False) -> str:
+    return f"{team}.{job_id}:{run}:c{hop}:{attempt}{_s(shadow)}"
 
 
-def dead_msg_id(job_id: str, run: int) -> str:
-    return f"{job_id}:{run}:dead"
+def attempt_msg_id(team: str, job_id: str, run: int, hop: int, attempt: int, shadow: bool = False) -> str:
+    return f"{team}.{job_id}:{run}:a{hop}:{attempt}{_s(shadow)}"
+
+
+def dead_msg_id(team: str, job_id: str, run: int) -> str:
+    return f"{team}.{job_id}:{run}:dead"
+

@@ -71,11 +71,13 @@ class Report:
         assert not any(self.unacked.values()), f"left unacked or pending: {self.unacked}"
 
 
-async def check(js: JetStreamContext, client_id: str, job_ids: list[str], mock_log: list[dict], providers: list[str], settle_s: float = 30.0) -> Report:
+async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: list[dict], providers: list[str], settle_s: float = 30.0) -> Report:
+    """The promises, counted from raw sources, for the jobs `job_ids` of `team` (results are
+    addressed by team and job id, pb.results.<team>.<job>)."""
     ids = set(job_ids)
     rep = Report(submitted=len(job_ids))
     per_job = Counter()
-    for subject, data in await read_all(js, wire.RESULTS_STREAM, f"pb.results.{client_id}.>"):
+    for subject, data in await read_all(js, wire.RESULTS_STREAM, wire.results_of(team)):
         job_id = subject.rsplit(".", 1)[-1]
         if job_id in ids:
             per_job[job_id] += 1

@@ -46,10 +46,10 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines()]
 
 
-async def result_counts(js, batch_id: str) -> tuple[int, int]:
+async def result_counts(js, batch_id: str, team: str = "default") -> tuple[int, int]:
     """(messages, distinct job subjects) in the batch's results: equal when nothing ran twice."""
-    subject = wire.result(B.client_id(batch_id), ">")
-    return await batch._count(js, wire.RESULTS_STREAM, subject, per_subject=False), await batch._count(js, wire.RESULTS_STREAM, subject)
+    subjects = [subject for subject, _ in await read_results(js, batch_id, team)]
+    return len(subjects), len(set(subjects))
 
 
 # -- the line formats, without a stack ----------------------------------------------------
@@ -237,7 +237,13 @@ async def test_cancel_takes_queued_jobs_out_and_they_are_never_called(stack, moc
     print(f"\ncancel: {rep['cancelled']} cancelled before any call, {st['request_counts']['completed']} ran (already handed to a worker)")
 
 
-async def read_results(js, batch_id: str) -> list[tuple[str, bytes]]:
+async def read_results(js, batch_id: str, team: str = "default") -> list[tuple[str, bytes]]:
+    """Every result message of the batch's jobs, read from the team's results (not the index)."""
     from tests.invariants import read_all
 
-    return await read_all(js, wire.RESULTS_STREAM, wire.result(B.client_id(batch_id), ">"))
+    out = []
+    for subject, data in await read_all(js, wire.RESULTS_STREAM, wire.results_of(team)):
+        r = msgspec.json.decode(data, type=Completed | Failed)
+        if B.batch_of(r.job_id, r.metadata) == batch_id:
+            out.append((subject, data))
+    return out

@@ -116,7 +116,7 @@ async def test_budget_race_four_brokers(gov, brokers, database):
         brokers(url, schema, n=4)
         sizes = [4 + i % 5 for i in range(200)]  # max_tokens 4..8: $0.025 .. $0.05 at $6250/M output
         price = {mt: mt * 6250 * 1000 for mt in set(sizes)}  # nano-dollars
-        async with Client(gov.nats_url, key=key, team="someone-else") as c:
+        async with Client(gov.nats_url, key=key, team=team) as c:
             handles = await asyncio.gather(*(c.submit(HELLO, intent="priced", max_tokens=mt) for mt in sizes))
             rs = await results(c, handles)
         done = [(r, mt) for r, mt in zip(rs, sizes) if isinstance(r, Completed)]
@@ -179,7 +179,7 @@ async def test_rpm_60_across_two_brokers(gov, brokers, database):
     finally:
         await store.close()
     brokers(url, schema, n=2)
-    async with Client(gov.nats_url, key=fail_key) as c, Client(gov.nats_url, key=wait_key) as w:
+    async with Client(gov.nats_url, key=fail_key, team="rpm") as c, Client(gov.nats_url, key=wait_key, team="rpm") as w:
         fh = await asyncio.gather(*(c.submit(HELLO, intent="fast") for _ in range(100)))
         wh = await asyncio.gather(*(w.submit(HELLO, intent="fast") for _ in range(100)))
         rs = await results(c, fh)
@@ -204,19 +204,30 @@ async def test_rpm_60_across_two_brokers(gov, brokers, database):
             f.cancel()
 
 
+async def raw_submit(c: Client, payload: bytes, job_id: str) -> Failed | Completed:
+    """Publish raw bytes as c's team and wait for their one answer: the job's result, or the
+    reject for the publish's sequence."""
+    key = (c.team, job_id)
+    fut = c._future(key)
+    ack = await c.js.publish(wire.jobs(c.team, "fast"), payload)
+    early = c._early.pop((c.team, ack.seq), None)
+    if early is not None:
+        return early
+    c._seqs[(c.team, ack.seq)] = key
+    return await asyncio.wait_for(asyncio.shield(fut), 30)
+
+
 async def test_bad_input_gets_clear_failures_and_nothing_crashes(gov, brokers, tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'gov.db'}"
     store = Store.open(url)
     key, _ = await store.create_key("bad-input")
     brokers(url, None)
-    async with Client(gov.nats_url, key=key) as c:
+    async with Client(gov.nats_url, key=key, team="bad-input") as c:
         async def raw(payload: bytes, job_id: str) -> Failed | Completed:
-            h = c._future(job_id)
-            await c.js.publish("pb.jobs.fast", payload, headers={wire.HDR_MSG_ID: job_id, wire.HDR_CLIENT: c.client_id})
-            return await asyncio.wait_for(asyncio.shield(h), 30)
+            return await raw_submit(c, payload, job_id)
 
         def body(job_id: str, **over) -> dict:
-            base = {"id": job_id, "client": c.client_id, "intent": "fast", "key": key, "request": {"messages": HELLO}}
+            base = {"id": job_id, "team": c.team, "intent": "fast", "key": key, "request": {"messages": HELLO}}
             for k, v in over.items():
                 if k == "request":
                     base["request"] = {**base["request"], **v}
@@ -237,7 +248,7 @@ async def test_bad_input_gets_clear_failures_and_nothing_crashes(gov, brokers, t
         for job_id, (payload, _) in cases.items():
             outs[job_id] = await raw(json.dumps(payload).encode(), job_id)
         # Nested past what a decoder can recurse into, and bytes that are not UTF-8.
-        outs["very-nested"] = await raw(b'{"id":"very-nested","client":"' + c.client_id.encode() + b'","metadata":' + b"[" * 5000 + b"]" * 5000 + b"}", "very-nested")
+        outs["very-nested"] = await raw(b'{"id":"very-nested","team":"bad-input","metadata":' + b"[" * 5000 + b"]" * 5000 + b"}", "very-nested")
         bad_utf8 = json.dumps(body("bad-utf8")).encode().replace(b"invoice 17", b"invoice \xff\xfe")
         outs["bad-utf8"] = await raw(bad_utf8, "bad-utf8")
         # SQL in the model name and the metadata is data, carried and never executed.
@@ -276,23 +287,20 @@ async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
     assert not any(k in listed for k in secrets) and made[0]["prefix"] in listed
 
     brokers(url, None, ledger=True)
-    async with Client(gov.nats_url, key=live) as c:
+    async with Client(gov.nats_url, key=live, team="hyg") as c:
         ok = await (await c.submit(HELLO, intent="fast", max_tokens=8)).result(timeout=30)
         over = await (await c.submit(HELLO, intent="priced", max_tokens=8)).result(timeout=30)
         for k, kind in ((revoked, BadKey), (rotated, BadKey), (new, Completed)):
-            async with Client(gov.nats_url, key=k) as other:
+            async with Client(gov.nats_url, key=k, team="hyg") as other:
                 r = await (await other.submit(HELLO, intent="fast", max_tokens=8)).result(timeout=30)
                 assert isinstance(r, Completed) if kind is Completed else isinstance(r.error, kind)
         # Misuse: the key inside an undecodable body, a refused field, an oversized job.
         for i, payload in enumerate([
             b'{"id": "x", "key": "' + live.encode() + b'", "request": 12',
-            json.dumps({"id": f"misuse-1-{c.client_id}", "client": c.client_id, "key": live, "request": {"messages": HELLO, "api_key": live}}).encode(),
-            json.dumps({"id": f"misuse-2-{c.client_id}", "client": c.client_id, "key": live, "request": {"messages": [{"role": "user", "content": live * 3000}]}}).encode(),
+            json.dumps({"id": f"misuse-1-{c.client_id}", "team": "hyg", "key": live, "request": {"messages": HELLO, "api_key": live}}).encode(),
+            json.dumps({"id": f"misuse-2-{c.client_id}", "team": "hyg", "key": live, "request": {"messages": [{"role": "user", "content": live * 3000}]}}).encode(),
         ]):
-            job_id = f"misuse-{i}-{c.client_id}"
-            fut = c._future(job_id)
-            await c.js.publish("pb.jobs.fast", payload, headers={wire.HDR_MSG_ID: job_id, wire.HDR_CLIENT: c.client_id})
-            r = await asyncio.wait_for(asyncio.shield(fut), 30)
+            r = await raw_submit(c, payload, f"misuse-{i}-{c.client_id}")
             assert isinstance(r, Failed) and live not in encode(r).decode()
     assert isinstance(ok, Completed) and isinstance(over, Failed) and isinstance(over.error, OverBudget)
 
@@ -369,5 +377,5 @@ async def test_auto_mode_turns_on_with_the_first_key(gov, brokers, tmp_path):
             return isinstance(r, Failed) and isinstance(r.error, BadKey) and "requires a virtual key" in r.error.message
 
         assert await eventually(refused, timeout=10, every=0.2)
-    async with Client(gov.nats_url, key=key) as k:
+    async with Client(gov.nats_url, key=key, team="auto") as k:
         assert isinstance(await (await k.submit(HELLO, intent="fast")).result(timeout=30), Completed)

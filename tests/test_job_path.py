@@ -54,16 +54,76 @@ async def test_anthropic_family_translates_system_prompt_stop_reason_and_usage(c
     assert capped.response.choices[0].finish_reason == "length" and capped.response.usage.completion_tokens == 3
 
 
+async def reject_of(js, sub, team: str, seq: int):
+    """The Failed the broker publishes for a refused publish: on pb.rejects.<team>.<seq>."""
+    while True:
+        msg = await sub.next_msg(timeout=10)
+        if msg.subject == wire.reject(team, seq):
+            return decode_result(msg.data)
+
+
 async def test_malformed_job_gets_a_failed_result_and_a_dead_letter(client):
-    job_id = uuid.uuid4().hex
-    sub = await client.nc.subscribe(wire.result(client.client_id, job_id))
-    await client.js.publish("pb.jobs.fast", b'{"id": "x", "request": 12', headers={wire.HDR_MSG_ID: job_id, wire.HDR_CLIENT: client.client_id})
-    msg = await sub.next_msg(timeout=10)
-    r = decode_result(msg.data)
+    sub = await client.nc.subscribe(wire.rejects_of(client.team))
+    ack = await client.js.publish(wire.jobs(client.team, "fast"), b'{"id": "x", "request": 12', headers={wire.HDR_MSG_ID: uuid.uuid4().hex})
+    r = await reject_of(client.js, sub, client.team, ack.seq)
     assert isinstance(r, Failed) and isinstance(r.error, InvalidJob)
     assert "wire contract" in r.error.hint
     dead = decode_dead((await client.js.get_last_msg(wire.DEAD_STREAM, wire.dead("invalid"))).data)
     assert dead.raw == b'{"id": "x", "request": 12'  # nothing is lost: the payload is kept
+
+
+@pytest.mark.parametrize("case", ["dotted-id", "200-char-id", "mismatched-msg-id", "legacy-subject"])
+async def test_a_raw_publish_with_bad_ids_gets_exactly_one_reject_its_submitter_reads(client, case):
+    # Given a raw nats-py publish the broker cannot address by its ids
+    team, job_id, subject = client.team, "raw-" + uuid.uuid4().hex[:8], wire.jobs(client.team, "fast")
+    headers: dict[str, str] = {}
+    if case == "dotted-id":
+        job_id += ".x"
+    elif case == "200-char-id":
+        job_id += "y" * (200 - len(job_id))
+    elif case == "mismatched-msg-id":
+        headers[wire.HDR_MSG_ID] = "someone-else.victim-job.1"
+    else:  # the pre-team subject shape pb.jobs.<intent>: its only token is taken as the team
+        subject, team = "pb.jobs.fast", "fast"
+    sub = await client.nc.subscribe(wire.rejects_of(team))
+    body = json.dumps({"id": job_id, "client": "bad.client.*", "team": client.team, "request": {"messages": HELLO}}).encode()
+
+    # When it is published
+    ack = await client.js.publish(subject, body, headers=headers or None)
+
+    # Then exactly one Failed lands on pb.rejects.<team>.<seq>, readable by direct get too
+    r = await reject_of(client.js, sub, team, ack.seq)
+    assert isinstance(r, Failed) and isinstance(r.error, InvalidJob), r
+    stored = decode_result((await client.js.get_last_msg(wire.RESULTS_STREAM, wire.reject(team, ack.seq), direct=True)).data)
+    assert stored == r
+    info = await client.js.stream_info(wire.RESULTS_STREAM, subjects_filter=f"pb.*.{team}.{ack.seq}")
+    assert info.state.subjects == {wire.reject(team, ack.seq): 1}
+    print(f"\n{case}: {r.error.message[:100]}")
+
+
+async def test_the_sdk_refuses_a_bad_job_id_before_publishing(client):
+    before = (await client.js.stream_info(wire.JOBS_STREAM)).state.last_seq
+    for bad in ("order.42", "x" * 129, "a b", "*"):
+        with pytest.raises(ValueError, match="not valid: use 1-128 characters"):
+            await client.submit(HELLO, intent="fast", job_id=bad)
+    assert (await client.js.stream_info(wire.JOBS_STREAM)).state.last_seq == before  # nothing was sent
+
+
+async def test_a_second_process_with_the_same_job_id_gets_the_result_at_once_without_a_new_call(stack, mock):
+    # Given a job that is done, submitted by one client
+    job_id = "again-" + uuid.uuid4().hex[:12]
+    async with Client(stack.nats_url) as first:
+        r1 = await (await first.submit(HELLO, intent="fast", job_id=job_id)).result(timeout=30)
+    assert isinstance(r1, Completed)
+
+    # When a fresh client (a new client id, as a new process has) submits the same job id
+    async with Client(stack.nats_url) as second:
+        h = await second.submit(HELLO, intent="fast", job_id=job_id)
+        r2 = await h.result(timeout=5)
+
+    # Then it gets the stored result without sending the job again, and the provider saw one call
+    assert h.seq is None and r2 == r1
+    assert len([e for e in mock.log("oa") if e["request_id"].startswith(job_id + ":")]) == 1
 
 
 async def test_unknown_intent_fails_with_a_hint_naming_the_known_intents(client):
@@ -79,14 +139,14 @@ async def test_resubmitting_a_job_id_is_one_job_and_one_provider_call(stack, cli
     job_id = "dup-" + uuid.uuid4().hex[:12]
     for _ in range(3):
         await client.submit(HELLO, intent="fast", job_id=job_id)
-    async with Client(stack.nats_url, client_id=client.client_id) as again:  # a second process resubmits too
+    async with Client(stack.nats_url) as again:  # a second process resubmits too
         await again.submit(HELLO, intent="fast", job_id=job_id)
     r = await client.result(job_id, timeout=30)
     assert isinstance(r, Completed)
     calls = [e for e in mock.log("oa") if e["request_id"].startswith(job_id + ":")]
     assert len(calls) == 1
-    info = await client.js.stream_info(wire.RESULTS_STREAM, subjects_filter=wire.result(client.client_id, job_id))
-    assert info.state.subjects == {wire.result(client.client_id, job_id): 1}
+    info = await client.js.stream_info(wire.RESULTS_STREAM, subjects_filter=wire.result(client.team, job_id))
+    assert info.state.subjects == {wire.result(client.team, job_id): 1}
 
 
 async def test_provider_cap_holds_across_two_worker_processes(stack, client, mock):
@@ -104,9 +164,9 @@ async def test_provider_cap_holds_across_two_worker_processes(stack, client, moc
 async def test_results_outlive_the_client_that_asked(stack):
     async with Client(stack.nats_url) as first:
         h = await first.submit(HELLO, intent="fast")
-        client_id = first.client_id
-    # The first client is gone before its result arrives; a restarted one reads it from the stream.
-    async with Client(stack.nats_url, client_id=client_id) as second:
+    # The first client is gone before its result arrives; a restarted one (a new client id)
+    # reads it from the stream.
+    async with Client(stack.nats_url) as second:
         r = await second.result(h.id, timeout=30)
     assert isinstance(r, Completed) and r.job_id == h.id
 

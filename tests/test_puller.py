@@ -69,13 +69,13 @@ async def test_jobs_with_a_status_header_are_handed_over_like_any_other(nats_ser
 
 async def test_a_job_with_a_status_header_gets_its_result(stack):
     async with Client(stack.nats_url) as c:
+        await c._listen(c.team)
         results = []
         for s in ("200", "100", "503", "409"):
-            job = Job(id="status-" + s + "-" + uuid.uuid4().hex[:8], client=c.client_id, intent="fast",
+            job = Job(id="status-" + s + "-" + uuid.uuid4().hex[:8], team=c.team, intent="fast",
                       request=to_request("Extract the date from: due 2026-12-01", max_tokens=16))
-            c._future(job.id)
-            headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.id), wire.HDR_CLIENT: c.client_id, "Status": s}
-            await c.js.publish(wire.jobs(job.intent), encode(job), headers=headers)
+            headers = {wire.HDR_MSG_ID: wire.submit_msg_id(c.team, job.id, uuid.uuid4().hex[:16]), "Status": s}
+            await c.js.publish(wire.jobs(c.team, job.intent), encode(job), headers=headers)
             results.append(c.result(job.id, timeout=60))
         done = await asyncio.gather(*results)
     assert all(isinstance(r, Completed) for r in done), done

@@ -4,6 +4,9 @@ the sync facade, and riding out a nats-server restart with the same job ids."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 import uuid
 
@@ -15,7 +18,7 @@ from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 from schemas.errors import Cancelled, DeadlineExceeded, UnknownIntent
 from schemas.job import Completed, Failed
-from tests.conftest import TEST_CONFIG, Mock
+from tests.conftest import ROOT, TEST_CONFIG, Mock
 from tests.invariants import check
 
 MSG = [{"role": "user", "content": "Extract the date from: due 2026-12-01"}]
@@ -45,11 +48,11 @@ async def test_map_keeps_its_window_and_the_input_order(client, monkeypatch):
     out = peak = 0
     real = client.submit_job
 
-    async def spy(job):
+    async def spy(job, **kw):
         nonlocal out, peak
         out += 1
         peak = max(peak, out)
-        return await real(job)
+        return await real(job, **kw)
 
     monkeypatch.setattr(client, "submit_job", spy)
     prefix = "map-" + uuid.uuid4().hex[:8]
@@ -66,6 +69,36 @@ async def test_map_keeps_its_window_and_the_input_order(client, monkeypatch):
     # And mapping the same ids again returns the same results without new jobs (idempotent by id)
     again = [r async for r in client.map((f"Classify ticket {i}" for i in range(30)), intent="fast", id_prefix=prefix, ordered=False)]
     assert {r.job_id: r.response.id for r in again} == {r.job_id: r.response.id for r in got}
+
+
+MAP_SCRIPT = """
+import json, sys
+from clients import SyncClient
+with SyncClient(sys.argv[1]) as c:  # a new process: a new client id
+    out = {r.job_id: r.response.id for r in c.map((f"Summarise note {i}" for i in range(12)), intent="fast", id_prefix=sys.argv[2], timeout=60)}
+print(json.dumps(out))
+"""
+
+
+def test_a_map_rerun_in_a_new_process_returns_the_same_results_without_new_calls(stack, mock):
+    # Given a map with an id prefix, run to the end in one process
+    prefix = "rerun-" + uuid.uuid4().hex[:8]
+
+    def run() -> dict:
+        out = subprocess.run([sys.executable, "-c", MAP_SCRIPT, stack.nats_url, prefix], capture_output=True, text=True, timeout=120,
+                             cwd=str(ROOT))
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    first = run()
+    calls = sum(1 for e in mock.log("oa") if e["request_id"].startswith(prefix + "-"))
+    # When the same map runs again in a second process
+    t0 = time.monotonic()
+    second = run()
+    # Then every job's result is the same one, and the provider was not called again
+    assert second == first and len(first) == 12
+    assert calls == 12 and sum(1 for e in mock.log("oa") if e["request_id"].startswith(prefix + "-")) == calls
+    print(f"\nrerun of 12 jobs in a new process: {time.monotonic() - t0:.2f}s, 0 new provider calls")
 
 
 async def test_map_yields_failures_as_typed_results_and_unwrap_raises_their_exception(client):
@@ -149,7 +182,7 @@ async def test_jobs_survive_a_nats_server_restart_between_submit_and_result(tmp_
                 servers.append(NatsServer(server.data_dir, port=server.port).start())
                 h = await asyncio.wait_for(during, 60)
                 results = [r async for r in c.as_completed([*before, h], timeout=120)]
-                rep = await check(c.js, c.client_id, [x.id for x in [*before, h]], mock.settled_log(), ["capped", "oa"])
+                rep = await check(c.js, c.team, [x.id for x in [*before, h]], mock.settled_log(), ["capped", "oa"])
     finally:
         for sv in servers:
             sv.stop()

@@ -25,7 +25,7 @@ async def test_ten_percent_sampling_mirrors_about_ten_percent_and_clients_see_on
     results = await asyncio.gather(*(one(j) for j in ids))
     # Then every client result is the live route's, exactly one per job...
     assert all(isinstance(r, Completed) and r.provider == "oa" for r in results)
-    rep = await check(client.js, client.client_id, ids, mock.settled_log(), ["oa", "an"])
+    rep = await check(client.js, client.team, ids, mock.settled_log(), ["oa", "an"])
     rep.assert_holds()
     # ...and about 10% of the jobs were also called on the shadow route, each recorded as shadow
     shadow = [r for r in rep.costs if r.shadow]

@@ -71,7 +71,7 @@ class Pool:
         self.served = False
         self.stopping = asyncio.Event()
         self.inflight: dict[asyncio.Task[None], Lease] = {}
-        self.active: dict[tuple[str, int, int, bool], Lease] = {}  # (job, run, hop, shadow) -> who holds it
+        self.active: dict[tuple[str, str, int, int, bool], Lease] = {}  # (team, job, run, hop, shadow) -> who holds it
         self.paused_until = 0.0
         self.streak_429 = 0
         self.rng = random.Random()
@@ -104,12 +104,12 @@ class Pool:
         try:
             d = decode_dispatch(msg.data)
         except Exception as e:  # only a foreign publisher can put this here: keep it, tell, move on
-            err = InvalidJob(message=f"undecodable dispatch on {msg.subject}: {e}", hint="publish jobs to pb.jobs.<intent>, never to pb.dispatch.*")
+            err = InvalidJob(message=f"undecodable dispatch on {msg.subject}: {e}", hint="publish jobs to pb.jobs.<team>.<intent>, never to pb.dispatch.*")
             await bus.fail_job(self.js, None, None, err, reason="invalid", raw=msg.data, dead_msg_id=f"dispatch-{msg.metadata.sequence.stream}:dead")
             await self._ack(lease)
             return
         job = d.job
-        step = (job.id, job.run, d.hop, d.shadow)
+        step = (job.team, job.id, job.run, d.hop, d.shadow)
         holder = self.active.get(step)
         if holder is not None:
             holder.twins.append(msg)
@@ -133,7 +133,7 @@ class Pool:
         link, policy = self._link(d)
         if job.deadline is not None and job.deadline <= now:
             err = DeadlineExceeded(message=f"job {job.id} passed its deadline before {self.provider} could start it", hint="submit with a later deadline, or none")
-            await bus.fail_job(self.js, job.client, job.id, err, reason="deadline", job=job, attempts=d.history)
+            await bus.fail_job(self.js, job.team, job.id, err, reason="deadline", job=job, attempts=d.history)
             await self._ack(lease)
             return
 
@@ -166,23 +166,23 @@ class Pool:
                 )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)
-                await bus.publish_result(self.js, job.client, job.id, result, job.run)
+                await bus.publish_result(self.js, job.team, job.id, result, job.run)
                 await self._ack(lease)
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
+                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
                 for m in (msg, *lease.twins):
                     await m.nak(delay=delay)
                 log.info("job.retry", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, status=status, delay_s=round(delay, 3))
             case Forward(hop=next_hop):
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
+                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
                 await self._forward(d, next_hop, await self._history(d, attempt, this))
                 await self._ack(lease)
                 log.info("job.fallback", job_id=job.id, provider=self.provider, to=d.route.chain[next_hop].provider, status=status)
             case Fail(error=error):
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this))
+                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
                 history = await self._history(d, attempt, this)
-                await bus.fail_job(self.js, job.client, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
+                await bus.fail_job(self.js, job.team, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
                 await self._ack(lease)
                 log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
 
@@ -191,7 +191,7 @@ class Pool:
         the shadow tier's chain, but it never answers the client and never dead-letters.
         Its end is an attempt record, which a redelivery finds (there is no result)."""
         job = d.job
-        await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.id, this, shadow=True))
+        await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this, shadow=True))
         match decision:
             case Retry(delay_s=delay):
                 for m in (lease.msg, *lease.twins):
@@ -207,7 +207,7 @@ class Pool:
         they are read back from the attempts stream (only when there were any)."""
         if attempt == 0:
             return [*d.history, this]
-        same_hop = [a for a in await bus.read_attempts(self.js, d.job.id, d.job.run, d.shadow) if a.hop == d.hop and a.attempt < attempt]
+        same_hop = [a for a in await bus.read_attempts(self.js, d.job.team, d.job.id, d.job.run, d.shadow) if a.hop == d.hop and a.attempt < attempt]
         return [*d.history, *same_hop, this]
 
     async def _forward(self, d: Dispatch, next_hop: int, history: list[Attempt]) -> None:
@@ -223,10 +223,10 @@ class Pool:
           them, so every call the provider may have served has a cost record.
         """
         job = d.job
-        if not d.shadow and await bus.result_exists(self.js, job.client, job.id, job.run):
+        if not d.shadow and await bus.result_exists(self.js, job.team, job.id, job.run):
             await self._ack(lease)
             return True
-        recorded = {a.attempt: a for a in await bus.read_attempts(self.js, job.id, job.run, d.shadow) if a.hop == d.hop}
+        recorded = {a.attempt: a for a in await bus.read_attempts(self.js, job.team, job.id, job.run, d.shadow) if a.hop == d.hop}
         last = recorded.get(attempt - 1)
         if d.shadow and last is not None and last.decision in ("succeed", "fail"):
             await self._ack(lease)
@@ -242,7 +242,7 @@ class Pool:
                 lost = Attempt(provider=self.provider, model=hop.model, hop=d.hop, attempt=n, status=0, latency_ms=0.0, run=job.run,
                                error="the worker holding this attempt stopped before it finished", decision="lost")
                 rec = self._cost(d, n, None, model, 0.0, now)
-                await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.id, lost, d.shadow))
+                await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.team, job.id, lost, d.shadow))
         return False
 
     def _pressure(self, outcome: Outcome) -> None:
