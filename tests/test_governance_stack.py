@@ -25,7 +25,7 @@ from schemas import wire
 from schemas.codec import decode_cost, decode_dead, encode
 from schemas.errors import BadKey, InvalidJob, OverBudget, PromptTooLarge, RateLimited
 from schemas.job import Completed, Failed
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, Mock, run_cli
 from tests.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
 
 GOV_CONFIG = ROOT / "tests" / "data" / "governance.yaml"
@@ -261,6 +261,60 @@ async def test_bad_input_gets_clear_failures_and_nothing_crashes(gov, brokers, t
         assert (await conn.execute(select(func.count()).select_from(virtual_keys))).scalar_one() == 1
         assert (await conn.execute(select(func.count()).select_from(admissions))).scalar_one() == 2
     await store.close()
+    assert all(p.poll() is None for n, p in gov.procs.items() if n.startswith("broker"))
+
+
+async def test_each_bad_input_gets_one_failed_result_and_never_reaches_the_provider(gov, brokers, tmp_path):
+    """Given a governed stack, when jobs arrive with a forbidden field spelled with JSON escapes
+    or numbers no provider accepts, then each gets exactly one Failed result (InvalidJob, its
+    message naming the field, with a hint), none is sent to the provider, and the broker
+    serves the next job."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gov.db'}"
+    store = Store.open(url)
+    key, _ = await store.create_key("bad-numbers")
+    await store.close()
+    brokers(url, None)
+    run = uuid.uuid4().hex[:6]
+    good = {"role": "user", "content": "hi"}
+
+    def body(job_id: str, client: str, request: bytes = b"", top: bytes = b"") -> bytes:
+        return (b'{"id":"%s","client":"%s","intent":"fast","key":"%s",%s"request":{"messages":[%s]%s}}'
+                % (job_id.encode(), client.encode(), key.encode(), top, json.dumps(good).encode(), request))
+
+    cases = {  # job id -> (what follows the messages in the request, top-level fields, the message names)
+        "esc-api-base": (b',"api\\u005fbase":"http://169.254.169.254/latest"', b"", "request.api_base"),
+        "esc-extra-body": (b',"extra\\u005Fbody":{"x":1}', b"", "request.extra_body"),
+        "esc-base-url": (b"", b'"\\u0062ase_url":"http://attacker.example",', "base_url"),
+        "esc-headers": (b"", b'"he\\u0061ders":{"Authorization":"x"},', "headers"),
+        "max-tokens-negative": (b',"max_tokens":-5', b"", "max_tokens is -5"),
+        "max-tokens-zero": (b',"max_tokens":0', b"", "max_tokens is 0"),
+        "max-tokens-absurd": (b',"max_tokens":1000000000000000', b"", "max_tokens is 1000000000000000"),
+        "max-tokens-escaped": (b',"max\\u005ftokens":-5', b"", "max_tokens is -5"),
+        "temperature": (b',"temperature":9', b"", "temperature is 9"),
+        "top-p": (b',"top_p":-1', b"", "top_p is -1"),
+    }
+    async with Client(gov.nats_url, key=key) as c:
+        ids = {name: f"{name}-{run}" for name in cases}
+        futures = {name: c._future(ids[name]) for name in cases}
+        for name, (request, top, _) in cases.items():
+            await c.js.publish("pb.jobs.fast", body(ids[name], c.client_id, request, top), headers={wire.HDR_MSG_ID: ids[name], wire.HDR_CLIENT: c.client_id})
+        outs = {name: await asyncio.wait_for(asyncio.shield(f), 30) for name, f in futures.items()}
+        after = await (await c.submit(HELLO, intent="fast", max_tokens=8)).result(timeout=30)
+
+        async def settled() -> bool:
+            info = await c.js.consumer_info(wire.JOBS_STREAM, "broker")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        assert await eventually(settled)  # nothing left to redeliver: the counts below are final
+        counts = {name: len(await stream_messages(c.js, wire.RESULTS_STREAM, wire.result(c.client_id, ids[name]))) for name in cases}
+
+    for name, (_, _, fragment) in cases.items():
+        r = outs[name]
+        assert isinstance(r, Failed) and isinstance(r.error, InvalidJob) and fragment in r.error.message and r.error.hint, (name, r)
+    assert counts == {name: 1 for name in cases}
+    called = {e["request_id"].split(":")[0] for e in Mock(gov.mock_url).log()}
+    assert not called & set(ids.values()), called & set(ids.values())
+    assert isinstance(after, Completed)
     assert all(p.poll() is None for n, p in gov.procs.items() if n.startswith("broker"))
 
 
