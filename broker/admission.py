@@ -29,11 +29,11 @@ from nats.js import JetStreamContext
 
 from broker import budgets, ratelimit
 from broker.governance_store import Admitted, Store, Throttled
-from broker.keys import PREFIX_LEN, scrub_raw  # noqa: F401  (scrub_raw: the broker's dead letters)
+from broker.keys import PREFIX_LEN, scrub_raw  # noqa: F401  (re-exported: the broker keeps rejected payloads with it)
 from panelboard import logs
+from schemas.chat import ChatRequest
 from schemas.config import Config, Governance
 from schemas.errors import InvalidJob, JobError, PromptTooLarge
-from schemas.chat import ChatRequest
 from schemas.job import ID_RE, Job, Route
 
 log = logs.get("admission")
