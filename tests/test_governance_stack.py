@@ -394,6 +394,7 @@ async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
     # Every message of every stream the server holds (KV buckets too), read with plain nats-py:
     # subject, headers and body, and a dead letter's raw payload (base64 in its body).
     nc = await nats.connect(gov.nats_url)
+    scanned = 0
     try:
         js = nc.jetstream()
         streams = [s.config.name for s in await js.streams_info()]
@@ -401,6 +402,7 @@ async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
         dead = []
         for stream in streams:
             for m in await stream_messages(js, stream):
+                scanned += 1
                 found += exposed(f"{stream} #{m.seq}", m.subject.encode() + json.dumps(m.headers or {}).encode() + (m.data or b""))
                 if stream == wire.DEAD_STREAM:
                     letter = decode_dead(m.data)
@@ -408,6 +410,7 @@ async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
                     found += exposed(f"{stream} #{m.seq} raw", letter.raw or b"")
     finally:
         await nc.close()
+    print(f"\nhygiene: {len(misuse)} misuse jobs; {scanned} messages in {len(streams)} streams and every file under the stack and nats-server's store: {len(found)} exposures")
     assert not found, found
     assert any(made[0]["prefix"] in encode(d).decode() + (d.raw or b"").decode("utf-8", "replace") for d in dead)  # the prefix is kept, for whoever inspects
 

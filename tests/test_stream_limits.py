@@ -59,6 +59,7 @@ async def test_a_flood_of_bad_input_keeps_dead_letters_within_their_cap(tmp_path
             last = await c.js.get_last_msg(wire.RESULTS_STREAM, wire.result(client, f"flood-{n - 1}"))
             after = await (await c.submit(HELLO, intent="fast")).result(timeout=30)
 
+    print(f"\n{n} bad inputs: {len(results)} results, PB_DEAD {dead.messages} letters / {dead.bytes:,} bytes (seq {dead.first_seq}..{dead.last_seq})")
     assert len(results) == n and set(results.values()) == {1}
     assert dead.messages <= cap_msgs and dead.bytes <= cap_bytes, dead
     assert dead.first_seq > 1  # the oldest letters made room
