@@ -2,9 +2,14 @@
 
 Pure checks on every job (governance on or off), cheap enough for the hot path:
     screen(raw, limits)      oversized payloads (PromptTooLarge), JSON nested too deep
-    forbidden_fields(raw)    jobs that try to name an address or credential (api_base, ...)
-    check_fields(job)        team and feature, which become subject tokens and SQL columns
+    forbidden_fields(raw)    jobs that try to name an address or credential (api_base, ...),
+                             however the field name is spelled (JSON escapes included)
+    check_fields(job)        team and feature (subject tokens, SQL columns) and the request's
+                             numbers (max_tokens, temperature, top_p) a provider would choke on
     public(job)              the job as it travels on: the key cut to its visible prefix
+    scrub_raw(raw)           an undecodable payload fit for a dead letter (broker/keys.py)
+Key-shaped values anywhere else in what is stored (metadata, prompts, echoed error text) are
+cut to their prefix by panelboard.bus.publish, on every message it writes.
 
 The Governor is the I/O shell for keys, rate limits and budgets: off, it costs one attribute
 read per job; on, one SQL transaction per job (broker/governance_store.py).
@@ -13,6 +18,7 @@ read per job; on, one SQL transaction per job (broker/governance_store.py).
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +29,9 @@ from nats.js import JetStreamContext
 
 from broker import budgets, ratelimit
 from broker.governance_store import Admitted, Store, Throttled
-from broker.keys import ID_LEN, PREFIX_LEN, SECRET_LEN
+from broker.keys import PREFIX_LEN, scrub_raw  # noqa: F401  (re-exported: the broker keeps rejected payloads with it)
 from panelboard import logs
+from schemas.chat import ChatRequest
 from schemas.config import Config, Governance
 from schemas.errors import InvalidJob, JobError, PromptTooLarge
 from schemas.job import ID_RE, Job, Route
@@ -42,11 +49,10 @@ FORBIDDEN = frozenset({
 _FORBIDDEN_RE = re.compile(rb'"(?=[' + bytes(sorted({f.encode()[0] for f in FORBIDDEN})) + rb'])(?:'
                            + b"|".join(re.escape(f.encode()) for f in sorted(FORBIDDEN)) + rb')"\s*:')
 _TOKENS_RE = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
-# A panelboard key anywhere in raw bytes: kept to its visible prefix before raw payloads are
-# stored in a dead letter. Provider-style keys (sk-...) too.
-_RAW_SECRET_RE = re.compile(rb"(pb_[A-Za-z0-9]{%d})_[A-Za-z0-9]{%d}|sk-(?:ant-)?[A-Za-z0-9_-]{8,}" % (ID_LEN, SECRET_LEN))
 MAX_FEATURE = 128
-RAW_KEEP = 65_536  # bytes of an oversized payload kept in its dead letter
+# Larger than any model's output cap: a bigger max_tokens is a client bug, and would make
+# the budget's worst case (tokens x price, in nano-dollars) an absurd number.
+MAX_TOKENS = 1_000_000
 
 
 def json_depth(data: bytes) -> int:
@@ -78,8 +84,11 @@ def screen(data: bytes, g: Governance) -> PromptTooLarge | InvalidJob | None:
 
 
 def forbidden_fields(data: bytes) -> list[str]:
-    """Fields of the job or its request that name an address or a credential."""
-    if not _FORBIDDEN_RE.search(data):  # the common case: one C-speed scan, nothing found
+    """Fields of the job or its request that name an address or a credential, as the decoder
+    reads their names: "api\\u005fbase" is api_base. The common case is two C-speed scans that
+    find no such name and no \\u escape at all; anything else is decoded (msgspec decodes
+    faster than a regex can tell escaped keys from escaped text) and its keys checked."""
+    if not _FORBIDDEN_RE.search(data) and b"\\u" not in data:
         return []
     try:
         raw = msgspec.json.decode(data)
@@ -100,11 +109,24 @@ def refuse_fields(found: list[str]) -> InvalidJob:
 
 
 def check_fields(job: Job) -> InvalidJob | None:
-    """The team names a subject (pb.costs.<team>) and, with the feature, a ledger column."""
+    """The team names a subject (pb.costs.<team>) and, with the feature, a ledger column; the
+    request's numbers go to a provider, which would refuse (or bill) what is out of range."""
     if not ID_RE.match(job.team):
         return InvalidJob(message=f"team {job.team[:64]!r} is not a valid name", hint="use 1-128 characters from A-Z a-z 0-9 _ -")
     if job.feature is not None and (len(job.feature) > MAX_FEATURE or not job.feature.isprintable()):
         return InvalidJob(message=f"feature {job.feature[:64]!r}... is not a valid label", hint=f"use at most {MAX_FEATURE} printable characters")
+    return check_request(job.request)
+
+
+def check_request(req: ChatRequest) -> InvalidJob | None:
+    """Bounds msgspec's types cannot express. Pure."""
+    if req.max_tokens is not None and not 1 <= req.max_tokens <= MAX_TOKENS:
+        return InvalidJob(message=f"max_tokens is {req.max_tokens}, outside 1..{MAX_TOKENS:,}",
+                          hint="set max_tokens to the longest answer you want (at least 1), or leave it out to get the model's own cap")
+    if req.temperature is not None and not (math.isfinite(req.temperature) and 0 <= req.temperature <= 2):
+        return InvalidJob(message=f"temperature is {req.temperature}, outside 0..2", hint="use a temperature from 0 (focused) to 2 (random), or leave it out")
+    if req.top_p is not None and not (math.isfinite(req.top_p) and 0 <= req.top_p <= 1):
+        return InvalidJob(message=f"top_p is {req.top_p}, outside 0..1", hint="use a top_p from 0 to 1, or leave it out")
     return None
 
 
@@ -124,12 +146,6 @@ def bound(job: Job, route: Route, cfg: Config) -> Job:
         return job
     cap = min(cfg.models[h.model].max_output_tokens for h in route.chain)
     return msgspec.structs.replace(job, request=msgspec.structs.replace(job.request, max_tokens=cap))
-
-
-def scrub_raw(data: bytes) -> bytes:
-    """A raw payload fit for a dead letter: keys cut to their prefix, and at most RAW_KEEP bytes."""
-    data = data[:RAW_KEEP]
-    return _RAW_SECRET_RE.sub(lambda m: (m.group(1) or b"sk-") + b"_[redacted]", data)
 
 
 # -- the governor ---------------------------------------------------------------------------------

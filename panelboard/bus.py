@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from schemas import batch as B
+from broker import keys
 from schemas import wire
 from schemas.codec import decode_attempt, encode
 from schemas.errors import JobError
@@ -30,7 +31,10 @@ _TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.erro
 async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
     """Publish and wait for the stream's ack, riding out a nats-server restart or a cluster
     leader change: a step's outcome is kept and published once the server is back (the
-    Nats-Msg-Id makes the retries safe), instead of being lost and redone."""
+    Nats-Msg-Id makes the retries safe), instead of being lost and redone. Whatever a client
+    wrote that looks like a virtual key (in metadata, a prompt, a field an error quotes) is
+    cut to its prefix first: no stream ever stores a whole key."""
+    data = keys.scrub(data)
     deadline = asyncio.get_running_loop().time() + PUBLISH_PATIENCE_S
     delay = 0.1
     while True:
@@ -134,6 +138,7 @@ async def publish_dead(
     msg_id: str | None = None,
     subject_team: str | None = None,
 ) -> None:
+    raw = keys.scrub_raw(raw) if raw is not None else None  # stored as base64: publish() cannot see into it
     letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time(), subject_team=subject_team)
     msg_id = msg_id or (wire.dead_msg_id(job.team, job.id, job.run) if job else None)
     await publish(js, wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)

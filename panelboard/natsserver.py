@@ -17,6 +17,7 @@ from pathlib import Path
 
 _READY = "Server is ready"
 _CLIENT_PORT = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
+_MONITOR_PORT = re.compile(r"Starting http monitor on [^\s]+:(\d+)")
 
 
 class NatsServerError(RuntimeError):
@@ -43,6 +44,7 @@ class NatsServer:
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         name: str = "nats-server",
+        sync: str | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.port = port
@@ -50,6 +52,12 @@ class NatsServer:
         self.extra = extra or []
         self.env = env or {}  # a shared config file's per-node variables (deploy/nats-cluster.conf)
         self.name = name
+        # JetStream's sync_interval ("always", "1s"; config nats.sync). With a config file of
+        # its own, that file says it (panelboard/tenants.py writes it).
+        self.sync = sync
+        if sync and config:
+            raise ValueError("pass sync in the server's config file, not beside it")
+        self.monitor_port: int | None = None  # when started with `-m`
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "nats-server.log"
 
@@ -62,6 +70,10 @@ class NatsServer:
         args = [binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data_dir / "jetstream")]
         if self.config:
             args = [binary(), "-c", self.config]
+        elif self.sync:  # no command-line flag for it: a config file holding only that, under the flags
+            conf = self.data_dir / "sync.conf"
+            conf.write_text(f"jetstream {{ sync_interval: {self.sync} }}\n")
+            args[1:1] = ["-c", str(conf)]
         args += self.extra
         log = open(self.log_path, "ab")
         log_start = self.log_path.stat().st_size
@@ -74,6 +86,8 @@ class NatsServer:
                 m = _CLIENT_PORT.search(text)
                 if m:
                     self.port = int(m.group(1))
+                if mon := _MONITOR_PORT.search(text):
+                    self.monitor_port = int(mon.group(1))
                 return self
             if self.proc.poll() is not None:
                 fatal = [ln for ln in text.splitlines() if "[FTL]" in ln or "[ERR]" in ln]

@@ -50,7 +50,7 @@ class Stack:
     # -- parts --------------------------------------------------------------------------
     def start_nats(self) -> str:
         conf = self._tenants_conf()
-        self.nats = NatsServer(self.home / "nats", config=conf).start()
+        self.nats = NatsServer(self.home / "nats", config=conf, sync=None if conf else load(self.config).nats.sync).start()
         self.nats_url = self.nats.url
         (self.home / "nats.url").write_text(self.nats_url + "\n")
         return self.nats_url

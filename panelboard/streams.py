@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from schemas import wire
@@ -38,13 +38,15 @@ def stream_configs(cfg: Config) -> list[StreamConfig]:
         # Results (pb.results.<team>.<job>) and rejects (pb.rejects.<team>.<seq>) stay for late
         # or restarted clients; direct get serves them without a consumer.
         StreamConfig(name=wire.RESULTS_STREAM, subjects=["pb.results.>", "pb.rejects.>"], max_age=float(n.results_ttl_s),
-                     allow_direct=True, **common),
+                     allow_direct=True, max_bytes=n.results_max_bytes, max_msgs=n.results_max_msgs, discard=DiscardPolicy.OLD, **common),
         # Who owns a job id (pb.claims.<team>.<job>.<run>): kept longer than its result, so a
         # resubmit is a duplicate for as long as a client can still read the answer.
         StreamConfig(name=wire.CLAIMS_STREAM, subjects=["pb.claims.>"], max_age=2.0 * n.results_ttl_s, max_msgs_per_subject=1,
                      allow_direct=True, **common),
         StreamConfig(name=wire.COSTS_STREAM, subjects=["pb.costs.>"], max_age=30 * DAY, **common),
-        StreamConfig(name=wire.DEAD_STREAM, subjects=["pb.dead.>"], max_age=30 * DAY, allow_direct=True, **common),
+        # Bounded: bad input makes dead letters as fast as it arrives (nats.dead_max_*).
+        StreamConfig(name=wire.DEAD_STREAM, subjects=["pb.dead.>"], max_age=30 * DAY, allow_direct=True,
+                     max_bytes=n.dead_max_bytes, max_msgs=n.dead_max_msgs, discard=DiscardPolicy.OLD, **common),
         # Failed attempts per job, so a chain-end Failed result can list every one of them.
         StreamConfig(name=wire.ATTEMPTS_STREAM, subjects=["pb.attempts.>"], max_age=DAY, allow_direct=True, **common),
         # Batch manifests (schemas/batch.py), written while a batch is sent: kept twice as long

@@ -84,11 +84,26 @@ class Tier(Base):
     shadow: Shadow | None = None
 
 
+Cap = Annotated[int, msgspec.Meta(ge=-1)]  # a stream limit; -1: none
+
+
 class NatsSettings(Base):
     url: str | None = None  # None: start an embedded nats-server
     replicas: int = 1
     dedupe_window_s: int = 1_200
     results_ttl_s: int = 86_400
+    # Every rejected job leaves a dead letter (with up to 64 KiB of its raw payload), so a
+    # flood of bad input could fill the disk: PB_DEAD keeps at most this much, oldest
+    # letters dropped first. PB_RESULTS (a Failed result per rejected job) has none by
+    # default: dropping results could strand a client; results_ttl_s bounds it in time.
+    dead_max_bytes: Cap = 1 << 30
+    dead_max_msgs: Cap = 1_000_000
+    results_max_bytes: Cap = -1
+    results_max_msgs: Cap = -1
+    # The embedded nats-server's sync_interval: None keeps its default (fsync every 2 min,
+    # so a host crash or power cut can lose up to that much acked data); "always" fsyncs
+    # every write before it is acked (slower publishes); or a duration such as "1s".
+    sync: Annotated[str, msgspec.Meta(pattern=r"^(always|[0-9]+(ms|s|m|h))$")] | None = None
 
 
 class DatabaseSettings(Base):

@@ -277,9 +277,38 @@ def test_screen(data, expect):
     # a JSON schema property named "url" is not a field of the request
     (b'{"id":"a","request":{"messages":[],"response_format":{"type":"json_schema","schema":{"properties":{"url":{}}}}}}', []),
     (b'{"id":"a","request":{"messages":[{"role":"user","content":"set \\"base_url\\": x"}]}}', []),
+    # The check reads names as the decoder does: JSON escapes spell the same field.
+    (b'{"id":"a","request":{"messages":[],"api\\u005fbase":"http://evil"}}', ["request.api_base"]),
+    (b'{"id":"a","\\u0062ase_url":"http://evil","request":{"messages":[]}}', ["base_url"]),
+    (b'{"id":"a","request":{"messages":[],"\\u0061\\u0070\\u0069_key":"sk-x","extra\\u005Fbody":{}}}', ["request.api_key", "request.extra_body"]),
+    (b'{"id":"a","he\\u0061ders":{"x":"y"},"request":{"messages":[]}}', ["headers"]),
+    # escapes in text (json.dumps writes every non-ASCII character so) are only text
+    (b'{"id":"a","request":{"messages":[{"role":"user","content":"caf\\u00e9 \\"api\\u005fbase\\": x"}]}}', []),
 ])
 def test_forbidden_fields(data, found):
     assert sorted(admission.forbidden_fields(data)) == sorted(found)
+
+
+@pytest.mark.parametrize("request_, fragment", [
+    ({"max_tokens": -5}, "max_tokens is -5"),
+    ({"max_tokens": 0}, "max_tokens is 0"),
+    ({"max_tokens": 10**18}, "max_tokens is 1000000000000000000"),
+    ({"max_tokens": 2**63 - 1}, "outside 1..1,000,000"),
+    ({"temperature": -0.1}, "temperature is -0.1"),
+    ({"temperature": 9.0}, "temperature is 9.0"),
+    ({"temperature": float("inf")}, "temperature is inf"),
+    ({"top_p": 1.5}, "top_p is 1.5"),
+    ({"max_tokens": 1, "temperature": 0.0, "top_p": 0.0}, None),
+    ({"max_tokens": 1_000_000, "temperature": 2.0, "top_p": 1.0}, None),
+    ({}, None),
+])
+def test_request_numbers_a_provider_would_refuse_are_invalid_jobs_with_a_hint(request_, fragment):
+    j = msgspec.convert({"id": "j1", "client": "c1", "request": {"messages": [{"role": "user", "content": "hi"}], **request_}}, Job)
+    out = admission.check_fields(j)
+    if fragment is None:
+        assert out is None
+    else:
+        assert isinstance(out, InvalidJob) and fragment in out.message and "leave it out" in out.hint, out
 
 
 @pytest.mark.parametrize("team, feature, ok", [
@@ -297,6 +326,47 @@ def test_public_job_keeps_only_the_key_prefix_and_the_keys_team():
     out = admission.public(j, team="real")
     assert out.key == prefix and out.team == "real" and j.key == key
     assert admission.public(job()) is not None and admission.public(job(key="short")).key == "short"
+
+
+KEY, PREFIX = keys.generate()
+SECRET = KEY[len(PREFIX) + 1:]
+
+
+@pytest.mark.parametrize("where, data", [
+    ("metadata value", b'{"metadata":{"note":"my key is ' + KEY.encode() + b'"}}'),
+    ("metadata name", b'{"metadata":{"' + KEY.encode() + b'":1}}'),
+    ("decode error quoting a value", b'{"error":{"message":"Invalid enum value \'' + KEY.encode() + b'\' - at `$.priority`"}}'),
+    ("prompt", b'{"messages":[{"role":"user","content":"use ' + KEY.encode() + b' please"}]}'),
+    ("twice, and glued to text", b'["x' + KEY.encode() + b'", "' + KEY.encode() + b'yz"]'),
+])
+def test_key_shaped_values_in_stored_messages_keep_only_their_prefix(where, data):
+    out = keys.scrub(data)
+    assert SECRET.encode() not in out and PREFIX.encode() + keys.REDACTED in out, where
+    assert keys.scrub(out) == out  # idempotent: what was scrubbed is no longer key-shaped
+    assert msgspec.json.decode(out) is not None  # still the same JSON shape
+
+
+def test_scrub_leaves_messages_without_keys_untouched():
+    for data in (b'{"key":"pb_ab12c"}', b'{"x":"pb_ab12c_short"}', b'{"team":"pb_team"}', b"plain"):
+        assert keys.scrub(data) is data
+
+
+@pytest.mark.parametrize("where, data", [
+    ("plain", b'{"key":"' + KEY.encode() + b'","request":12'),
+    ("spelled with escapes", b'{"key":"' + KEY.replace("_", "\\u005f").replace("p", "\\u0070", 1).encode() + b'","request":12'),
+    ("provider key", b'{"x":"sk-ant-api03-abcdefghijkl","bad":"\xff"}'),
+    # scrub first, then cut: a key straddling the 64 KiB cut keeps neither prefix nor secret
+    *((f"straddling the cut by {k}", b"x" * (keys.RAW_KEEP - k) + KEY.encode() + b"tail") for k in (1, 9, 12, 20, 40)),
+    ("escaped, straddling the cut", b"x" * (keys.RAW_KEEP - 100) + KEY.replace("_", "\\u005f").encode() + b"tail"),
+    ("many keys before the cut", (b'"' + KEY.encode() + b'",') * 2000),
+])
+def test_raw_payloads_are_scrubbed_then_cut(where, data):
+    out = keys.scrub_raw(data)
+    assert len(out) <= keys.RAW_KEEP, where
+    assert b"abcdefghijkl" not in out
+    for n in range(11, len(SECRET) + 1):  # no run of the secret's characters at all
+        assert SECRET[:n].encode() not in out and SECRET[-n:].encode() not in out, (where, n)
+    assert keys.scrub_raw(out) == out
 
 
 def test_scrubbed_raw_payloads_and_log_lines_never_hold_a_key():

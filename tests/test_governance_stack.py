@@ -8,6 +8,7 @@ import json
 import uuid
 from pathlib import Path
 
+import nats
 import pytest
 from nats.js.errors import NotFoundError
 from sqlalchemy import func, select, text
@@ -21,10 +22,10 @@ from panelboard.config import load
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 from schemas import wire
-from schemas.codec import decode_cost, encode
+from schemas.codec import decode_cost, decode_dead, encode
 from schemas.errors import BadKey, InvalidJob, OverBudget, PromptTooLarge, RateLimited
 from schemas.job import Completed, Failed
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, Mock, run_cli
 from tests.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
 
 GOV_CONFIG = ROOT / "tests" / "data" / "governance.yaml"
@@ -154,15 +155,19 @@ async def _cost_records(c_url: str, team: str) -> list:
 
 async def stream_payloads(js, stream: str, subject: str | None = None) -> list[bytes]:
     """Every message a stream holds (of one subject, if given), read back through the API."""
+    return [m.data or b"" for m in await stream_messages(js, stream, subject)]
+
+
+async def stream_messages(js, stream: str, subject: str | None = None) -> list:
     info = await js.stream_info(stream)
-    out: list[bytes] = []
+    out = []
     seq = info.state.first_seq
     while info.state.messages and seq <= info.state.last_seq:
         try:
             m = await js.get_msg(stream, seq=seq, subject=subject, next=True)
         except NotFoundError:
             break
-        out.append(m.data or b"")
+        out.append(m)
         seq = m.seq + 1
     return out
 
@@ -270,6 +275,58 @@ async def test_bad_input_gets_clear_failures_and_nothing_crashes(gov, brokers, t
     assert all(p.poll() is None for n, p in gov.procs.items() if n.startswith("broker"))
 
 
+async def test_each_bad_input_gets_one_failed_result_and_never_reaches_the_provider(gov, brokers, tmp_path):
+    """Given a governed stack, when jobs arrive with a forbidden field spelled with JSON escapes
+    or numbers no provider accepts, then each gets exactly one Failed result (InvalidJob, its
+    message naming the field, with a hint), none is sent to the provider, and the broker
+    serves the next job."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gov.db'}"
+    store = Store.open(url)
+    key, _ = await store.create_key("bad-numbers")
+    await store.close()
+    brokers(url, None)
+    run = uuid.uuid4().hex[:6]
+    good = {"role": "user", "content": "hi"}
+
+    def body(job_id: str, team: str, request: bytes = b"", top: bytes = b"") -> bytes:
+        return (b'{"id":"%s","team":"%s","intent":"fast","key":"%s",%s"request":{"messages":[%s]%s}}'
+                % (job_id.encode(), team.encode(), key.encode(), top, json.dumps(good).encode(), request))
+
+    cases = {  # job id -> (what follows the messages in the request, top-level fields, the message names)
+        "esc-api-base": (b',"api\\u005fbase":"http://169.254.169.254/latest"', b"", "request.api_base"),
+        "esc-extra-body": (b',"extra\\u005Fbody":{"x":1}', b"", "request.extra_body"),
+        "esc-base-url": (b"", b'"\\u0062ase_url":"http://attacker.example",', "base_url"),
+        "esc-headers": (b"", b'"he\\u0061ders":{"Authorization":"x"},', "headers"),
+        "max-tokens-negative": (b',"max_tokens":-5', b"", "max_tokens is -5"),
+        "max-tokens-zero": (b',"max_tokens":0', b"", "max_tokens is 0"),
+        "max-tokens-absurd": (b',"max_tokens":1000000000000000', b"", "max_tokens is 1000000000000000"),
+        "max-tokens-escaped": (b',"max\\u005ftokens":-5', b"", "max_tokens is -5"),
+        "temperature": (b',"temperature":9', b"", "temperature is 9"),
+        "top-p": (b',"top_p":-1', b"", "top_p is -1"),
+    }
+    async with Client(gov.nats_url, key=key, team="bad-numbers") as c:
+        await c._listen(c.team)
+        ids = {name: f"{name}-{run}" for name in cases}
+        outs = {name: await raw_submit(c, body(ids[name], c.team, request, top), ids[name]) for name, (request, top, _) in cases.items()}
+        after = await (await c.submit(HELLO, intent="fast", max_tokens=8)).result(timeout=30)
+
+        async def settled() -> bool:
+            info = await c.js.consumer_info(wire.JOBS_STREAM, "broker")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        assert await eventually(settled)  # nothing left to redeliver: the counts below are final
+        counts = {name: len(await stream_messages(c.js, wire.RESULTS_STREAM, wire.result(c.team, ids[name]))) for name in cases}
+
+    for name, (_, _, fragment) in cases.items():
+        r = outs[name]
+        assert isinstance(r, Failed) and isinstance(r.error, InvalidJob) and fragment in r.error.message and r.error.hint, (name, r)
+    assert counts == {name: 1 for name in cases}
+    called = {e["request_id"].split(":")[0] for e in Mock(gov.mock_url).log()}
+    assert not called & set(ids.values()), called & set(ids.values())
+    assert isinstance(after, Completed)
+    assert all(p.poll() is None for n, p in gov.procs.items() if n.startswith("broker"))
+
+
 async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
     """Key hygiene: after a run that uses, revokes, rotates and misuses keys, neither the
     processes' logs, nor any stream, nor the database holds a whole key."""
@@ -281,7 +338,7 @@ async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
     out = run_cli("keys", "rotate", made[2]["prefix"], "--json", env=env)
     assert out.returncode == 0, out.stderr
     new = json.loads(out.stdout)["key"]
-    assert run_cli("teams", "set", "hyg", "--budget-usd", "0.0001", env=env).returncode == 0
+    assert run_cli("teams", "set", "hyg", "--budget-usd", "0.01", env=env).returncode == 0
     listed = run_cli("keys", "list", "--json", env=env).stdout
     secrets = [live, revoked, rotated, new]
     assert not any(k in listed for k in secrets) and made[0]["prefix"] in listed
@@ -295,13 +352,30 @@ async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
                 r = await (await other.submit(HELLO, intent="fast", max_tokens=8)).result(timeout=30)
                 assert isinstance(r, Completed) if kind is Completed else isinstance(r.error, kind)
         # Misuse: the key inside an undecodable body, a refused field, an oversized job.
-        for i, payload in enumerate([
-            b'{"id": "x", "key": "' + live.encode() + b'", "request": 12',
-            json.dumps({"id": f"misuse-1-{c.client_id}", "team": "hyg", "key": live, "request": {"messages": HELLO, "api_key": live}}).encode(),
-            json.dumps({"id": f"misuse-2-{c.client_id}", "team": "hyg", "key": live, "request": {"messages": [{"role": "user", "content": live * 3000}]}}).encode(),
-        ]):
-            r = await raw_submit(c, payload, f"misuse-{i}-{c.client_id}")
-            assert isinstance(r, Failed) and live not in encode(r).decode()
+        def job(i: int, **over) -> bytes:
+            body = {"id": f"misuse-{i}-{c.client_id}", "team": "hyg", "intent": "fast", "key": live, "request": {"messages": HELLO, "max_tokens": 8}}
+            return json.dumps({**body, **over}).encode()
+
+        escaped = live.replace("_", "\\u005f").encode()
+        misuse = [
+            (b'{"id": "x", "key": "' + live.encode() + b'", "request": 12', Failed),
+            (job(1, request={"messages": HELLO, "api_key": live}), Failed),
+            (job(2, request={"messages": [{"role": "user", "content": live * 3000}]}), Failed),
+            # ...and wherever else a client can write a string: each used to be echoed or stored.
+            (job(3, metadata={"note": f"my key is {live}", live: 1}), Completed),  # echoed into the result
+            (job(4, priority=live), Failed),  # msgspec's decode error quotes the value back
+            (job(5, request={"messages": [{"role": live, "content": "hi"}]}), Failed),
+            (job(6, team=live + "!"), Failed),  # the invalid-team message quotes the team
+            (job(7, feature=live), Completed),  # a cost record column
+            (job(8, request={"messages": [{"role": "user", "content": f"use {live} for the call"}], "max_tokens": 8}), Completed),
+            (job(9, request={"messages": [{"role": "user", "content": "x" * 70_000}]})[:65_536 - 20] + live.encode() + b'"}]}}', Failed),
+            (b'{"id": "y", "key": "' + escaped + b'", "request": 12', Failed),
+            (job(11, metadata={"k": "KEY"}).replace(b'"KEY"', b'"' + escaped + b'"'), Completed),  # decodes to the key
+        ]
+        for i, (payload, kind) in enumerate(misuse):
+            job_id = f"misuse-{i}-{c.client_id}"
+            r = await raw_submit(c, payload, job_id)
+            assert isinstance(r, kind) and live not in encode(r).decode() and live[9:] not in encode(r).decode(), (i, r)
     assert isinstance(ok, Completed) and isinstance(over, Failed) and isinstance(over.error, OverBudget)
 
     store = Store.open(url)
@@ -313,19 +387,39 @@ async def test_no_full_key_in_logs_streams_or_database(gov, brokers, tmp_path):
         if name.startswith(("broker", "ledger")):
             gov.stop_proc(name)  # flush logs
 
+    # Any 11 characters of a secret in a row count (a key cut in the middle kept that many).
+    pieces = {k[:8]: {k[9:][i:i + 11].encode() for i in range(len(k) - 9 - 10)} for k in secrets}
+
+    def exposed(where: str, data: bytes) -> list[str]:
+        return [f"{where}: {p}" for p, bits in pieces.items() if any(b in data for b in bits)]
+
     found = []
     # The stack's files (logs, the mock's request log), the database, and nats-server's own store.
     for path in [*Path(gov.home).rglob("*"), *tmp_path.glob("hygiene.db*"), *(Path(gov.home).parent / "nats").rglob("*")]:
         if path.is_file():
-            data = path.read_bytes()
-            found += [f"{path.name}: {k[:8]}" for k in secrets if k.encode() in data or k[9:].encode() in data]
-    async with Client(gov.nats_url) as c:
-        for stream in (wire.JOBS_STREAM, wire.DISPATCH_STREAM, wire.RESULTS_STREAM, wire.COSTS_STREAM, wire.DEAD_STREAM, wire.ATTEMPTS_STREAM):
-            for data in await stream_payloads(c.js, stream):
-                found += [f"{stream}: {k[:8]}" for k in secrets if k[9:].encode() in data]
-        dead = await stream_payloads(c.js, wire.DEAD_STREAM)
+            found += exposed(f"{path.parent.name}/{path.name}", path.read_bytes())
+    # Every message of every stream the server holds (KV buckets too), read with plain nats-py:
+    # subject, headers and body, and a dead letter's raw payload (base64 in its body).
+    nc = await nats.connect(gov.nats_url)
+    scanned = 0
+    try:
+        js = nc.jetstream()
+        streams = [s.config.name for s in await js.streams_info()]
+        assert {wire.RESULTS_STREAM, wire.DEAD_STREAM, wire.COSTS_STREAM} <= set(streams)
+        dead = []
+        for stream in streams:
+            for m in await stream_messages(js, stream):
+                scanned += 1
+                found += exposed(f"{stream} #{m.seq}", m.subject.encode() + json.dumps(m.headers or {}).encode() + (m.data or b""))
+                if stream == wire.DEAD_STREAM:
+                    letter = decode_dead(m.data)
+                    dead.append(letter)
+                    found += exposed(f"{stream} #{m.seq} raw", letter.raw or b"")
+    finally:
+        await nc.close()
+    print(f"\nhygiene: {len(misuse)} misuse jobs; {scanned} messages in {len(streams)} streams and every file under the stack and nats-server's store: {len(found)} exposures")
     assert not found, found
-    assert any(made[0]["prefix"].encode() in d for d in dead)  # the prefix is kept, for whoever inspects
+    assert any(made[0]["prefix"] in encode(d).decode() + (d.raw or b"").decode("utf-8", "replace") for d in dead)  # the prefix is kept, for whoever inspects
 
 
 async def _ledger_has(store: Store, n: int) -> bool:
