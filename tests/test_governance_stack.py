@@ -316,11 +316,14 @@ async def test_each_bad_input_gets_one_failed_result_and_never_reaches_the_provi
 
         assert await eventually(settled)  # nothing left to redeliver: the counts below are final
         counts = {name: len(await stream_messages(c.js, wire.RESULTS_STREAM, wire.result(c.team, ids[name]))) for name in cases}
+        # Refused before a claim: each answer is on pb.rejects.<team>.<seq>, one per publish
+        rejects = (await c.js.stream_info(wire.RESULTS_STREAM, subjects_filter=wire.rejects_of(c.team))).state.subjects or {}
 
     for name, (_, _, fragment) in cases.items():
         r = outs[name]
         assert isinstance(r, Failed) and isinstance(r.error, InvalidJob) and fragment in r.error.message and r.error.hint, (name, r)
-    assert counts == {name: 1 for name in cases}
+    assert counts == {name: 0 for name in cases}
+    assert len(rejects) == len(cases) and set(rejects.values()) == {1}
     called = {e["request_id"].split(":")[0] for e in Mock(gov.mock_url).log()}
     assert not called & set(ids.values()), called & set(ids.values())
     assert isinstance(after, Completed)
