@@ -27,7 +27,6 @@ from sqlalchemy import (
     Column,
     Float,
     Index,
-    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -70,7 +69,7 @@ def _budget_columns() -> list[Column]:
         Column("spent_nano", BigInteger, nullable=False),
         Column("reserved_nano", BigInteger, nullable=False),
         Column("soft_alerted", String(16)),
-        Column("soft_alerts", Integer, nullable=False),
+        Column("soft_alerts", BigInteger, nullable=False),
     ]
 
 
@@ -79,7 +78,7 @@ teams = Table(
     metadata,
     Column("name", String(128), primary_key=True),
     *_budget_columns(),
-    Column("rpm", Integer),
+    Column("rpm", BigInteger),
     Column("tpm", BigInteger),
     Column("updated_at", Float, nullable=False),
 )
@@ -95,11 +94,11 @@ virtual_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),
     Column("revoked_at", Float),
-    Column("rpm", Integer),
+    Column("rpm", BigInteger),
     Column("tpm", BigInteger),
-    Column("max_parallel", Integer),
+    Column("max_parallel", BigInteger),
     Column("on_limit", String(8), nullable=False),  # wait | fail
-    Column("inflight", Integer, nullable=False),  # jobs admitted and not yet ended
+    Column("inflight", BigInteger, nullable=False),  # jobs admitted and not yet ended
     Column("note", String(256)),
     Column("rotated_to", String(16)),
     *_budget_columns(),
@@ -112,7 +111,7 @@ rate_buckets = Table(
     metadata,
     Column("scope", String(160), nullable=False),
     Column("second", BigInteger, nullable=False),
-    Column("requests", Integer, nullable=False),
+    Column("requests", BigInteger, nullable=False),
     Column("tokens", BigInteger, nullable=False),
     PrimaryKeyConstraint("scope", "second", name="rate_buckets_pkey"),
 )
@@ -122,11 +121,11 @@ admissions = Table(
     "admissions",
     metadata,
     Column("job_id", String(128), nullable=False),
-    Column("run", Integer, nullable=False),
+    Column("run", BigInteger, nullable=False),
     Column("key_prefix", String(16), nullable=False),
     Column("team", String(128), nullable=False),
     Column("second", BigInteger, nullable=False),  # its rate bucket
-    Column("windowed", Integer, nullable=False),  # bit 1: counted in the key's window, bit 2: the team's
+    Column("windowed", BigInteger, nullable=False),  # bit 1: counted in the key's window, bit 2: the team's
     Column("reserved_nano", BigInteger, nullable=False),
     Column("est_tokens", BigInteger, nullable=False),
     Column("consumed_nano", BigInteger, nullable=False),
@@ -143,9 +142,9 @@ settled_calls = Table(
     "settled_calls",
     metadata,
     Column("job_id", String(128), nullable=False),
-    Column("run", Integer, nullable=False),
-    Column("hop", Integer, nullable=False),
-    Column("attempt", Integer, nullable=False),
+    Column("run", BigInteger, nullable=False),
+    Column("hop", BigInteger, nullable=False),
+    Column("attempt", BigInteger, nullable=False),
     Column("shadow", Boolean, nullable=False),
     Column("ts", Float, nullable=False),
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="settled_calls_pkey"),
@@ -281,8 +280,7 @@ class Store:
     async def create(self) -> None:
         if (path := db.sqlite_path(str(self.engine.url))) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await db.upgrade(self.engine, metadata)
 
     async def has_keys(self) -> bool:
         """Whether any virtual key was ever created (auto mode turns governance on then).
