@@ -142,6 +142,49 @@ async def test_budget_race_four_brokers(gov, brokers, database):
         await store.close()
 
 
+async def test_shadow_calls_stay_inside_the_budget_four_brokers(gov, brokers, database):
+    """Given a team budget of $1.00, shadow sampling on (half the jobs mirrored, at the live
+    price or to a tier that fails) and four brokers, when 160 jobs of up to $0.05 each are
+    submitted at once, then everything charged to the team, live and shadow, is at most
+    $1.00, and every reservation is released once the jobs and their mirrors have ended."""
+    url, schema = database
+    store = Store.open(url, schema=schema)
+    try:
+        team = "shadow-" + uuid.uuid4().hex[:6]
+        await store.set_team(team, budget_nano=budgets.NANO, period="monthly")
+        key, _ = await store.create_key(team)
+        brokers(url, schema, n=4)
+        jobs = [("mirrored" if i % 2 else "mirrored_failing", 4 + i % 5) for i in range(160)]
+        async with Client(gov.nats_url, key=key) as c:
+            handles = await asyncio.gather(*(c.submit(HELLO, intent=intent, max_tokens=mt) for intent, mt in jobs))
+            rs = await results(c, handles)
+        done = [r for r in rs if isinstance(r, Completed)]
+        assert done and all(isinstance(r, Completed) or isinstance(r.error, OverBudget) for r in rs)
+
+        def costs_of(recs, shadow: bool) -> int:
+            return sum(round(r.cost_usd * 1e9) for r in recs if r.shadow == shadow)
+
+        async def all_settled():
+            row = await team_state(store, team)
+            recs = await _cost_records(c_url=gov.nats_url, team=team)
+            live, shadow = costs_of(recs, False), costs_of(recs, True)
+            return (row, live, shadow) if row.reserved_nano == 0 and row.spent_nano == live + shadow else None
+
+        got = await eventually(all_settled, timeout=60)
+        assert got, (await team_state(store, team), len(done))
+        row, live, shadow = got
+        print(f"\nshadow budget race ({store.dialect}): {len(done)} of 160 completed, live ${live / 1e9:.4f} + shadow ${shadow / 1e9:.4f}"
+              f" = ${row.spent_nano / 1e9:.4f} of $1.00, reserved {row.reserved_nano}")
+        assert shadow > 0 and live + shadow == row.spent_nano <= budgets.NANO and row.shadow_spent_nano == shadow
+        listed = next(t for t in await store.list_teams() if t["name"] == team)
+        assert (listed["live_spent_nano"], listed["shadow_spent_nano"]) == (live, shadow)
+        async with store.engine.connect() as conn:  # every mirror ended: the failed ones too
+            open_mirrors = (await conn.execute(select(func.count()).select_from(admissions).where(admissions.c.shadow_done.is_(False)))).scalar_one()
+        assert open_mirrors == 0
+    finally:
+        await store.close()
+
+
 async def _settled(store: Store, team: str, spent: int):
     row = await team_state(store, team)
     return row if row.reserved_nano == 0 and row.spent_nano == spent else None
