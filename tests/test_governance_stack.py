@@ -21,7 +21,7 @@ from panelboard.config import load
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 from schemas import wire
-from schemas.codec import decode_cost, encode
+from schemas.codec import decode_cost, decode_result, encode
 from schemas.errors import BadKey, InvalidJob, OverBudget, PromptTooLarge, RateLimited
 from schemas.job import Completed, Failed
 from tests.conftest import ROOT, run_cli
@@ -181,6 +181,53 @@ async def test_shadow_calls_stay_inside_the_budget_four_brokers(gov, brokers, da
         async with store.engine.connect() as conn:  # every mirror ended: the failed ones too
             open_mirrors = (await conn.execute(select(func.count()).select_from(admissions).where(admissions.c.shadow_done.is_(False)))).scalar_one()
         assert open_mirrors == 0
+    finally:
+        await store.close()
+
+
+async def test_dead_replay_of_a_governed_job_runs_under_a_supplied_key(gov, brokers, tmp_path):
+    """Given a governed job refused OverBudget (its dead letter keeps only the key's prefix),
+    when the operator raises the budget and replays it with the key in an environment
+    variable, then the job runs and completes as a new run; replayed without one (all that was
+    possible before) it fails again with BadKey."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'replay.db'}"
+    store = Store.open(url)
+    try:
+        team = "replay-" + uuid.uuid4().hex[:6]
+        await store.set_team(team, budget_nano=0)
+        key, prefix = await store.create_key(team)
+        brokers(url, None)
+        async with Client(gov.nats_url, key=key) as c:
+            h = await c.submit(HELLO, intent="priced", max_tokens=8, job_id="replay-" + uuid.uuid4().hex[:8])
+            first = await h.result(timeout=30)
+            assert isinstance(first, Failed) and isinstance(first.error, OverBudget)
+            await store.set_team(team, budget_nano=budgets.NANO)
+            env = {"PB_REPLAY_KEY": key}
+            # A key file that does not hold a key, and no key at all: clear errors, nothing replayed.
+            (tmp_path / "bad.key").write_text("not-a-key\n")
+            bad = run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url, "--key-file", str(tmp_path / "bad.key"))
+            assert bad.returncode == 2 and "does not hold a panelboard virtual key" in bad.stderr
+            unset = run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url, "--key-env", "PB_NO_SUCH_VAR")
+            assert unset.returncode == 2 and "$PB_NO_SUCH_VAR is not set" in unset.stderr
+            # Replayed without a key (as before), it fails again, BadKey: the letter held only the prefix.
+            assert "replayed 1" in run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url).stdout
+
+            async def results_of() -> list:
+                return [decode_result(d) for d in await stream_payloads(c.js, wire.RESULTS_STREAM, wire.result(c.client_id, h.id))]
+
+            async def bad_key():
+                return next((r for r in await results_of() if isinstance(r, Failed) and isinstance(r.error, BadKey)), None)
+
+            assert await eventually(bad_key, timeout=30) is not None
+            out = run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url, "--key-env", "PB_REPLAY_KEY", env=env)
+            assert out.returncode == 0 and f"replayed 1 job(s) under key {prefix}" in out.stdout, out.stderr
+            assert key not in out.stdout + out.stderr
+
+            async def replayed():
+                return next((r for r in await results_of() if isinstance(r, Completed)), None)
+
+            done = await eventually(replayed, timeout=30)
+        assert done is not None and round(done.cost_usd * 1e9) == 8 * 6250 * 1000
     finally:
         await store.close()
 
