@@ -337,3 +337,55 @@ async def test_split_writes_isolate_each_poison_item_in_few_writes():
 
     with pytest.raises(OSError):
         await db.write_splitting(outage, [1, 2])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def key_store(request, tmp_path):
+    from broker.governance_store import Store
+    from tests.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
+
+    schema = await new_pg_schema("pb_settle") if request.param == "postgres" else None
+    store = Store.open(PG_URL if schema else f"sqlite+aiosqlite:///{tmp_path / 'gov.db'}", schema=schema)
+    await store.create()
+    yield store
+    await store.close()
+    if schema:
+        await drop_pg_schema(schema)
+
+
+async def test_settlement_skips_a_poison_record_and_settles_every_other(js, key_store):
+    from broker.budgets import Estimate
+    from broker.governance_store import teams
+    from broker.settle import Settler
+    from schemas.job import Hop, Route
+
+    # Given ten admitted jobs of one cent each
+    store, team = key_store, "settle-" + uuid.uuid4().hex[:6]
+    await store.set_team(team, budget_nano=db.NANO)
+    key, prefix = await store.create_key(team)
+    job = uuid.uuid4().hex[:8]
+    route = Route(tier="fast", chain=(Hop("oa/small", "oa"),))
+    for i in range(10):
+        await store.admit(f"{job}-{i}", 0, key, route, Estimate(cost_nano=10_000_000, tokens=15, prompt_tokens=12, output_tokens=3, model="oa/small"), time.time())
+    stopping = asyncio.Event()
+    settler = Settler(js, store)
+    await settler.prepare()
+    task = asyncio.create_task(settler.run(stopping))
+    try:
+        # When their cost records arrive with a poison one (an attempt number beyond 64 bits) among them
+        recs = [record(f"{job}-{i}", team=team, key_prefix=prefix, cost_usd=0.004) for i in range(10)]
+        recs.insert(5, record(f"{job}-3", attempt=2**64 - 1, team=team, key_prefix=prefix, cost_usd=0.004, outcome="ServerError"))
+        for r in recs:
+            await bus.publish_cost(js, r)
+
+        # Then every good record is settled (reservations released, real cost spent) and the poison one is skipped
+        async def settled() -> bool:
+            async with store.engine.connect() as conn:
+                row = (await conn.execute(select(teams).where(teams.c.name == team))).one()
+            return (row.spent_nano, row.reserved_nano) == (40_000_000, 0)
+
+        await until("the ten jobs settled", settled)
+        assert settler.skipped == 1
+    finally:
+        stopping.set()
+        await task
