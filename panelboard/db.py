@@ -249,7 +249,8 @@ def upgrade_plan(dialect: str, table: Table, existing: dict[str, Any], qualified
         if have is None:
             default = f" DEFAULT {col.server_default.arg.text}" if col.server_default is not None else ""  # type: ignore[attr-defined]
             null = " NOT NULL" if not col.nullable and default else ""
-            out.append(f'ALTER TABLE {qualified} ADD COLUMN "{col.name}" {col.type.compile(dialect=d)}{default}{null}')
+            guard = "IF NOT EXISTS " if dialect == "postgresql" else ""  # two processes may upgrade at once
+            out.append(f'ALTER TABLE {qualified} ADD COLUMN {guard}"{col.name}" {col.type.compile(dialect=d)}{default}{null}')
         elif (dialect == "postgresql" and isinstance(col.type, BigInteger)
               and isinstance(have, Integer) and not isinstance(have, BigInteger)):
             out.append(f'ALTER TABLE {qualified} ALTER COLUMN "{col.name}" TYPE BIGINT')
