@@ -249,7 +249,7 @@ async def stream_payloads(js, stream: str, subject: str | None = None) -> list[b
     seq = info.state.first_seq
     while info.state.messages and seq <= info.state.last_seq:
         try:
-            m = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+            m = await js.get_msg(stream, seq=seq, subject=subject or ">", next=True)  # ">": past deleted messages too
         except NotFoundError:
             break
         out.append(m.data or b"")
@@ -425,7 +425,9 @@ def test_cli_teams_and_keys(tmp_path):
     assert run_cli("teams", "set", "cli-team", "--rpm", "none", env=env).returncode == 0
     row = json.loads(run_cli("teams", "list", "--json", env=env).stdout)[0]
     assert (row["name"], row["budget_nano"], row["soft_nano"], row["rpm"], row["remaining_nano"]) == ("cli-team", 2_500_000_000, 2_000_000_000, None, 2_500_000_000)
-    assert "cli-team" in run_cli("teams", "list", env=env).stdout
+    assert (row["live_spent_nano"], row["shadow_spent_nano"]) == (0, 0)
+    table = run_cli("teams", "list", env=env).stdout
+    assert "cli-team" in table and all(w in table.splitlines()[0].split() for w in ("spent", "live", "shadow", "reserved"))
     bad = run_cli("keys", "create", "--team", "x'; DROP TABLE teams;--", env=env)
     assert bad.returncode == 2 and "not a valid name" in bad.stderr
     unknown = run_cli("keys", "create", "--team", "cli-team", "--tiers", "gold", env=env)
