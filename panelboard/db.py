@@ -239,22 +239,27 @@ def upgrade_plan(dialect: str, table: Table, existing: dict[str, Any], qualified
     - a column it lacks is added (new columns carry a server default, so old rows get one);
     - on Postgres an INTEGER column that is now BIGINT is widened (a token count or a run
       number over 2^31 would otherwise be refused). SQLite's INTEGER already holds 64 bits.
+    On Postgres it is one statement, so a big table is rewritten once, not once a column.
     """
     from sqlalchemy.dialects import postgresql as pg, sqlite as sq
 
     d = pg.dialect() if dialect == "postgresql" else sq.dialect()
-    out = []
+    clauses = []
     for col in table.columns:
         have = existing.get(col.name)
         if have is None:
             default = f" DEFAULT {col.server_default.arg.text}" if col.server_default is not None else ""  # type: ignore[attr-defined]
             null = " NOT NULL" if not col.nullable and default else ""
             guard = "IF NOT EXISTS " if dialect == "postgresql" else ""  # two processes may upgrade at once
-            out.append(f'ALTER TABLE {qualified} ADD COLUMN {guard}"{col.name}" {col.type.compile(dialect=d)}{default}{null}')
+            clauses.append(f'ADD COLUMN {guard}"{col.name}" {col.type.compile(dialect=d)}{default}{null}')
         elif (dialect == "postgresql" and isinstance(col.type, BigInteger)
               and isinstance(have, Integer) and not isinstance(have, BigInteger)):
-            out.append(f'ALTER TABLE {qualified} ALTER COLUMN "{col.name}" TYPE BIGINT')
-    return out
+            clauses.append(f'ALTER COLUMN "{col.name}" TYPE BIGINT')
+    if not clauses:
+        return []
+    if dialect == "postgresql":
+        return [f"ALTER TABLE {qualified} " + ", ".join(clauses)]
+    return [f"ALTER TABLE {qualified} {c}" for c in clauses]  # SQLite: one change a statement
 
 
 async def upgrade(engine: AsyncEngine, md: MetaData) -> None:
