@@ -28,6 +28,7 @@ records that can be settled are: one record never holds back the rest.
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import msgspec
 from nats.aio.msg import Msg
@@ -56,6 +57,14 @@ def ended_run(msg: Msg) -> tuple[str, int] | None:
     if len(parts) != 3 or parts[2] != "result" or not parts[1].isdigit():
         return None
     return parts[0], int(parts[1])
+
+
+class End(NamedTuple):
+    """A job (or, `shadow`, its mirror) ended: release what it still holds."""
+
+    job_id: str
+    run: int
+    shadow: bool = False
 
 
 def failed_mirror(msg: Msg) -> tuple[str, int] | None:
@@ -114,7 +123,7 @@ class Settler:
                 await m.nak()
 
     async def batch(self, stream: str, msgs: list[Msg]) -> None:
-        events: list[CostRecord | tuple[str, int] | tuple[str, int, str]] = []  # a cost, an end, a mirror's end
+        events: list[CostRecord | End] = []
         for m in msgs:
             try:
                 if stream == wire.COSTS_STREAM:
@@ -124,12 +133,12 @@ class Settler:
                     else:
                         self._skip(rec, why)
                         if rec.outcome == "ok":  # it still ended its chain: release what is held
-                            events.append((rec.job_id, rec.run, "shadow") if rec.shadow else (rec.job_id, rec.run))
+                            events.append(End(rec.job_id, rec.run, rec.shadow))
                 elif stream == wire.ATTEMPTS_STREAM:
                     if (ref := failed_mirror(m)) is not None:
-                        events.append((*ref, "shadow"))
+                        events.append(End(*ref, shadow=True))
                 elif _FAILED in m.data[:32] and (ref := ended_run(m)) is not None:
-                    events.append(ref)
+                    events.append(End(*ref))
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 log.error("settle.undecodable", stream=stream, seq=m.metadata.sequence.stream, error=str(e)[:200])
         if not events:  # Completed results, live attempts: their cost records settle them
@@ -147,14 +156,14 @@ class Settler:
             if isinstance(ev, CostRecord):
                 self._skip(ev, f"the database refused it: {str(e).splitlines()[0][:300]}")
             else:
-                log.error("settle.refused", job_id=ev[0], run=ev[1], error=str(e).splitlines()[0][:300])
+                log.error("settle.refused", job_id=ev.job_id, run=ev.run, shadow=ev.shadow, error=str(e).splitlines()[0][:300])
         for m in msgs:
             await m.ack()
 
-    async def _settle(self, events: list) -> None:
-        stats = await self.store.settle([e for e in events if isinstance(e, CostRecord)],
-                                        [e for e in events if isinstance(e, tuple) and len(e) == 2],
-                                        shadow_ended=[e[:2] for e in events if isinstance(e, tuple) and len(e) == 3])
+    async def _settle(self, events: list[CostRecord | End]) -> None:
+        ends = [e for e in events if isinstance(e, End)]
+        stats = await self.store.settle([e for e in events if isinstance(e, CostRecord)], [(e.job_id, e.run) for e in ends if not e.shadow],
+                                        shadow_ended=[(e.job_id, e.run) for e in ends if e.shadow])
         self.settled += stats.costs
         self.ended += stats.ended
 
