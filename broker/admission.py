@@ -237,17 +237,19 @@ class Governor:
         if self.store is not None:
             await self.store.close()
 
-    async def admit(self, job: Job, route: Route, msg: Msg, now: float) -> Admitted | Wait | JobError:
-        """Key, rate limits and budget, in one transaction. Admitted: dispatch it. Wait: nak it
-        with that delay. A JobError: fail it."""
+    async def admit(self, job: Job, route: Route, msg: Msg, now: float, shadow: Route | None = None) -> Admitted | Wait | JobError:
+        """Key, rate limits and budget, in one transaction. Admitted: dispatch it (and its
+        `shadow` mirror only if Admitted.shadow_nano: the mirror's worst case was reserved
+        with it). Wait: nak it with that delay. A JobError: fail it."""
         assert self.store is not None
         deliveries = msg.metadata.num_delivered or 1
         if self.on is None:
             return Wait(delay_s=min(0.5 * deliveries, 5.0), reason="key database unavailable")
         est = budgets.estimate(job, route, self.cfg, self.g.bytes_per_token)
+        mirror = budgets.estimate(job, shadow, self.cfg, self.g.bytes_per_token).cost_nano if shadow is not None else 0
         try:
             async with self.sem:
-                out = await self.store.admit(job.id, job.run, job.key, route, est, now, redelivered=deliveries > 1, team=job.team)
+                out = await self.store.admit(job.id, job.run, job.key, route, est, now, redelivered=deliveries > 1, team=job.team, shadow_nano=mirror)
         except Exception as e:  # the database is away: the job waits in the stream, nothing is lost
             log.warning("governance.admit_failed", job_id=job.id, error=str(e).splitlines()[0][:300])
             return Wait(delay_s=min(0.5 * deliveries, 5.0), reason="key database unavailable")

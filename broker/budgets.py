@@ -4,7 +4,9 @@ Money is integer nano-dollars, as in the ledger, so that sums are exact on every
 
     estimate(job, route, cfg) -> Estimate            the most a job can cost (and use, in tokens)
     reserve(budget, amount, now) -> Reserved | OverBudget
+    reserve_all(budgets, live, shadow, now) -> Plan | OverBudget   a job and its shadow mirror
     settle_cost(ticket, cost, tokens, terminal) / settle_done(ticket) -> (Ticket, Delta)
+    settle_shadow_cost(ticket, cost, terminal)                  the mirror's own reservation
 
 A budget holds while `spent + reserved + amount <= limit` is checked and the reservation
 taken in one atomic step (broker/governance_store.py does it in one SQL transaction, under
@@ -164,6 +166,35 @@ def reserve(budget: Budget | None, amount_nano: int, now: float, what: str = "th
     return Reserved(before=b, after=after, amount_nano=amount_nano, soft_crossed=crossed)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What admission takes from each budget (the key's, the team's): one amount for the job
+    and its shadow mirror together, so that both are reserved in one transaction or neither."""
+
+    reserved: tuple[Reserved | None, ...]
+    live_nano: int
+    shadow_nano: int  # 0: no mirror (none sampled, or it did not fit)
+
+    @property
+    def amount_nano(self) -> int:
+        return self.live_nano + self.shadow_nano
+
+
+def reserve_all(owners: list[Budget | None], live_nano: int, shadow_nano: int, now: float, what: str = "this job") -> Plan | OverBudget:
+    """A budget covers everything charged to its owner, shadow calls included: the job's worst
+    case and its mirror's are reserved together. A mirror that does not fit is dropped, the job
+    still runs: an operator's experiment never refuses a client's job."""
+    if shadow_nano:
+        both = [reserve(b, live_nano + shadow_nano, now, what) if b is not None else None for b in owners]
+        if not any(isinstance(r, OverBudget) for r in both):
+            return Plan(reserved=tuple(both), live_nano=live_nano, shadow_nano=shadow_nano)  # type: ignore[arg-type]
+    alone = [reserve(b, live_nano, now, what) if b is not None else None for b in owners]
+    for r in alone:
+        if isinstance(r, OverBudget):
+            return r
+    return Plan(reserved=tuple(alone), live_nano=live_nano, shadow_nano=0)  # type: ignore[arg-type]
+
+
 # -- settlement -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ticket:
@@ -188,14 +219,15 @@ class Ticket:
 class Delta:
     """What one event changes on the job's budget rows and rate window."""
 
-    spent_nano: int = 0
+    spent_nano: int = 0  # everything charged, shadow calls included: what the budget holds
     reserved_nano: int = 0
     window_tokens: int = 0
     inflight: int = 0
+    shadow_spent_nano: int = 0  # the shadow calls' part of spent_nano, for reports
 
     def __add__(self, o: "Delta") -> "Delta":
         return Delta(self.spent_nano + o.spent_nano, self.reserved_nano + o.reserved_nano,
-                     self.window_tokens + o.window_tokens, self.inflight + o.inflight)
+                     self.window_tokens + o.window_tokens, self.inflight + o.inflight, self.shadow_spent_nano + o.shadow_spent_nano)
 
 
 def _delta(before: Ticket, after: Ticket, spent: int) -> Delta:
@@ -219,3 +251,17 @@ def settle_done(t: Ticket) -> tuple[Ticket, Delta]:
     """The job ended without an answer (a Failed result): release what it still holds."""
     after = replace(t, done=True)
     return after, _delta(t, after, 0)
+
+
+def settle_shadow_cost(t: Ticket, cost_nano: int, terminal: bool) -> tuple[Ticket, Delta]:
+    """A shadow call's cost replaces its mirror's reservation (the ticket is the shadow part of
+    the admission); its ok call ends the mirror's chain. Shadow calls count toward spend only:
+    not the client's rate window, not its jobs in flight."""
+    after = replace(t, consumed_nano=t.consumed_nano + cost_nano, done=t.done or terminal)
+    return after, Delta(spent_nano=cost_nano, reserved_nano=after.holds_nano() - t.holds_nano(), shadow_spent_nano=cost_nano)
+
+
+def settle_shadow_done(t: Ticket) -> tuple[Ticket, Delta]:
+    """The mirror's chain ended without an answer: release what it still holds."""
+    after = replace(t, done=True)
+    return after, Delta(reserved_nano=after.holds_nano() - t.holds_nano())

@@ -27,7 +27,6 @@ from sqlalchemy import (
     Column,
     Float,
     Index,
-    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -35,12 +34,14 @@ from sqlalchemy import (
     Text,
     and_,
     case,
+    or_,
     delete,
     event,
     func,
     inspect,
     literal,
     select,
+    text,
     tuple_,
     update,
 )
@@ -70,7 +71,9 @@ def _budget_columns() -> list[Column]:
         Column("spent_nano", BigInteger, nullable=False),
         Column("reserved_nano", BigInteger, nullable=False),
         Column("soft_alerted", String(16)),
-        Column("soft_alerts", Integer, nullable=False),
+        Column("soft_alerts", BigInteger, nullable=False),
+        # The shadow calls' part of spent_nano (which holds everything charged): `teams list`.
+        Column("shadow_spent_nano", BigInteger, nullable=False, server_default=text("0")),
     ]
 
 
@@ -79,7 +82,7 @@ teams = Table(
     metadata,
     Column("name", String(128), primary_key=True),
     *_budget_columns(),
-    Column("rpm", Integer),
+    Column("rpm", BigInteger),
     Column("tpm", BigInteger),
     Column("updated_at", Float, nullable=False),
 )
@@ -95,11 +98,11 @@ virtual_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),
     Column("revoked_at", Float),
-    Column("rpm", Integer),
+    Column("rpm", BigInteger),
     Column("tpm", BigInteger),
-    Column("max_parallel", Integer),
+    Column("max_parallel", BigInteger),
     Column("on_limit", String(8), nullable=False),  # wait | fail
-    Column("inflight", Integer, nullable=False),  # jobs admitted and not yet ended
+    Column("inflight", BigInteger, nullable=False),  # jobs admitted and not yet ended
     Column("note", String(256)),
     Column("rotated_to", String(16)),
     *_budget_columns(),
@@ -112,7 +115,7 @@ rate_buckets = Table(
     metadata,
     Column("scope", String(160), nullable=False),
     Column("second", BigInteger, nullable=False),
-    Column("requests", Integer, nullable=False),
+    Column("requests", BigInteger, nullable=False),
     Column("tokens", BigInteger, nullable=False),
     PrimaryKeyConstraint("scope", "second", name="rate_buckets_pkey"),
 )
@@ -122,16 +125,20 @@ admissions = Table(
     "admissions",
     metadata,
     Column("job_id", String(128), nullable=False),
-    Column("run", Integer, nullable=False),
+    Column("run", BigInteger, nullable=False),
     Column("key_prefix", String(16), nullable=False),
     Column("team", String(128), nullable=False),
     Column("second", BigInteger, nullable=False),  # its rate bucket
-    Column("windowed", Integer, nullable=False),  # bit 1: counted in the key's window, bit 2: the team's
+    Column("windowed", BigInteger, nullable=False),  # bit 1: counted in the key's window, bit 2: the team's
     Column("reserved_nano", BigInteger, nullable=False),
     Column("est_tokens", BigInteger, nullable=False),
     Column("consumed_nano", BigInteger, nullable=False),
     Column("used_tokens", BigInteger, nullable=False),
     Column("done", Boolean, nullable=False),
+    # The shadow mirror's own reservation, taken with the job's and settled by its own chain.
+    Column("shadow_reserved_nano", BigInteger, nullable=False, server_default=text("0")),
+    Column("shadow_consumed_nano", BigInteger, nullable=False, server_default=text("0")),
+    Column("shadow_done", Boolean, nullable=False, server_default=text("true")),
     Column("created_at", Float, nullable=False),
     Column("done_at", Float),
     PrimaryKeyConstraint("job_id", "run", name="admissions_pkey"),
@@ -143,9 +150,9 @@ settled_calls = Table(
     "settled_calls",
     metadata,
     Column("job_id", String(128), nullable=False),
-    Column("run", Integer, nullable=False),
-    Column("hop", Integer, nullable=False),
-    Column("attempt", Integer, nullable=False),
+    Column("run", BigInteger, nullable=False),
+    Column("hop", BigInteger, nullable=False),
+    Column("attempt", BigInteger, nullable=False),
     Column("shadow", Boolean, nullable=False),
     Column("ts", Float, nullable=False),
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="settled_calls_pkey"),
@@ -173,6 +180,7 @@ class Admitted:
     reserved_nano: int
     again: bool = False  # a redelivered job that was admitted before: nothing new reserved
     soft_crossed: tuple[str, ...] = ()  # owners whose soft limit this job crossed
+    shadow_nano: int = 0  # reserved for its shadow mirror: 0, no mirror may be dispatched
 
 
 @dataclass(frozen=True)
@@ -222,14 +230,18 @@ def _ticket(row: Any) -> Ticket:
                   used_tokens=row.used_tokens, done=row.done)
 
 
-def _rolled_spent(table: Table, pk: str):
+def _shadow_ticket(row: Any) -> Ticket:
+    return Ticket(reserved_nano=row.shadow_reserved_nano, est_tokens=0, consumed_nano=row.shadow_consumed_nano, done=row.shadow_done)
+
+
+def _rolled_spent(table: Table, pk: str, column: str = "spent_nano"):
     """`spent_nano` in the current period, in SQL: zero once the period has moved on."""
-    return case((table.c.period_key == pk, table.c.spent_nano), else_=literal(0, BigInteger))
+    return case((table.c.period_key == pk, table.c[column]), else_=literal(0, BigInteger))
 
 
 def _budget_defaults(now: float) -> dict[str, Any]:
     return {"budget_nano": None, "soft_nano": None, "period": "none", "period_key": "", "spent_nano": 0, "reserved_nano": 0,
-            "soft_alerted": None, "soft_alerts": 0}
+            "soft_alerted": None, "soft_alerts": 0, "shadow_spent_nano": 0}
 
 
 # The key's row and its team's, locked together (Postgres locks both joined rows; SQLite's
@@ -281,8 +293,7 @@ class Store:
     async def create(self) -> None:
         if (path := db.sqlite_path(str(self.engine.url))) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await db.upgrade(self.engine, metadata)
 
     async def has_keys(self) -> bool:
         """Whether any virtual key was ever created (auto mode turns governance on then).
@@ -306,23 +317,25 @@ class Store:
 
     # -- admission: the hot path under governance -----------------------------------------------
     async def admit(self, job_id: str, run: int, key: str | None, route: Route, est: Estimate, now: float,
-                    redelivered: bool = True, team: str | None = None) -> AdmitOutcome:
+                    redelivered: bool = True, team: str | None = None, shadow_nano: int = 0) -> AdmitOutcome:
         """Verify the key, check the rate limits, reserve the budget: one transaction. A job
         delivered for the first time (`redelivered=False`) skips looking for an earlier
         admission; the insert would still notice one. `team`: the team the job was published
-        for; a key of another team is refused before anything is reserved."""
-        return await self._retrying(lambda: self._admit(job_id, run, key, route, est, now, redelivered, team))
+        for; a key of another team is refused before anything is reserved. `shadow_nano`: the
+        worst case of the job's shadow mirror, reserved with it when it fits (Admitted.shadow_nano says)."""
+        return await self._retrying(lambda: self._admit(job_id, run, key, route, est, now, redelivered, team, shadow_nano))
 
     async def _prior(self, conn: AsyncConnection, job_id: str, run: int) -> Admitted | None:
         prior = (await conn.execute(
-            select(admissions.c.key_prefix, admissions.c.team, admissions.c.reserved_nano)
+            select(admissions.c.key_prefix, admissions.c.team, admissions.c.reserved_nano, admissions.c.shadow_reserved_nano)
             .where(admissions.c.job_id == job_id, admissions.c.run == run))).first()
         if prior is None:
             return None
-        return Admitted(prefix=prior.key_prefix, team=prior.team, reserved_nano=prior.reserved_nano, again=True)
+        return Admitted(prefix=prior.key_prefix, team=prior.team, reserved_nano=prior.reserved_nano, again=True,
+                        shadow_nano=prior.shadow_reserved_nano)
 
     async def _admit(self, job_id: str, run: int, key: str | None, route: Route, est: Estimate, now: float, redelivered: bool,
-                     expect_team: str | None = None) -> AdmitOutcome:
+                     expect_team: str | None = None, shadow_nano: int = 0) -> AdmitOutcome:
         # Round trips are what an admission costs (and how long it holds the team's lock):
         # typically four statements, six with rate limits.
         async with self.engine.begin() as conn:
@@ -367,22 +380,23 @@ class Store:
 
             # budgets: the key's (if it has one), then the team's
             what = f"this job (up to {est.prompt_tokens} prompt + {est.output_tokens} output tokens at {est.model}'s price)"
-            rk = budgets.reserve(budget_of(f"key {prefix}", krow), est.cost_nano, now, what)
-            if isinstance(rk, OverBudget):
-                return rk
-            rt = budgets.reserve(budget_of(f"team {team}", trow), est.cost_nano, now, what) if trow is not None else None
-            if isinstance(rt, OverBudget):
-                return rt
+            plan = budgets.reserve_all([budget_of(f"key {prefix}", krow), budget_of(f"team {team}", trow) if trow is not None else None],
+                                       est.cost_nano, shadow_nano, now, what)
+            if isinstance(plan, OverBudget):
+                return plan
+            rk, rt = plan.reserved
+            assert rk is not None
 
             second = int(now)
             res = await conn.execute(self._insert(admissions).on_conflict_do_nothing(), dict(
                 job_id=job_id, run=run, key_prefix=prefix, team=team, second=second, windowed=windowed,
-                reserved_nano=est.cost_nano, est_tokens=est.tokens, consumed_nano=0, used_tokens=0, done=False, created_at=now))
+                reserved_nano=est.cost_nano, est_tokens=est.tokens, consumed_nano=0, used_tokens=0, done=False, created_at=now,
+                shadow_reserved_nano=plan.shadow_nano, shadow_consumed_nano=0, shadow_done=plan.shadow_nano == 0))
             if res.rowcount != 1:  # admitted before after all; nothing written yet
                 return await self._prior(conn, job_id, run) or Admitted(prefix=prefix, team=team, reserved_nano=0, again=True)
-            await self._take(conn, virtual_keys, virtual_keys.c.prefix == prefix, rk, est.cost_nano, extra={"inflight": virtual_keys.c.inflight + 1})
+            await self._take(conn, virtual_keys, virtual_keys.c.prefix == prefix, rk, plan.amount_nano, extra={"inflight": virtual_keys.c.inflight + 1})
             if rt is not None:
-                await self._take(conn, teams, teams.c.name == team, rt, est.cost_nano, extra={})
+                await self._take(conn, teams, teams.c.name == team, rt, plan.amount_nano, extra={})
             buckets = []
             if windowed & KEY_WINDOW:
                 buckets.append({"scope": key_scope(prefix), "second": second, "requests": 1, "tokens": est.tokens})
@@ -391,7 +405,7 @@ class Store:
             if buckets:
                 await self._bump_buckets(conn, buckets)
             crossed = tuple(r.after.owner for r in (rk, rt) if r is not None and r.soft_crossed and r.after is not None)
-            return Admitted(prefix=prefix, team=team, reserved_nano=est.cost_nano, soft_crossed=crossed)
+            return Admitted(prefix=prefix, team=team, reserved_nano=est.cost_nano, soft_crossed=crossed, shadow_nano=plan.shadow_nano)
 
     async def _take(self, conn: AsyncConnection, table: Table, where, r: budgets.Reserved, amount: int, extra: dict[str, Any]) -> None:
         """The reservation, as one conditional UPDATE: it re-checks under the row lock exactly
@@ -401,7 +415,7 @@ class Store:
         if r.before is not None:
             pk = r.before.period_key
             spent = _rolled_spent(table, pk)
-            values |= {"spent_nano": spent, "period_key": pk}
+            values |= {"spent_nano": spent, "shadow_spent_nano": _rolled_spent(table, pk, "shadow_spent_nano"), "period_key": pk}
             if r.before.limit_nano is not None:
                 cond = and_(where, spent + table.c.reserved_nano + amount <= table.c.budget_nano)
             if r.soft_crossed:
@@ -419,15 +433,18 @@ class Store:
         ))
 
     # -- settlement ---------------------------------------------------------------------------
-    async def settle(self, costs: Iterable[CostRecord], ended: Iterable[tuple[str, int]], now: float | None = None) -> SettleStats:
+    async def settle(self, costs: Iterable[CostRecord], ended: Iterable[tuple[str, int]], now: float | None = None,
+                     shadow_ended: Iterable[tuple[str, int]] = ()) -> SettleStats:
         """Cost records replace reservations with real cost; `ended` (job, run) pairs (Failed
-        results) release what their jobs still hold. Idempotent: a redelivered record or
-        result changes nothing. One transaction per batch."""
-        costs, ended = list(costs), list(ended)
+        results) release what their jobs still hold, `shadow_ended` ones what their shadow
+        mirrors hold (a shadow chain that failed). Idempotent: a redelivered record or result
+        changes nothing. One transaction per batch."""
+        costs, ended, shadow_ended = list(costs), list(ended), list(shadow_ended)
         now = time.time() if now is None else now
-        return await self._retrying(lambda: self._settle(costs, ended, now))
+        return await self._retrying(lambda: self._settle(costs, ended, now, shadow_ended))
 
-    async def _settle(self, costs: list[CostRecord], ended: list[tuple[str, int]], now: float) -> SettleStats:
+    async def _settle(self, costs: list[CostRecord], ended: list[tuple[str, int]], now: float,
+                      shadow_ended: list[tuple[str, int]]) -> SettleStats:
         stats = SettleStats()
         async with self.engine.begin() as conn:
             new: list[CostRecord] = []
@@ -439,9 +456,9 @@ class Store:
                     ins, [{"job_id": k[0], "run": k[1], "hop": k[2], "attempt": k[3], "shadow": k[4], "ts": now} for k in uniq])).all()}
                 new = [r for k, r in uniq.items() if k in inserted]
             stats.costs = len(new)
-            wanted = sorted({(r.job_id, r.run) for r in new if not r.shadow} | set(ended))
+            wanted = sorted({(r.job_id, r.run) for r in new} | set(ended) | set(shadow_ended))
             tickets = await self._lock_admissions(conn, wanted)
-            await self._apply(conn, tickets, new, ended, now, stats)
+            await self._apply(conn, tickets, new, ended, now, stats, shadow_ended)
         return stats
 
     async def _lock_admissions(self, conn: AsyncConnection, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], Any]:
@@ -455,9 +472,11 @@ class Store:
         return out
 
     async def _apply(self, conn: AsyncConnection, rows: dict[tuple[str, int], Any], costs: list[CostRecord],
-                     ended: list[tuple[str, int]], now: float, stats: SettleStats) -> None:
+                     ended: list[tuple[str, int]], now: float, stats: SettleStats, shadow_ended: list[tuple[str, int]] = ()) -> None:
         tickets = {k: _ticket(r) for k, r in rows.items()}
         start = dict(tickets)
+        mirrors = {k: _shadow_ticket(r) for k, r in rows.items() if r.shadow_reserved_nano}  # jobs whose mirror reserved
+        mirrors_start = dict(mirrors)
         key_d: dict[str, Delta] = defaultdict(Delta)
         team_d: dict[str, Delta] = defaultdict(Delta)
         bucket_d: dict[tuple[str, int], int] = defaultdict(int)
@@ -478,22 +497,35 @@ class Store:
             if not rec.shadow and k in tickets:
                 tickets[k], d = budgets.settle_cost(tickets[k], cost, rec.prompt_tokens + rec.completion_tokens, terminal=rec.outcome == "ok")
                 charge(k, d)
-            elif cost:  # not admitted under governance (or a shadow call): spend all the same
+            elif rec.shadow and k in mirrors:
+                mirrors[k], d = budgets.settle_shadow_cost(mirrors[k], cost, terminal=rec.outcome == "ok")
+                charge(k, d)
+            elif cost:  # not admitted under governance (or a mirror admitted before shadow reservations): spend all the same
+                d = Delta(spent_nano=cost, shadow_spent_nano=cost if rec.shadow else 0)
                 if rec.key_prefix and keys.PREFIX_RE.match(rec.key_prefix):
-                    key_d[rec.key_prefix] += Delta(spent_nano=cost)
-                team_d[rec.team] += Delta(spent_nano=cost)
+                    key_d[rec.key_prefix] += d
+                team_d[rec.team] += d
         for k in ended:
             if k in tickets:
                 tickets[k], d = budgets.settle_done(tickets[k])
                 charge(k, d)
+        for k in shadow_ended:
+            if k in mirrors:
+                mirrors[k], d = budgets.settle_shadow_done(mirrors[k])
+                charge(k, d)
 
         for k, t in sorted(tickets.items()):
-            if t != start[k]:
+            m, m0 = mirrors.get(k), mirrors_start.get(k)
+            if t != start[k] or m != m0:
                 if t.done and not start[k].done:
                     stats.ended += 1
                     stats.released_nano += start[k].holds_nano() - t.holds_nano()
-                await conn.execute(update(admissions).where(admissions.c.job_id == k[0], admissions.c.run == k[1]).values(
-                    consumed_nano=t.consumed_nano, used_tokens=t.used_tokens, done=t.done, done_at=now if t.done else None))
+                values: dict[str, Any] = dict(consumed_nano=t.consumed_nano, used_tokens=t.used_tokens, done=t.done,
+                                              done_at=now if t.done and (m is None or m.done) else None)
+                if m is not None and m0 is not None:
+                    stats.released_nano += m0.holds_nano() - m.holds_nano() if m.done and not m0.done else 0
+                    values |= dict(shadow_consumed_nano=m.consumed_nano, shadow_done=m.done)
+                await conn.execute(update(admissions).where(admissions.c.job_id == k[0], admissions.c.run == k[1]).values(**values))
         await self._charge(conn, virtual_keys, virtual_keys.c.prefix, key_d, now)
         await self._charge(conn, teams, teams.c.name, team_d, now)
         if bucket_d:
@@ -516,6 +548,7 @@ class Store:
             pk = budgets.period_key(periods[name], now)
             values: dict[str, Any] = {
                 "spent_nano": _rolled_spent(table, pk) + d.spent_nano,
+                "shadow_spent_nano": _rolled_spent(table, pk, "shadow_spent_nano") + d.shadow_spent_nano,
                 "period_key": pk,
                 "reserved_nano": table.c.reserved_nano + d.reserved_nano,
             }
@@ -532,10 +565,11 @@ class Store:
             stats = SettleStats()
             async with self.engine.begin() as conn:
                 stale = [(r.job_id, r.run) for r in (await conn.execute(
-                    select(admissions.c.job_id, admissions.c.run).where(admissions.c.done.is_(False), admissions.c.created_at < now - ttl_s)
+                    select(admissions.c.job_id, admissions.c.run)
+                    .where(or_(admissions.c.done.is_(False), admissions.c.shadow_done.is_(False)), admissions.c.created_at < now - ttl_s)
                     .order_by(admissions.c.job_id, admissions.c.run).limit(1000))).all()]
                 if stale:
-                    await self._apply(conn, await self._lock_admissions(conn, stale), [], stale, now, stats)
+                    await self._apply(conn, await self._lock_admissions(conn, stale), [], stale, now, stats, stale)
                 await conn.execute(delete(rate_buckets).where(rate_buckets.c.second < int(now) - 5 * ratelimit.WINDOW_S))
                 await conn.execute(delete(settled_calls).where(settled_calls.c.ts < now - KEEP_S))
                 await conn.execute(delete(admissions).where(admissions.c.done.is_(True), admissions.c.done_at < now - KEEP_S))
@@ -635,6 +669,7 @@ class Store:
             if "period" in fields and fields["period"] != row.period:
                 current = budgets.period_key(row.period, now)
                 values["spent_nano"] = row.spent_nano if row.period_key == current else 0
+                values["shadow_spent_nano"] = row.shadow_spent_nano if row.period_key == current else 0
                 values["period_key"] = budgets.period_key(fields["period"], now)
             await conn.execute(update(teams).where(teams.c.name == name).values(**values))
 
@@ -647,7 +682,9 @@ class Store:
         for r in rows:
             d = dict(r._mapping)
             b = budget_of(f"team {r.name}", r).rolled(now)
-            d["spent_nano"] = b.spent_nano
+            d["spent_nano"] = b.spent_nano  # live and shadow calls
+            d["shadow_spent_nano"] = d["shadow_spent_nano"] if b.period_key == r.period_key else 0
+            d["live_spent_nano"] = b.spent_nano - d["shadow_spent_nano"]
             d["remaining_nano"] = b.remaining_nano()
             out.append(d)
         return out

@@ -5,6 +5,11 @@ inserted in one transaction and acked only after the commit. The table's key is 
 identity, so a batch redelivered after a crash (committed, not yet acked) inserts nothing
 new: each call is billed exactly once. While the database is down the batch is held and
 retried, and the records wait in the stream: nothing is acked that is not committed.
+
+A record that can never be a row (a count out of 64-bit range, a string too long: see
+db.problem) or that the database refuses for what it holds never blocks the rest: a refused
+batch is split until every good record has landed, and each poison one is quarantined as a
+dead letter on pb.dead.cost_record (the record kept whole), logged and counted.
 """
 
 from __future__ import annotations
@@ -19,12 +24,18 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelboard import db, logs, metrics, runtime, streams
+from panelboard import bus, db, logs, metrics, runtime, streams
 from panelboard.puller import Puller
 from schemas import wire
 from schemas.codec import decode_cost
 from schemas.config import Config
+from schemas.errors import InvalidJob
 from schemas.job import CostRecord
+
+DEAD_REASON = "cost_record"  # pb.dead.cost_record: records the ledger could not write
+# No model's context comes near this many tokens in one call: a record claiming more is
+# stored (it is what the provider reported, and maybe billed) but flagged for a person.
+IMPLAUSIBLE_TOKENS = 100_000_000
 
 log = logs.get("ledger")
 
@@ -57,6 +68,8 @@ class Ledger:
         self.stopping = asyncio.Event()
         self.written = 0  # records committed (redelivered duplicates included)
         self.db_errors = 0
+        self.quarantined = 0  # records dead-lettered: they can never be written
+        self.implausible = 0  # records written but flagged
 
     async def prepare(self) -> bool:
         """Create the table, waiting for the database as long as it takes (the records wait in
@@ -104,42 +117,79 @@ class Ledger:
             log.info("ledger.stopped", written=self.written)
 
     async def write(self, msgs: list[Msg]) -> None:
-        records: list[CostRecord] = []
-        good: list[Msg] = []
+        batch: list[tuple[Msg, CostRecord]] = []
         for m in msgs:
             try:
-                records.append(decode_cost(m.data))
-                good.append(m)
-            except msgspec.DecodeError as e:
+                rec = decode_cost(m.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 # Only a foreign publisher can put this here; it stays in PB_COSTS to inspect.
                 log.error("ledger.undecodable", seq=m.metadata.sequence.stream, subject=m.subject, error=str(e))
                 await m.term()
+                continue
+            if (why := db.problem(rec)) is not None:
+                await self._quarantine(m, rec, why)
+            else:
+                batch.append((m, rec))
         delay = 0.1
         while True:
             try:
-                await db.insert_costs(self.engine, map(db.row, records))
+                refused = await db.write_splitting(self._insert, batch)
                 break
-            except (SQLAlchemyError, OSError) as e:
-                self._unavailable(e, delay, held=len(good))
+            except Exception as e:
+                if not isinstance(e, (SQLAlchemyError, OSError)):
+                    raise
+                self._unavailable(e, delay, held=len(batch))
                 try:
-                    for m in good:
+                    for m, _ in batch:
                         await m.in_progress()  # still ours: no other writer should take them meanwhile
                 except Exception:
                     pass  # NATS is away too: the batch is redelivered after ack_wait, insert-ignored
                 if await self._stopped_within(delay):
-                    for m in good:
+                    for m, _ in batch:
                         await m.nak()
                     return
                 delay = min(delay * 2, RETRY_MAX_S)
+        for (m, rec), e in refused:
+            await self._quarantine(m, rec, f"the database refused it: {str(e).splitlines()[0][:300]}")
+        bad = {id(m) for (m, _), _ in refused}
+        good = [(m, rec) for m, rec in batch if id(m) not in bad]
         try:
-            for m in good:
+            for m, _ in good:
                 await m.ack()
         except Exception as e:  # committed: a lost ack only means a redelivery that inserts nothing
             log.warning("ledger.ack_failed", error=type(e).__name__, records=len(good))
-        self.written += len(records)
-        if self.meters is not None:
-            for rec in records:
+        self.written += len(good)
+        for _, rec in good:
+            if max(rec.prompt_tokens, rec.completion_tokens) > IMPLAUSIBLE_TOKENS:
+                self.implausible += 1
+                log.error("ledger.implausible_usage", job_id=rec.job_id, provider=rec.provider, model=rec.model,
+                          prompt_tokens=rec.prompt_tokens, completion_tokens=rec.completion_tokens, cost_usd=rec.cost_usd,
+                          hint="stored as reported; check the provider's bill for this request id before paying it")
+            if self.meters is not None:
                 self.meters.observe(rec)
+
+    async def _insert(self, batch: list[tuple[Msg, CostRecord]]) -> None:
+        await db.insert_costs(self.engine, [db.row(rec) for _, rec in batch])
+
+    async def _quarantine(self, m: Msg, rec: CostRecord, why: str) -> None:
+        """Out of the way for good: a dead letter holding the record, then the delivery ends.
+        If the dead letter cannot be published, the delivery is left to come back."""
+        err = InvalidJob(message=f"cost record of job {rec.job_id} (run {rec.run}, hop {rec.hop}, attempt {rec.attempt}, "
+                                 f"provider {rec.provider}) cannot be written to the ledger: {why}",
+                         hint="the record is kept whole in this letter; fix it (or the worker that produced it) and "
+                              "republish it to pb.costs.<team>, or bill it by hand")
+        try:
+            await bus.publish_dead(self.js, DEAD_REASON, err, None, raw=m.data,
+                                   msg_id=wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt, rec.shadow) + ":dead")
+            await m.term()
+        except Exception as e:  # NATS is away: the record comes back after ack_wait and is judged again
+            log.warning("ledger.quarantine_failed", job_id=rec.job_id, error=type(e).__name__)
+            return
+        self.quarantined += 1
+        if self.meters is not None:
+            self.meters.quarantined += 1
+        log.error("ledger.quarantined", job_id=rec.job_id, run=rec.run, hop=rec.hop, attempt=rec.attempt, team=rec.team,
+                  provider=rec.provider, reason=why[:300], dead_subject=wire.dead(DEAD_REASON))
 
 
 async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | None = None) -> None:

@@ -120,9 +120,10 @@ class Broker:
             if self.cfg.health.enabled:  # layer 2: degraded hops behind healthy ones, bar a probe share
                 decision = health.order_chain(decision, self.health, self.rng, self.cfg.health.probe_share)
         reserved = 0.0
+        mirror = self.shadow_route(decision) if isinstance(decision, Route) else None
         if isinstance(decision, Route) and self.governor.on is not False:
             job = admission.bound(job, decision, self.cfg)  # the worst case reserved is the worst case run
-            verdict = await self.governor.admit(job, decision, msg, now)
+            verdict = await self.governor.admit(job, decision, msg, now, shadow=mirror)
             if isinstance(verdict, Wait):  # backpressure: the job waits in the stream
                 await msg.nak(delay=verdict.delay_s)
                 log.debug("job.waiting", job_id=job.id, reason=verdict.reason, delay_s=round(verdict.delay_s, 3))
@@ -137,6 +138,8 @@ class Broker:
                 return
             if isinstance(verdict, Admitted):
                 reserved = verdict.reserved_nano / 1e9
+                # A mirror runs only on its own reservation (taken at the first admission).
+                mirror = self.shadow_route(decision, sampled=True) if verdict.shadow_nano else None
             else:
                 decision = verdict
         job = admission.public(job)  # from here on, never the whole key
@@ -153,7 +156,7 @@ class Broker:
             await msg.ack()
             return
         if isinstance(decision, Route):
-            if (mirror := self.shadow_route(decision)) is not None:  # before the live one: both or neither on a crash
+            if mirror is not None:  # before the live one: both or neither on a crash
                 await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
             await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved))
             log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
@@ -169,10 +172,11 @@ class Broker:
         log.info("job.rejected", seq=seq, team=team, job_id=job.id[:128], error=reason, detail=error.message[:200])
         await msg.ack()
 
-    def shadow_route(self, live: Route) -> Route | None:
-        """The candidate route to mirror this job to, for the tier's sampled share of jobs."""
+    def shadow_route(self, live: Route, sampled: bool = False) -> Route | None:
+        """The candidate route to mirror this job to, for the tier's sampled share of jobs
+        (`sampled`: the draw was made before)."""
         rule = self.cfg.tiers[live.tier].shadow
-        if rule is None or self.rng.random() >= rule.sample:
+        if rule is None or (not sampled and self.rng.random() >= rule.sample):
             return None
         return self.table[rule.tier]
 

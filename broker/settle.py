@@ -7,6 +7,9 @@ Two durable pull consumers, shared by every broker process that runs with govern
                                       (outcome ok) is also its end
     settle on PB_RESULTS (pb.results.>)  every Failed result: a job that ended without an
                                       answer (chain exhausted, deadline, cancelled...)
+    settle on PB_ATTEMPTS (pb.attempts.>) a shadow attempt that failed the mirror's chain:
+                                      its reservation is released (a shadow chain has no
+                                      result; its ok cost record ends it otherwise)
 
 Why success is read from the cost record and not from the Completed result: a job's only
 costly call is the one that answered it, and its cost record is the success signal itself,
@@ -16,11 +19,16 @@ concurrent job spend the same money). Failed calls cost nothing, so a Failed res
 release at once. Each batch is one transaction; settled calls are recorded by their (job,
 run, hop, attempt, shadow) key and an ended admission is flagged, so redeliveries change
 nothing.
+
+A record that cannot be settled (out of range: see db.problem; the ledger dead-letters it) is
+logged and skipped, and a batch the database refuses for a data reason is split until the
+records that can be settled are: one record never holds back the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import msgspec
 from nats.aio.msg import Msg
@@ -28,10 +36,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.governance_store import Store
-from panelboard import logs, streams
+from panelboard import db, logs, streams
 from panelboard.puller import Puller
 from schemas import wire
-from schemas.codec import decode_cost
+from schemas.codec import decode_attempt, decode_cost
 from schemas.job import CostRecord
 
 log = logs.get("settle")
@@ -50,6 +58,24 @@ def ended_run(msg: Msg) -> tuple[str, int] | None:
     if len(parts) != 3 or parts[2] != "result" or not parts[1].isdigit():
         return None
     return parts[0].rpartition(".")[2], int(parts[1])
+
+
+class End(NamedTuple):
+    """A job (or, `shadow`, its mirror) ended: release what it still holds."""
+
+    job_id: str
+    run: int
+    shadow: bool = False
+
+
+def failed_mirror(msg: Msg) -> tuple[str, int] | None:
+    """(job, run) of a shadow attempt that ended its chain without an answer, from its
+    Nats-Msg-Id `<job>:<run>:a<hop>:<attempt>:s` and its decision."""
+    msg_id = (msg.headers or {}).get(wire.HDR_MSG_ID, "")
+    parts = msg_id.rsplit(":", 4)
+    if len(parts) != 5 or parts[4] != "s" or not parts[1].isdigit() or b'"fail"' not in msg.data:
+        return None
+    return (parts[0], int(parts[1])) if decode_attempt(msg.data).decision == "fail" else None
 
 
 def consumer_config(subjects: str) -> ConsumerConfig:
@@ -71,13 +97,15 @@ class Settler:
         self.store = store
         self.settled = 0
         self.ended = 0
+        self.skipped = 0  # records that could not be settled
 
     async def prepare(self) -> None:
         await streams.ensure_consumer(self.js, wire.COSTS_STREAM, consumer_config("pb.costs.>"))
         await streams.ensure_consumer(self.js, wire.RESULTS_STREAM, consumer_config("pb.results.>"))
+        await streams.ensure_consumer(self.js, wire.ATTEMPTS_STREAM, consumer_config("pb.attempts.>"))
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await asyncio.gather(self._loop(wire.COSTS_STREAM, stopping), self._loop(wire.RESULTS_STREAM, stopping))
+        await asyncio.gather(*(self._loop(s, stopping) for s in (wire.COSTS_STREAM, wire.RESULTS_STREAM, wire.ATTEMPTS_STREAM)))
 
     async def _loop(self, stream: str, stopping: asyncio.Event) -> None:
         puller = Puller(self.js._nc, stream, CONSUMER, min_request=1)
@@ -96,28 +124,51 @@ class Settler:
                 await m.nak()
 
     async def batch(self, stream: str, msgs: list[Msg]) -> None:
-        costs: list[CostRecord] = []
-        ended: list[tuple[str, int]] = []
+        events: list[CostRecord | End] = []
         for m in msgs:
             try:
                 if stream == wire.COSTS_STREAM:
-                    costs.append(decode_cost(m.data))
+                    rec = decode_cost(m.data)
+                    if (why := db.problem(rec)) is None:
+                        events.append(rec)
+                    else:
+                        self._skip(rec, why)
+                        if rec.outcome == "ok":  # it still ended its chain: release what is held
+                            events.append(End(rec.job_id, rec.run, rec.shadow))
+                elif stream == wire.ATTEMPTS_STREAM:
+                    if (ref := failed_mirror(m)) is not None:
+                        events.append(End(*ref, shadow=True))
                 elif _FAILED in m.data[:32] and (ref := ended_run(m)) is not None:
-                    ended.append(ref)
+                    events.append(End(*ref))
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 log.error("settle.undecodable", stream=stream, seq=m.metadata.sequence.stream, error=str(e)[:200])
-        if not costs and not ended:  # Completed results: their cost records settle them
+        if not events:  # Completed results, live attempts: their cost records settle them
             for m in msgs:
                 await m.ack()
             return
         try:
-            stats = await self.store.settle(costs, ended)
+            refused = await db.write_splitting(self._settle, events)
         except Exception as e:  # the database is away: redelivered later, settled once
             log.warning("settle.failed", stream=stream, held=len(msgs), error=str(e).splitlines()[0][:300])
             for m in msgs:
                 await m.nak(delay=1.0)
             return
-        self.settled += stats.costs
-        self.ended += stats.ended
+        for ev, e in refused:
+            if isinstance(ev, CostRecord):
+                self._skip(ev, f"the database refused it: {str(e).splitlines()[0][:300]}")
+            else:
+                log.error("settle.refused", job_id=ev.job_id, run=ev.run, shadow=ev.shadow, error=str(e).splitlines()[0][:300])
         for m in msgs:
             await m.ack()
+
+    async def _settle(self, events: list[CostRecord | End]) -> None:
+        ends = [e for e in events if isinstance(e, End)]
+        stats = await self.store.settle([e for e in events if isinstance(e, CostRecord)], [(e.job_id, e.run) for e in ends if not e.shadow],
+                                        shadow_ended=[(e.job_id, e.run) for e in ends if e.shadow])
+        self.settled += stats.costs
+        self.ended += stats.ended
+
+    def _skip(self, rec: CostRecord, why: str) -> None:
+        self.skipped += 1
+        log.error("settle.skipped", job_id=rec.job_id, run=rec.run, hop=rec.hop, attempt=rec.attempt, team=rec.team, reason=why[:300],
+                  hint="its reservation is released by the job's end or the sweep; the ledger keeps the record as a dead letter")

@@ -171,6 +171,11 @@ def cmd_dead(a: argparse.Namespace) -> int:
     from panelboard.runtime import connect, require_url
 
     url = require_url(a.nats_url)
+    try:
+        key = dead.key_for_replay(a.key_env, a.key_file, os.environ) if a.action == "replay" else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     async def go() -> int:
         nc = await connect(url, "panelboard-dead")
@@ -185,8 +190,9 @@ def cmd_dead(a: argparse.Namespace) -> int:
             elif not a.all:
                 print("say which: --job ID (repeatable), --reason R with --all, or --all", file=sys.stderr)
                 return 2
-            replayed, skipped = await dead.replay(js, rows)
-            print(f"replayed {replayed} job(s)" + (f"; {skipped} undecodable letter(s) kept for inspection" if skipped else ""))
+            replayed, skipped = await dead.replay(js, rows, key)
+            print(f"replayed {replayed} job(s)" + (f" under key {key[:8]}" if key else "")
+                  + (f"; {skipped} undecodable letter(s) kept for inspection" if skipped else ""))
             return 0
         finally:
             await nc.drain()
@@ -420,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", help="only letters of this reason (chain_exhausted, invalid, ...)")
     p.add_argument("--job", action="append", help="replay this job id (repeatable)")
     p.add_argument("--all", action="store_true", help="replay every (matching) letter")
+    p.add_argument("--key-env", metavar="VAR", help="replay under the virtual key in this environment variable (letters keep only "
+                                                    "the key's prefix, so governed jobs need it supplied again; its team pays)")
+    p.add_argument("--key-file", metavar="PATH", help="the same, the key read from a file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_dead)
 

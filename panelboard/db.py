@@ -7,9 +7,10 @@ give the same reports to the last digit, and a cent is never lost to float round
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -30,7 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, IntegrityError, StatementError
+from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
@@ -40,6 +42,7 @@ from schemas.job import CostRecord
 
 URL_ENV = "PANELBOARD_DATABASE_URL"
 NANO = 1_000_000_000
+INT64_MAX = 2**63 - 1
 
 metadata = MetaData()
 
@@ -50,9 +53,9 @@ costs = Table(
     # an insert that does nothing: billed exactly once. A shadow call mirrors a live one with
     # the same (job, run, hop, attempt), so the flag is part of the key.
     Column("job_id", String(128), nullable=False),
-    Column("run", Integer, nullable=False),
-    Column("hop", Integer, nullable=False),
-    Column("attempt", Integer, nullable=False),
+    Column("run", BigInteger, nullable=False),
+    Column("hop", BigInteger, nullable=False),
+    Column("attempt", BigInteger, nullable=False),
     Column("shadow", Boolean, nullable=False),
     Column("ts", Float, nullable=False),  # unix seconds, when the call started
     Column("team", String(128), nullable=False),
@@ -63,11 +66,11 @@ costs = Table(
     Column("provider", String(128), nullable=False),
     Column("model", String(256), nullable=False),
     Column("quantization", String(32)),
-    Column("prompt_tokens", Integer, nullable=False),
-    Column("completion_tokens", Integer, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
     Column("cost_nano_usd", BigInteger, nullable=False),  # at the catalog price of that moment
-    Column("latency_ms", Integer, nullable=False),  # the provider call; 0 for a lost call
-    Column("queue_ms", Integer, nullable=False),  # admission to the start of the call
+    Column("latency_ms", BigInteger, nullable=False),  # the provider call; 0 for a lost call
+    Column("queue_ms", BigInteger, nullable=False),  # admission to the start of the call
     Column("outcome", String(32), nullable=False),  # ok, RateLimited, ServerError, Timeout, ..., lost
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="cost_records_pkey"),
     # Every report reads a time window.
@@ -95,6 +98,66 @@ def row(rec: CostRecord) -> dict[str, Any]:
         "cost_nano_usd": round(rec.cost_usd * NANO), "latency_ms": round(rec.latency_ms), "queue_ms": round(rec.queue_ms),
         "outcome": rec.outcome,
     }
+
+
+def problem(rec: CostRecord) -> str | None:
+    """Why a record cannot be a row, or None. The same bounds on SQLite and Postgres (SQLite
+    would store an over-long string that Postgres refuses): a record either lands on both or
+    is quarantined on both. Counts and money are whole and non-negative, within 64 bits."""
+    for name in ("cost_usd", "latency_ms", "queue_ms", "ts"):
+        v = getattr(rec, name)
+        if not math.isfinite(v) or v < 0:
+            return f"{name} is {v!r}: not a finite, non-negative number"
+    values = row(rec)
+    for col in costs.columns:
+        v = values[col.name]
+        if v is None:
+            continue
+        if isinstance(col.type, Integer) and not isinstance(v, bool) and not 0 <= v <= INT64_MAX:
+            return f"{col.name} is {v}: outside 0..2^63-1"
+        if isinstance(col.type, String):
+            if col.type.length is not None and len(v) > col.type.length:
+                return f"{col.name} is {len(v)} characters long, over its {col.type.length}"
+            if "\x00" in v:
+                return f"{col.name} holds a NUL character"
+    return None
+
+
+def is_data_error(e: BaseException) -> bool:
+    """Whether a failed write was refused for what it held (a value out of range, a bad string):
+    writing it again can never succeed. Anything else (a lost connection, a locked or missing
+    database) is an outage, which the same write survives once it ends."""
+    if isinstance(e, (OverflowError, ValueError, TypeError, SQLDataError, IntegrityError)):
+        return True
+    if isinstance(e, StatementError):  # DBAPIError included: asyncpg's errors come wrapped, their SQLSTATE says
+        orig = e.orig
+        state = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+        if state[:2] in ("22", "23"):  # data exception, integrity constraint violation
+            return True
+        return orig is not None and not isinstance(orig, StatementError) and is_data_error(orig)
+    return False
+
+
+T = TypeVar("T")
+
+
+async def write_splitting(write: Callable[[Sequence[T]], Awaitable[None]], items: Sequence[T]) -> list[tuple[T, BaseException]]:
+    """Write `items` in one go; when that is refused for a data reason, write each half on its
+    own, down to single items: every good item lands, and the ones that can never be written
+    come back with their error (a handful of poison records cost O(k log n) writes). An outage
+    raises: the caller holds the whole batch (what did land is skipped on the retry)."""
+    if not items:
+        return []
+    try:
+        await write(items)
+        return []
+    except Exception as e:
+        if not is_data_error(e):
+            raise
+        if len(items) == 1:
+            return [(items[0], e)]
+    mid = len(items) // 2
+    return await write_splitting(write, items[:mid]) + await write_splitting(write, items[mid:])
 
 
 class epoch_day(FunctionElement):
@@ -166,8 +229,55 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 async def create_schema(engine: AsyncEngine) -> None:
     if (path := sqlite_path(str(engine.url))) is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    await upgrade(engine, metadata)
+
+
+# -- schema upgrades ------------------------------------------------------------------------------
+def upgrade_plan(dialect: str, table: Table, existing: dict[str, Any], qualified: str) -> list[str]:
+    """The DDL that brings a table made by an older release up to `table`. Pure.
+
+    - a column it lacks is added (new columns carry a server default, so old rows get one);
+    - on Postgres an INTEGER column that is now BIGINT is widened (a token count or a run
+      number over 2^31 would otherwise be refused). SQLite's INTEGER already holds 64 bits.
+    On Postgres it is one statement, so a big table is rewritten once, not once a column.
+    """
+    from sqlalchemy.dialects import postgresql as pg, sqlite as sq
+
+    d = pg.dialect() if dialect == "postgresql" else sq.dialect()
+    clauses = []
+    for col in table.columns:
+        have = existing.get(col.name)
+        if have is None:
+            default = f" DEFAULT {col.server_default.arg.text}" if col.server_default is not None else ""  # type: ignore[attr-defined]
+            null = " NOT NULL" if not col.nullable and default else ""
+            guard = "IF NOT EXISTS " if dialect == "postgresql" else ""  # two processes may upgrade at once
+            clauses.append(f'ADD COLUMN {guard}"{col.name}" {col.type.compile(dialect=d)}{default}{null}')
+        elif (dialect == "postgresql" and isinstance(col.type, BigInteger)
+              and isinstance(have, Integer) and not isinstance(have, BigInteger)):
+            clauses.append(f'ALTER COLUMN "{col.name}" TYPE BIGINT')
+    if not clauses:
+        return []
+    if dialect == "postgresql":
+        return [f"ALTER TABLE {qualified} " + ", ".join(clauses)]
+    return [f"ALTER TABLE {qualified} {c}" for c in clauses]  # SQLite: one change a statement
+
+
+async def upgrade(engine: AsyncEngine, md: MetaData) -> None:
+    """Create the tables, then bring ones made by an older release up to date: one
+    transaction (Postgres DDL is transactional; a second process waits on its locks)."""
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+
+    def go(sync_conn: Any) -> None:
+        md.create_all(sync_conn)
+        insp = inspect(sync_conn)
+        for table in md.sorted_tables:
+            existing = {c["name"]: c["type"] for c in insp.get_columns(table.name, schema=schema)}
+            qualified = f'"{schema}"."{table.name}"' if schema else f'"{table.name}"'
+            for ddl in upgrade_plan(engine.dialect.name, table, existing, qualified):
+                sync_conn.exec_driver_sql(ddl)
+
     async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+        await conn.run_sync(go)
 
 
 async def has_ledger(engine: AsyncEngine) -> bool:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Mapping
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from broker.keys import KEY_RE
 from schemas import wire
 from schemas.codec import decode_dead, encode
 from schemas.job import DeadLetter
@@ -44,15 +47,41 @@ def table(rows: list[tuple[int, DeadLetter]]) -> str:
     return "\n".join(lines)
 
 
-async def replay(js: JetStreamContext, rows: list[tuple[int, DeadLetter]]) -> tuple[int, int]:
+def key_for_replay(key_env: str | None, key_file: str | None, environ: Mapping[str, str]) -> str | None:
+    """The virtual key to replay under, from an environment variable or a file (never the
+    command line, which `ps` shows). A letter keeps only its job's key prefix, so a governed
+    job is replayed under a key supplied again; its team pays. Raises ValueError with what to
+    do; the message never holds the key."""
+    if key_env and key_file:
+        raise ValueError("give --key-env or --key-file, not both")
+    if key_env:
+        key = environ.get(key_env, "").strip()
+        where = f"${key_env}"
+        if not key:
+            raise ValueError(f"{where} is not set or empty: export the virtual key in it (panelboard keys create --team T prints one)")
+    elif key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read the key file {key_file}: {e.strerror}") from None
+        where = key_file
+    else:
+        return None
+    if not KEY_RE.match(key):
+        raise ValueError(f"{where} does not hold a panelboard virtual key (pb_<5>_<32 letters or digits>)")
+    return key
+
+
+async def replay(js: JetStreamContext, rows: list[tuple[int, DeadLetter]], key: str | None = None) -> tuple[int, int]:
     """Resubmit each letter's job as a new run (so dedupe does not drop it), then delete the
-    letter. Undecodable payloads cannot be replayed: they stay for inspection."""
+    letter; under `key` when given (a letter holds only its key's prefix). Undecodable
+    payloads cannot be replayed: they stay for inspection."""
     replayed = skipped = 0
     for seq, d in rows:
         if d.job is None or (d.subject_team is not None and d.subject_team != d.job.team):
             skipped += 1  # undecodable, or refused for claiming a team its publisher was not
             continue
-        job = msgspec.structs.replace(d.job, run=d.job.run + 1, submitted_at=time.time())
+        job = msgspec.structs.replace(d.job, run=d.job.run + 1, submitted_at=time.time(), key=key or d.job.key)
         # A new run is a new claim (pb.claims.<team>.<job>.<run>); the letter's team was
         # authenticated when the job was first claimed.
         headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, f"replay{job.run}")}

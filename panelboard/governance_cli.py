@@ -269,9 +269,12 @@ def cmd_teams_list(a: argparse.Namespace) -> int:
         if not rows:
             print("no teams with budgets or limits; set one: panelboard teams set <team> --budget-usd 100 --period monthly")
             return 0
-        print(f"{'team':<20}{'period':<9}{'budget':>11}{'soft':>11}{'spent':>11}{'reserved':>11}{'remaining':>11}{'alerts':>7}{'rpm':>7}{'tpm':>10}")
+        # spent = live + shadow: the budget covers both (shadow calls reserve with their jobs)
+        print(f"{'team':<20}{'period':<9}{'budget':>11}{'soft':>11}{'spent':>11}{'live':>11}{'shadow':>11}{'reserved':>11}{'remaining':>11}"
+              f"{'alerts':>7}{'rpm':>7}{'tpm':>10}")
         for r in rows:
             print(f"{r['name'][:19]:<20}{r['period']:<9}{_usd(r['budget_nano']):>11}{_usd(r['soft_nano']):>11}{_usd(r['spent_nano']):>11}"
+                  f"{_usd(r['live_spent_nano']):>11}{_usd(r['shadow_spent_nano']):>11}"
                   f"{_usd(r['reserved_nano']):>11}{_usd(r['remaining_nano']):>11}{r['soft_alerts']:>7}"
                   f"{r['rpm'] if r['rpm'] is not None else '-':>7}{r['tpm'] if r['tpm'] is not None else '-':>10}")
         return 0

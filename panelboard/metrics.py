@@ -44,6 +44,7 @@ class CostMeters:
         self.requests: dict[tuple[str, str], int] = defaultdict(int)  # (provider, outcome)
         self.latency: dict[str, list[int]] = {}  # provider -> cumulative bucket counts (+Inf last)
         self.latency_sum: dict[str, float] = defaultdict(float)
+        self.quarantined = 0  # records the ledger dead-lettered (pb.dead.cost_record)
 
     def observe(self, rec: CostRecord) -> None:
         self.spend[(rec.provider, rec.model, rec.team, rec.shadow)] += rec.cost_usd
@@ -75,6 +76,8 @@ class CostMeters:
                 out.append(f"panelboard_provider_latency_seconds_bucket{_labels(provider=p, le=le)} {n}")
             out.append(f"panelboard_provider_latency_seconds_sum{_labels(provider=p)} {self.latency_sum[p]!r}")
             out.append(f"panelboard_provider_latency_seconds_count{_labels(provider=p)} {counts[-1]}")
+        out += ["# HELP panelboard_ledger_quarantined_total Cost records the ledger could not write, dead-lettered on pb.dead.cost_record.",
+                "# TYPE panelboard_ledger_quarantined_total counter", f"panelboard_ledger_quarantined_total {self.quarantined}"]
         return out
 
 

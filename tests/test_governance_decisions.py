@@ -21,6 +21,7 @@ from schemas.job import Hop, Job, Route
 
 DAY = 86_400.0
 NOW = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
+CENT = 10_000_000  # nano-dollars
 ROUTE = Route(tier="fast", chain=(Hop("oa/small", "oa"), Hop("oa/big", "oa")))
 
 CFG = parse("""
@@ -386,3 +387,52 @@ def test_a_job_without_max_tokens_is_bound_to_the_smallest_cap_of_its_chain():
     assert out.request.max_tokens == 500 and j.request.max_tokens is None
     assert budgets.estimate(out, ROUTE, CFG).output_tokens == 500
     assert admission.bound(job("hello", 7), ROUTE, CFG).request.max_tokens == 7
+
+
+# -- shadow mirrors inside the budget ----------------------------------------------------------------
+@pytest.mark.parametrize("left, live, shadow, want_shadow", [
+    (10 * CENT, 4 * CENT, 5 * CENT, 5 * CENT),  # both fit: reserved together
+    (10 * CENT, 4 * CENT, 6 * CENT, 6 * CENT),  # exactly
+    (10 * CENT, 4 * CENT, 7 * CENT, 0),  # the mirror does not fit: the job runs alone
+    (10 * CENT, 4 * CENT, 0, 0),  # not sampled
+])
+def test_a_mirror_is_reserved_with_its_job_or_dropped(left, live, shadow, want_shadow):
+    team = budgets.Budget(owner="team t", limit_nano=left)
+    plan = budgets.reserve_all([None, team], live, shadow, NOW)
+    assert isinstance(plan, budgets.Plan) and plan.shadow_nano == want_shadow
+    assert plan.reserved[0] is None and plan.reserved[1].after.reserved_nano == live + want_shadow == plan.amount_nano
+
+
+def test_a_job_that_does_not_fit_is_refused_whatever_its_mirror():
+    key = budgets.Budget(owner="key pb_abcde", limit_nano=3 * CENT)
+    team = budgets.Budget(owner="team t", limit_nano=100 * CENT)
+    out = budgets.reserve_all([key, team], 4 * CENT, 1 * CENT, NOW)
+    assert isinstance(out, OverBudget) and out.message.startswith("key pb_abcde")
+    # The key's budget has room for the job but not the pair: the mirror is dropped.
+    plan = budgets.reserve_all([budgets.Budget(owner="key pb_abcde", limit_nano=5 * CENT), team], 4 * CENT, 2 * CENT, NOW)
+    assert plan.shadow_nano == 0 and all(r.after.reserved_nano == 4 * CENT for r in plan.reserved)
+
+
+def test_shadow_settlement_spends_against_the_mirror_and_never_touches_rate_windows():
+    t = budgets.Ticket(reserved_nano=5 * CENT, est_tokens=0)
+    t1, d = budgets.settle_shadow_cost(t, 0, terminal=False)  # a failed shadow call: costs nothing
+    assert d == budgets.Delta() and not t1.done
+    t2, d = budgets.settle_shadow_cost(t1, 3 * CENT, terminal=True)  # its answer: spent, the rest released
+    assert d == budgets.Delta(spent_nano=3 * CENT, reserved_nano=-5 * CENT, shadow_spent_nano=3 * CENT) and t2.done
+    _, d = budgets.settle_shadow_done(t1)  # or its chain failed
+    assert d == budgets.Delta(reserved_nano=-5 * CENT)
+
+
+# -- schema upgrades ------------------------------------------------------------------------------
+def test_an_old_table_is_upgraded_by_widening_and_adding_columns():
+    from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, text
+
+    from panelboard import db
+
+    t = Table("t", MetaData(), Column("n", BigInteger, nullable=False), Column("m", BigInteger, nullable=False, server_default=text("0")))
+    old = {"n": Integer()}
+    assert db.upgrade_plan("postgresql", t, old, '"s"."t"') == [  # one statement: the table is rewritten once
+        'ALTER TABLE "s"."t" ALTER COLUMN "n" TYPE BIGINT, ADD COLUMN IF NOT EXISTS "m" BIGINT DEFAULT 0 NOT NULL',
+    ]
+    assert db.upgrade_plan("sqlite", t, old, '"t"') == ['ALTER TABLE "t" ADD COLUMN "m" BIGINT DEFAULT 0 NOT NULL']
+    assert db.upgrade_plan("postgresql", t, {"n": BigInteger(), "m": BigInteger()}, '"t"') == []

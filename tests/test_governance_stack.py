@@ -22,7 +22,7 @@ from panelboard.config import load
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 from schemas import wire
-from schemas.codec import decode_cost, decode_dead, encode
+from schemas.codec import decode_cost, decode_dead, decode_result, encode
 from schemas.errors import BadKey, InvalidJob, OverBudget, PromptTooLarge, RateLimited
 from schemas.job import Completed, Failed
 from tests.conftest import ROOT, Mock, run_cli
@@ -143,6 +143,98 @@ async def test_budget_race_four_brokers(gov, brokers, database):
         await store.close()
 
 
+async def test_shadow_calls_stay_inside_the_budget_four_brokers(gov, brokers, database):
+    """Given a team budget of $1.00, shadow sampling on (half the jobs mirrored, at the live
+    price or to a tier that fails) and four brokers, when 160 jobs of up to $0.05 each are
+    submitted at once, then everything charged to the team, live and shadow, is at most
+    $1.00, and every reservation is released once the jobs and their mirrors have ended."""
+    url, schema = database
+    store = Store.open(url, schema=schema)
+    try:
+        team = "shadow-" + uuid.uuid4().hex[:6]
+        await store.set_team(team, budget_nano=budgets.NANO, period="monthly")
+        key, _ = await store.create_key(team)
+        brokers(url, schema, n=4)
+        jobs = [("mirrored" if i % 2 else "mirrored_failing", 4 + i % 5) for i in range(160)]
+        async with Client(gov.nats_url, key=key) as c:
+            handles = await asyncio.gather(*(c.submit(HELLO, intent=intent, max_tokens=mt) for intent, mt in jobs))
+            rs = await results(c, handles)
+        done = [r for r in rs if isinstance(r, Completed)]
+        assert done and all(isinstance(r, Completed) or isinstance(r.error, OverBudget) for r in rs)
+
+        def costs_of(recs, shadow: bool) -> int:
+            return sum(round(r.cost_usd * 1e9) for r in recs if r.shadow == shadow)
+
+        async def all_settled():
+            row = await team_state(store, team)
+            recs = await _cost_records(c_url=gov.nats_url, team=team)
+            live, shadow = costs_of(recs, False), costs_of(recs, True)
+            return (row, live, shadow) if row.reserved_nano == 0 and row.spent_nano == live + shadow else None
+
+        got = await eventually(all_settled, timeout=60)
+        assert got, (await team_state(store, team), len(done))
+        row, live, shadow = got
+        print(f"\nshadow budget race ({store.dialect}): {len(done)} of 160 completed, live ${live / 1e9:.4f} + shadow ${shadow / 1e9:.4f}"
+              f" = ${row.spent_nano / 1e9:.4f} of $1.00, reserved {row.reserved_nano}")
+        assert shadow > 0 and live + shadow == row.spent_nano <= budgets.NANO and row.shadow_spent_nano == shadow
+        listed = next(t for t in await store.list_teams() if t["name"] == team)
+        assert (listed["live_spent_nano"], listed["shadow_spent_nano"]) == (live, shadow)
+        async with store.engine.connect() as conn:  # every mirror ended: the failed ones too
+            open_mirrors = (await conn.execute(select(func.count()).select_from(admissions).where(admissions.c.shadow_done.is_(False)))).scalar_one()
+        assert open_mirrors == 0
+    finally:
+        await store.close()
+
+
+async def test_dead_replay_of_a_governed_job_runs_under_a_supplied_key(gov, brokers, tmp_path):
+    """Given a governed job refused OverBudget (its dead letter keeps only the key's prefix),
+    when the operator raises the budget and replays it with the key in an environment
+    variable, then the job runs and completes as a new run; replayed without one (all that was
+    possible before) it fails again with BadKey."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'replay.db'}"
+    store = Store.open(url)
+    try:
+        team = "replay-" + uuid.uuid4().hex[:6]
+        await store.set_team(team, budget_nano=0)
+        key, prefix = await store.create_key(team)
+        brokers(url, None)
+        async with Client(gov.nats_url, key=key, team=team) as c:
+            h = await c.submit(HELLO, intent="priced", max_tokens=8, job_id="replay-" + uuid.uuid4().hex[:8])
+            first = await h.result(timeout=30)
+            assert isinstance(first, Failed) and isinstance(first.error, OverBudget)
+            await store.set_team(team, budget_nano=budgets.NANO)
+            env = {"PB_REPLAY_KEY": key}
+            # A key file that does not hold a key, and no key at all: clear errors, nothing replayed.
+            (tmp_path / "bad.key").write_text("not-a-key\n")
+            bad = run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url, "--key-file", str(tmp_path / "bad.key"))
+            assert bad.returncode == 2 and "does not hold a panelboard virtual key" in bad.stderr
+            unset = run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url, "--key-env", "PB_NO_SUCH_VAR")
+            assert unset.returncode == 2 and "$PB_NO_SUCH_VAR is not set" in unset.stderr
+            # Replayed without a key (as before), it fails again, BadKey: the letter held only the prefix.
+            assert "replayed 1" in run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url).stdout
+
+            async def results_of() -> list:  # refusals are answered by seq (rejects), runs by job id
+                rejected = [decode_result(d) for d in await stream_payloads(c.js, wire.RESULTS_STREAM, wire.rejects_of(team))]
+                return [r for r in rejected if r.job_id == h.id] + [
+                    decode_result(d) for d in await stream_payloads(c.js, wire.RESULTS_STREAM, wire.result(team, h.id))]
+
+            async def bad_key():
+                return next((r for r in await results_of() if isinstance(r, Failed) and isinstance(r.error, BadKey)), None)
+
+            assert await eventually(bad_key, timeout=30) is not None
+            out = run_cli("dead", "replay", "--job", h.id, "--nats-url", gov.nats_url, "--key-env", "PB_REPLAY_KEY", env=env)
+            assert out.returncode == 0 and f"replayed 1 job(s) under key {prefix}" in out.stdout, out.stderr
+            assert key not in out.stdout + out.stderr
+
+            async def replayed():
+                return next((r for r in await results_of() if isinstance(r, Completed)), None)
+
+            done = await eventually(replayed, timeout=30)
+        assert done is not None and round(done.cost_usd * 1e9) == 8 * 6250 * 1000
+    finally:
+        await store.close()
+
+
 async def _settled(store: Store, team: str, spent: int):
     row = await team_state(store, team)
     return row if row.reserved_nano == 0 and row.spent_nano == spent else None
@@ -164,7 +256,7 @@ async def stream_messages(js, stream: str, subject: str | None = None) -> list:
     seq = info.state.first_seq
     while info.state.messages and seq <= info.state.last_seq:
         try:
-            m = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+            m = await js.get_msg(stream, seq=seq, subject=subject or ">", next=True)  # ">": past deleted messages too
         except NotFoundError:
             break
         out.append(m)
@@ -440,7 +532,9 @@ def test_cli_teams_and_keys(tmp_path):
     assert run_cli("teams", "set", "cli-team", "--rpm", "none", env=env).returncode == 0
     row = json.loads(run_cli("teams", "list", "--json", env=env).stdout)[0]
     assert (row["name"], row["budget_nano"], row["soft_nano"], row["rpm"], row["remaining_nano"]) == ("cli-team", 2_500_000_000, 2_000_000_000, None, 2_500_000_000)
-    assert "cli-team" in run_cli("teams", "list", env=env).stdout
+    assert (row["live_spent_nano"], row["shadow_spent_nano"]) == (0, 0)
+    table = run_cli("teams", "list", env=env).stdout
+    assert "cli-team" in table and all(w in table.splitlines()[0].split() for w in ("spent", "live", "shadow", "reserved"))
     bad = run_cli("keys", "create", "--team", "x'; DROP TABLE teams;--", env=env)
     assert bad.returncode == 2 and "not a valid name" in bad.stderr
     unknown = run_cli("keys", "create", "--team", "cli-team", "--tiers", "gold", env=env)

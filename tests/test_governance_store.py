@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 from sqlalchemy import func, select
 
@@ -235,3 +236,78 @@ async def test_soft_limit_alerts_once_a_period(stores):
     after = await s.admit("s3", 0, key, ROUTE, est(1 * CENT), now)
     assert first.soft_crossed == () and crossing.soft_crossed == ("team t",) and after.soft_crossed == ()
     assert (await team_row(s, "t")).soft_alerts == 1
+
+
+def shadow_cost(job_id: str, nano: int, outcome: str = "ok", team: str = "t", prefix: str | None = None) -> CostRecord:
+    return msgspec.structs.replace(cost(job_id, nano, outcome=outcome, team=team, prefix=prefix), shadow=True)
+
+
+async def test_shadow_mirrors_reserve_with_their_jobs_across_four_brokers(stores):
+    """Given a $1.00 budget and four brokers, when 120 jobs of $0.02-$0.05 arrive at once, each
+    with a $0.03 shadow mirror, then job and mirror are reserved together or the job alone,
+    never past $1.00; settling live and shadow calls (half the mirrors failing) spends at most
+    $1.00 and releases every reservation."""
+    brokers = [stores() for _ in range(4)]
+    await brokers[0].set_team("sh", budget_nano=100 * CENT, period="daily")
+    key, prefix = await brokers[0].create_key("sh")
+    sizes = [(2 + i % 4) * CENT for i in range(120)]
+    now = time.time()
+    outs = await asyncio.gather(*(brokers[i % 4].admit(f"sh-{i}", 0, key, ROUTE, est(sizes[i]), now, shadow_nano=3 * CENT)
+                                  for i in range(120)))
+    admitted = [i for i, o in enumerate(outs) if isinstance(o, Admitted)]
+    mirrored = [i for i in admitted if outs[i].shadow_nano == 3 * CENT]
+    assert mirrored and all(isinstance(outs[i], OverBudget) for i in range(120) if i not in admitted)
+    row = await team_row(brokers[0], "sh")
+    assert row.reserved_nano == sum(sizes[i] for i in admitted) + 3 * CENT * len(mirrored) <= 100 * CENT
+    # A redelivered job finds its mirror's reservation: nothing reserved twice.
+    again = await brokers[2].admit(f"sh-{mirrored[0]}", 0, key, ROUTE, est(sizes[mirrored[0]]), now, shadow_nano=3 * CENT)
+    assert again.again and again.shadow_nano == 3 * CENT
+
+    answered, failed = mirrored[::2], mirrored[1::2]
+    records = [cost(f"sh-{i}", sizes[i], prefix=prefix, team="sh") for i in admitted]
+    records += [shadow_cost(f"sh-{i}", 3 * CENT, prefix=prefix, team="sh") for i in answered]
+    records += [shadow_cost(f"sh-{i}", 0, outcome="ClientError", prefix=prefix, team="sh") for i in failed]
+    for _ in range(2):  # redelivered: settled once
+        await brokers[1].settle(records, [], shadow_ended=[(f"sh-{i}", 0) for i in failed])
+    row = await team_row(brokers[0], "sh")
+    spent = sum(sizes[i] for i in admitted) + 3 * CENT * len(answered)
+    assert (row.spent_nano, row.shadow_spent_nano, row.reserved_nano) == (spent, 3 * CENT * len(answered), 0) and spent <= 100 * CENT
+    assert (await key_row(brokers[0], prefix)).inflight == 0
+    listed = next(t for t in await brokers[3].list_teams() if t["name"] == "sh")
+    assert (listed["live_spent_nano"], listed["shadow_spent_nano"]) == (sum(sizes[i] for i in admitted), 3 * CENT * len(answered))
+
+
+async def test_a_mirror_that_never_ends_is_swept(stores):
+    s = stores()
+    await s.set_team("t", budget_nano=10 * CENT)
+    key, _ = await s.create_key("t")
+    now = time.time()
+    assert (await s.admit("m", 0, key, ROUTE, est(4 * CENT), now - 7200, shadow_nano=5 * CENT)).shadow_nano == 5 * CENT
+    await s.settle([cost("m", 4 * CENT, team="t")], [], now=now - 7000)  # the job answered; its mirror went silent
+    assert (await team_row(s, "t")).reserved_nano == 5 * CENT
+    await s.sweep(ttl_s=3600, now=now)
+    assert (await team_row(s, "t")).reserved_nano == 0
+
+
+async def test_an_old_key_database_is_upgraded_in_place(stores):
+    """A database made before shadow reservations and 64-bit counts: its columns are added or
+    widened when a new broker starts, and what it held stays."""
+    s = stores()
+    await s.set_team("t", budget_nano=10 * CENT)
+    key, _ = await s.create_key("t")
+    assert isinstance(await s.admit("before", 0, key, ROUTE, est(2 * CENT), time.time()), Admitted)
+    async with s.engine.begin() as conn:  # back to the old layout
+        for table, col in (("admissions", "shadow_reserved_nano"), ("admissions", "shadow_consumed_nano"),
+                           ("admissions", "shadow_done"), ("teams", "shadow_spent_nano"), ("virtual_keys", "shadow_spent_nano")):
+            await conn.exec_driver_sql(f"ALTER TABLE {_q(s, table)} DROP COLUMN {col}")
+        if s.dialect == "postgresql":
+            await conn.exec_driver_sql(f"ALTER TABLE {_q(s, 'settled_calls')} ALTER COLUMN attempt TYPE INTEGER")
+    await stores().create()  # a new broker starts
+    await s.settle([cost("before", 2 * CENT, team="t", attempt=3_000_000_000)], [])
+    row = await team_row(s, "t")
+    assert (row.spent_nano, row.reserved_nano, row.shadow_spent_nano) == (2 * CENT, 0, 0)
+
+
+def _q(s: Store, table: str) -> str:
+    schema = s.engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    return f'"{schema}"."{table}"' if schema else f'"{table}"'

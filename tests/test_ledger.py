@@ -26,6 +26,7 @@ from panelboard.config import load
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 from schemas import wire
+from schemas.codec import decode_cost
 from schemas.job import CostRecord
 from tests.conftest import TEST_CONFIG, Mock
 from tests.invariants import check
@@ -210,3 +211,181 @@ async def _keys(engine) -> set[tuple[str, int, int, int]]:
     c = db.costs.c
     async with engine.connect() as conn:
         return {tuple(r) for r in (await conn.execute(select(c.job_id, c.run, c.hop, c.attempt).where(c.shadow.is_(False)))).all()}
+
+
+async def _letters(js, job: str) -> list:
+    from panelboard import dead
+
+    return [d for _, d in await dead.letters(js, ledger_mod.DEAD_REASON) if decode_cost(d.raw).job_id.startswith(job)]
+
+
+async def test_a_poison_record_is_quarantined_and_every_record_around_it_lands(js, either_db):
+    # Given a running ledger on SQLite or Postgres
+    engine = either_db
+    meters = metrics.CostMeters()
+    writer = Ledger(js, engine, meters=meters)
+    task = asyncio.create_task(writer.run())
+    job = uuid.uuid4().hex[:8]
+    try:
+        # When a record no column can hold (2^63 tokens) arrives between good ones, next to a
+        # provider's implausible but storable claim of 3,000,000,000 tokens
+        poison = record(f"{job}-poison", prompt_tokens=2**63)
+        huge = record(f"{job}-huge", completion_tokens=3_000_000_000, cost_usd=3_000_000_000 * 1.5 / 1e6)
+        recs = [*(record(f"{job}-{i}") for i in range(10)), poison, huge, *(record(f"{job}-{i}") for i in range(10, 20))]
+        for r in recs:
+            await bus.publish_cost(js, r)
+        # Then every good record lands, the huge one as it came (64-bit), and all are acked
+        await until("21 rows", lambda: _eq(db.count_rows(engine), 21))
+        await until("the batch to be acked", lambda: _acked(js))
+        # and the poison one is a dead letter holding the record, counted
+        letters = await _letters(js, job)
+        assert [decode_cost(d.raw) for d in letters] == [poison]
+        assert "prompt_tokens" in letters[0].error.message and job in letters[0].error.message
+        assert writer.quarantined == 1 and meters.quarantined == 1 and writer.implausible == 1
+        c = db.costs.c
+        async with engine.connect() as conn:
+            stored = (await conn.execute(select(c.completion_tokens, c.cost_nano_usd).where(c.job_id == huge.job_id))).one()
+        assert tuple(stored) == (3_000_000_000, 4_500 * db.NANO)
+        # and the ledger keeps running: later records land too
+        for i in range(5):
+            await bus.publish_cost(js, record(f"{job}-after-{i}"))
+        await until("26 rows", lambda: _eq(db.count_rows(engine), 26))
+        assert not task.done()
+    finally:
+        writer.stopping.set()
+        await task
+
+
+async def test_a_batch_the_database_refuses_is_split_until_only_the_poison_is_left(js, tmp_path):
+    """The database's own refusals (not only what db.problem foresees) are bisected: here a
+    Postgres ledger made by an older release (32-bit counts), not yet upgraded."""
+    from tests.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
+
+    schema = await new_pg_schema("pb_old")
+    engine = db.open_engine(PG_URL, schema=schema)
+    await _old_schema(engine)
+    writer = Ledger(js, engine)
+    task = asyncio.create_task(writer.run())
+    job = uuid.uuid4().hex[:8]
+    try:
+        # When 40 records arrive with one over 2^31 tokens in the middle
+        recs = [record(f"{job}-{i}") for i in range(40)]
+        recs[23] = record(f"{job}-big", prompt_tokens=3_000_000_000)
+        for r in recs:
+            await bus.publish_cost(js, r)
+        # Then the other 39 land, the refused one is quarantined, nothing is retried for ever
+        await until("39 rows", lambda: _eq(db.count_rows(engine), 39))
+        await until("the batch to be acked", lambda: _acked(js))
+        letters = await _letters(js, job)
+        assert [decode_cost(d.raw).job_id for d in letters] == [f"{job}-big"]
+        assert "out of range" in letters[0].error.message
+        # When the ledger restarts, its table is widened to 64 bits and the record fits
+        writer.stopping.set()
+        await task
+        await db.create_schema(engine)
+        await db.insert_costs(engine, [db.row(recs[23])])
+        assert await db.count_rows(engine) == 40
+    finally:
+        writer.stopping.set()
+        await task
+        await engine.dispose()
+        await drop_pg_schema(schema)
+
+
+async def test_an_old_ledger_is_upgraded_in_place_to_64_bit_counts(either_db):
+    # Given a ledger table made by the previous release (32-bit counts), holding a row
+    engine = either_db
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: db.costs.drop(c))
+    await _old_schema(engine)
+    await db.insert_costs(engine, [db.row(record("old-row"))])
+    # When the new release starts on it
+    await db.create_schema(engine)
+    await db.create_schema(engine)  # twice: a second process starting finds nothing to do
+    # Then the old row is intact and a 3e9-token record is stored as it came
+    await db.insert_costs(engine, [db.row(record("new-row", prompt_tokens=3_000_000_000))])
+    c = db.costs.c
+    async with engine.connect() as conn:
+        rows = dict((await conn.execute(select(c.job_id, c.prompt_tokens))).all())
+    assert rows == {"old-row": 12, "new-row": 3_000_000_000}
+
+
+async def _old_schema(engine) -> None:
+    """cost_records as the release before 64-bit counts made it."""
+    from sqlalchemy import BigInteger, Column, Integer, MetaData, Table
+
+    old = Table("cost_records", MetaData(), *(
+        Column(col.name, Integer if isinstance(col.type, BigInteger) and col.name != "cost_nano_usd" else col.type,
+               nullable=col.nullable, primary_key=col.primary_key) for col in db.costs.columns))
+    async with engine.begin() as conn:
+        await conn.run_sync(old.metadata.create_all)
+
+
+async def test_split_writes_isolate_each_poison_item_in_few_writes():
+    writes: list[int] = []
+
+    async def write(items):
+        writes.append(len(items))
+        if any(i in (3, 77) for i in items):
+            raise ValueError("refused")
+
+    refused = await db.write_splitting(write, list(range(100)))
+    assert [i for i, _ in refused] == [3, 77] and len(writes) <= 2 * 2 * 7 + 1
+
+    async def outage(items):
+        raise OSError("connection refused")
+
+    with pytest.raises(OSError):
+        await db.write_splitting(outage, [1, 2])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def key_store(request, tmp_path):
+    from broker.governance_store import Store
+    from tests.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
+
+    schema = await new_pg_schema("pb_settle") if request.param == "postgres" else None
+    store = Store.open(PG_URL if schema else f"sqlite+aiosqlite:///{tmp_path / 'gov.db'}", schema=schema)
+    await store.create()
+    yield store
+    await store.close()
+    if schema:
+        await drop_pg_schema(schema)
+
+
+async def test_settlement_skips_a_poison_record_and_settles_every_other(js, key_store):
+    from broker.budgets import Estimate
+    from broker.governance_store import teams
+    from broker.settle import Settler
+    from schemas.job import Hop, Route
+
+    # Given ten admitted jobs of one cent each
+    store, team = key_store, "settle-" + uuid.uuid4().hex[:6]
+    await store.set_team(team, budget_nano=db.NANO)
+    key, prefix = await store.create_key(team)
+    job = uuid.uuid4().hex[:8]
+    route = Route(tier="fast", chain=(Hop("oa/small", "oa"),))
+    for i in range(10):
+        await store.admit(f"{job}-{i}", 0, key, route, Estimate(cost_nano=10_000_000, tokens=15, prompt_tokens=12, output_tokens=3, model="oa/small"), time.time())
+    stopping = asyncio.Event()
+    settler = Settler(js, store)
+    await settler.prepare()
+    task = asyncio.create_task(settler.run(stopping))
+    try:
+        # When their cost records arrive with a poison one (an attempt number beyond 64 bits) among them
+        recs = [record(f"{job}-{i}", team=team, key_prefix=prefix, cost_usd=0.004) for i in range(10)]
+        recs.insert(5, record(f"{job}-3", attempt=2**64 - 1, team=team, key_prefix=prefix, cost_usd=0.004, outcome="ServerError"))
+        for r in recs:
+            await bus.publish_cost(js, r)
+
+        # Then every good record is settled (reservations released, real cost spent) and the poison one is skipped
+        async def settled() -> bool:
+            async with store.engine.connect() as conn:
+                row = (await conn.execute(select(teams).where(teams.c.name == team))).one()
+            return (row.spent_nano, row.reserved_nano) == (40_000_000, 0)
+
+        await until("the ten jobs settled", settled)
+        assert settler.skipped == 1
+    finally:
+        stopping.set()
+        await task
