@@ -70,12 +70,12 @@ class End(NamedTuple):
 
 def failed_mirror(msg: Msg) -> tuple[str, int] | None:
     """(job, run) of a shadow attempt that ended its chain without an answer, from its
-    Nats-Msg-Id `<job>:<run>:a<hop>:<attempt>:s` and its decision."""
+    Nats-Msg-Id `<team>.<job>:<run>:a<hop>:<attempt>:s` and its decision."""
     msg_id = (msg.headers or {}).get(wire.HDR_MSG_ID, "")
     parts = msg_id.rsplit(":", 4)
     if len(parts) != 5 or parts[4] != "s" or not parts[1].isdigit() or b'"fail"' not in msg.data:
         return None
-    return (parts[0], int(parts[1])) if decode_attempt(msg.data).decision == "fail" else None
+    return (parts[0].rpartition(".")[2], int(parts[1])) if decode_attempt(msg.data).decision == "fail" else None
 
 
 def consumer_config(subjects: str) -> ConsumerConfig:

@@ -156,7 +156,7 @@ async def test_shadow_calls_stay_inside_the_budget_four_brokers(gov, brokers, da
         key, _ = await store.create_key(team)
         brokers(url, schema, n=4)
         jobs = [("mirrored" if i % 2 else "mirrored_failing", 4 + i % 5) for i in range(160)]
-        async with Client(gov.nats_url, key=key) as c:
+        async with Client(gov.nats_url, key=key, team=team) as c:
             handles = await asyncio.gather(*(c.submit(HELLO, intent=intent, max_tokens=mt) for intent, mt in jobs))
             rs = await results(c, handles)
         done = [r for r in rs if isinstance(r, Completed)]
