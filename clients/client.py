@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from clients.errors import PanelboardError, ResultTimeout, exception_for
+from clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
 from panelboard.bus import _TRANSIENT
 from schemas import wire
 from schemas.chat import ChatRequest, ChatResponse, Message
@@ -105,12 +105,15 @@ class Client:
 
     async def connect(self) -> None:
         if self.nc is None:
-            from panelboard.runtime import connect, find_url
+            from panelboard.runtime import UnreachableError, connect, find_url
 
             url = find_url(self._url)
             if url is None:
                 raise PanelboardError("no NATS URL: pass nats_url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory")
-            self.nc = await connect(url, f"panelboard-client-{self.client_id}", on_reconnect=self._resync)
+            try:
+                self.nc = await connect(url, f"panelboard-client-{self.client_id}", on_reconnect=self._resync)
+            except UnreachableError as e:
+                raise ServerUnreachable(str(e)) from None
         self.js = self.nc.jetstream()
         # Subscribe before the first submit, so no live result can slip past us.
         self._sub = await self.nc.subscribe(f"pb.results.{self.client_id}.>", cb=self._on_result)
@@ -201,6 +204,9 @@ class Client:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except nats.errors.MaxPayloadError:
+                self._waiting.pop(job.id, None)
+                raise too_large(job.id, len(data), self.nc.max_payload, job.metadata) from None
         return JobHandle(self, job.id)
 
     async def lookup(self, job_id: str) -> Result | None:
