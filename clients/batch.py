@@ -329,20 +329,19 @@ async def submit(
                     errors.write(_malformed_record(line_no, raw, str(e)))
                     s.finish(line_no)
                     continue
-                rep.requests += 1
-                if line_no <= skip_through:
-                    rep.skipped += 1
-                    s.finish(line_no)
-                    continue
                 job = Job(id=B.job_id(batch_id, custom_id), client=client, request=request, intent=line_intent or intent, key=key,
                           team=team, feature=feature, metadata={"batch_id": batch_id, "custom_id": custom_id}, priority="batch",
                           deadline=deadline, submitted_at=time.time())
                 if (size := len(encode(job))) > max_bytes:  # would crash the publish, or be refused unread
-                    rep.requests -= 1
                     rep.malformed += 1
                     if errors is None:
                         errors = open(err_path, "wb")
                     errors.write(_malformed_record(line_no, raw, too_large(size, max_bytes), custom_id))
+                    s.finish(line_no)
+                    continue
+                rep.requests += 1
+                if line_no <= skip_through:
+                    rep.skipped += 1
                     s.finish(line_no)
                     continue
                 await s.sem.acquire()
