@@ -104,6 +104,16 @@ def _no_batch(batch_id: str) -> str:
             "hint: check the id (`batch submit` prints it) and --nats-url")
 
 
+async def _exists(js: Any, batch_id: str) -> bool:
+    """Any trace of the batch (what `status` would report on), cheapest reads first: a cancel
+    must not wait behind a full status while the queue drains."""
+    from clients import batch
+
+    batch.check_batch_id(batch_id)
+    return (await batch.read_info(js, batch_id) is not None or await batch.count_jobs(js, batch_id) > 0
+            or await batch.count_results(js, batch_id) > 0)
+
+
 def cmd_batch(a: argparse.Namespace) -> int:
     from clients import batch
     from panelboard.cli import resolve_key
@@ -134,7 +144,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
                     print(json.dumps(st) if a.json else _status_text(st))
                     return 0
                 case "results":
-                    if await batch.status(js, a.batch_id) is None:  # not an empty file and rc 0
+                    if not await _exists(js, a.batch_id):  # not an empty file and rc 0
                         print(f"batch results: {_no_batch(a.batch_id)}", file=sys.stderr)
                         return 1
                     bar, _ = _bar("results")
@@ -149,7 +159,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
                               + (f"; {rep.pending} still pending" if rep.pending else ""), file=say)
                     return 0
                 case "cancel":
-                    if await batch.status(js, a.batch_id) is None:  # a cancel record would block the id for ever
+                    if not await _exists(js, a.batch_id):  # a cancel record would block the id for ever
                         print(f"batch cancel: {_no_batch(a.batch_id)}", file=sys.stderr)
                         return 1
                     rep = await batch.cancel(js, a.batch_id, cfg)
@@ -163,7 +173,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
                             print(_status_text(st))
                     return 0
                 case _:  # wait
-                    if await batch.status(js, a.batch_id) is None:
+                    if not await _exists(js, a.batch_id):
                         print(f"batch wait: {_no_batch(a.batch_id)}", file=sys.stderr)
                         return 1
                     bar, total = _bar("results")
