@@ -29,6 +29,8 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from broker.health import HealthState, Key, Window, assess, kv_key, thresholds, tracked
+from broker.waiting import Waiting
+from broker.waiting import read as read_waiting
 from panelboard import logs, streams
 from schemas import wire
 from schemas.codec import decode_cost
@@ -262,6 +264,7 @@ class Status(msgspec.Struct):
     health: list[HealthState]
     queues: list[QueueDepth]
     health_bucket: bool  # False: no aggregator has run against this server yet
+    waiting: list[Waiting] = []  # keys/teams over a limit with on_limit=wait, and how many jobs sit behind each
 
 
 async def status(js: JetStreamContext, cfg: Config) -> Status:
@@ -284,7 +287,7 @@ async def status(js: JetStreamContext, cfg: Config) -> Status:
             if c.config.durable_name:
                 queues.append(QueueDepth(stream, c.config.durable_name, c.num_pending or 0, c.num_ack_pending or 0))
     return Status(now=time.time(), health=sorted(rows, key=lambda s: (s.provider, s.model)),
-                  queues=sorted(queues, key=lambda q: (q.stream, q.consumer)), health_bucket=have)
+                  queues=sorted(queues, key=lambda q: (q.stream, q.consumer)), health_bucket=have, waiting=await read_waiting(js))
 
 
 def _ago(now: float, t: float) -> str:
@@ -309,6 +312,9 @@ def render_status(st: Status) -> str:
     out.append("")
     out.append("queues (durable consumers)")
     out += _table(("stream", "consumer", "pending", "running"), [(q.stream, q.consumer, str(q.pending), str(q.unacked)) for q in st.queues])
+    out.append("")
+    out.append("waiting on a rate limit (on_limit: wait; jobs stay in PB_JOBS until the window frees room)")
+    out += _table(("owner", "limit", "jobs", "since"), [(w.owner, w.limit, str(w.jobs), _ago(st.now, w.since)) for w in st.waiting])
     return "\n".join(out)
 
 

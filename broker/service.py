@@ -11,14 +11,16 @@ costs ~0.4 ms CPU here, the raw loop ~0.03 ms, and this is the hot path.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 import time
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from broker import admission, classify, health, routing, strategies
+from broker import admission, classify, health, routing, strategies, waiting
 from broker.admission import Governor, Wait
 from broker.governance_store import Admitted
 from panelboard import bus, logs
@@ -77,6 +79,7 @@ class Broker:
         self.health: health.Health = {}
         self.load: dict[str, int] = {}
         self.rng = random.Random()
+        self.waits = waiting.WaitLog()  # keys over a limit with on_limit=wait: logged and shown in `status`
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -127,7 +130,12 @@ class Broker:
             if isinstance(verdict, Wait):  # backpressure: the job waits in the stream
                 await msg.nak(delay=verdict.delay_s)
                 log.debug("job.waiting", job_id=job.id, reason=verdict.reason, delay_s=round(verdict.delay_s, 3))
+                if (row := self.waits.note(verdict.reason, job.id, now)) is not None:  # once per key per interval
+                    log.info("ratelimit.waiting", owner=row.owner, limit=row.limit, jobs=row.jobs, waiting_s=round(now - row.since, 1),
+                             hint="on_limit=wait: these jobs stay in PB_JOBS until the window frees room; "
+                                  "raise the limit or use on_limit=fail (`panelboard status` lists them)")
                 return
+            self.waits.done(job.id)
             if isinstance(verdict, Admitted) and verdict.team != team:
                 # The ledger's admissions are keyed by job id alone: this id was admitted for
                 # another team. Refused, never run or billed under that team.
@@ -216,9 +224,24 @@ class Broker:
             aggregator.cancel()
             await view.stop()
 
+    async def _publish_waits(self) -> None:
+        """This broker's table of waiting keys into PB_WAITING, every interval while it has one."""
+        name = f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+        shown = False
+        while True:
+            await asyncio.sleep(waiting.INTERVAL_S / 2)
+            table = self.waits.snapshot(time.time())
+            if table or shown:
+                try:
+                    await waiting.publish(self.js, name, table, self.cfg.nats.replicas)
+                    shown = bool(table)
+                except Exception as e:  # reconnecting: the next round tries again
+                    log.debug("broker.waits_publish_failed", error=type(e).__name__)
+
     async def run(self) -> None:
         await self.governor.start(self.js)  # keys, limits, budgets, settlement: when governance is on
         follower = asyncio.create_task(self._follow_health()) if self.cfg.health.enabled else None
+        waits = asyncio.create_task(self._publish_waits())
         puller = Puller(self.js._nc, wire.JOBS_STREAM, BROKER_CONSUMER, min_request=MAX_INFLIGHT // 8)
         await puller.start()
         inflight: set[asyncio.Task[None]] = set()
@@ -249,5 +272,6 @@ class Broker:
             await asyncio.wait(inflight, timeout=10)
         if follower is not None:
             follower.cancel()
+        waits.cancel()
         await self.governor.stop()
         log.info("broker.stopped", handled=self.handled)

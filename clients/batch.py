@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import deque
@@ -154,14 +155,29 @@ async def count_results(js: JetStreamContext, batch_id: str, team: str | None = 
     return await _count(js, B.BATCHES_STREAM, B.done_filter(batch_id, team or await team_of(js, batch_id)))
 
 
-def _malformed_record(line_no: int, raw: bytes, error: str) -> bytes:
-    custom_id = None
-    try:
-        obj = msgspec.json.decode(raw)
-        if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
-            custom_id = obj["custom_id"]
-    except msgspec.DecodeError:
-        pass
+HEADER_ROOM = 1024  # the server counts headers against max_payload too
+
+
+def job_size_limit(cfg: Config, max_payload: int) -> int:
+    """The largest job the stack takes: what the server lets us publish, and what the broker
+    reads at all (larger ones get a PromptTooLarge result before they are decoded, so
+    without their metadata, and so without the line's custom_id)."""
+    return min(cfg.governance.max_job_bytes, max_payload - HEADER_ROOM)
+
+
+def too_large(size: int, limit: int) -> str:
+    return (f"the request is {size} bytes as a job, over the limit of {limit} bytes (the smaller of governance.max_job_bytes "
+            "and the NATS server's max_payload); it was not sent: shorten the prompt or split it across lines")
+
+
+def _malformed_record(line_no: int, raw: bytes, error: str, custom_id: str | None = None) -> bytes:
+    if custom_id is None:
+        try:
+            obj = msgspec.json.decode(raw)
+            if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+                custom_id = obj["custom_id"]
+        except msgspec.DecodeError:
+            pass
     return encode({"line": line_no, "custom_id": custom_id, "error": error}) + b"\n"
 
 
@@ -291,6 +307,7 @@ async def submit(
     err_path.unlink(missing_ok=True)  # this run reports every malformed line again
     s = _Submitter(js, src, rep, window, progress)
     s.started = info.started_line
+    max_bytes = job_size_limit(cfg, js._nc.max_payload)
 
     async def checkpoint(state: str = "sending") -> bool:
         """Record progress; False when a cancel asks us to stop."""
@@ -321,14 +338,21 @@ async def submit(
                     errors.write(_malformed_record(line_no, raw, str(e)))
                     s.finish(line_no)
                     continue
+                job = Job(id=B.job_id(batch_id, custom_id), client=client, request=request, intent=line_intent or intent, key=key,
+                          team=team, feature=feature, metadata={"batch_id": batch_id, "custom_id": custom_id}, priority="batch",
+                          deadline=deadline, submitted_at=time.time())
+                if (size := len(encode(job))) > max_bytes:  # would crash the publish, or be refused unread
+                    rep.malformed += 1
+                    if errors is None:
+                        errors = open(err_path, "wb")
+                    errors.write(_malformed_record(line_no, raw, too_large(size, max_bytes), custom_id))
+                    s.finish(line_no)
+                    continue
                 rep.requests += 1
                 if line_no <= skip_through:
                     rep.skipped += 1
                     s.finish(line_no)
                     continue
-                job = Job(id=B.job_id(batch_id, custom_id), client=client, request=request, intent=line_intent or intent, key=key,
-                          team=team, feature=feature, metadata={"batch_id": batch_id, "custom_id": custom_id}, priority="batch",
-                          deadline=deadline, submitted_at=time.time())
                 await s.sem.acquire()
                 s.started = max(s.started, line_no)
                 t = asyncio.create_task(s.send(line_no, job, custom_id, check=line_no <= check_until))
@@ -521,13 +545,15 @@ class ResultsReport:
 async def results(js: JetStreamContext, batch_id: str, out: str | os.PathLike[str], errors_out: str | os.PathLike[str] | None = None,
                   progress: Progress | None = None) -> ResultsReport:
     """Write every result of the batch: completed ones to `out`, failed ones to the errors
-    file, one line per job (the last result of each job), in the order they finished."""
+    file, one line per job (the last result of each job), in the order they finished. `out`
+    "-" is stdout (the errors file is then BATCH_ID.errors.jsonl unless given)."""
     check_batch_id(batch_id)
+    to_stdout = str(out) == "-"
     out = Path(out)
-    err_path = Path(errors_out) if errors_out else out.with_name(out.stem + ".errors.jsonl")
-    rep = ResultsReport(output=str(out))
+    err_path = Path(errors_out) if errors_out else Path(f"{batch_id}.errors.jsonl") if to_stdout else out.with_name(out.stem + ".errors.jsonl")
+    rep = ResultsReport(output="<stdout>" if to_stdout else str(out))
     team = await team_of(js, batch_id)
-    with open(out, "wb") as ok_f, open(err_path, "wb") as err_f:
+    with (open(sys.stdout.fileno(), "wb", closefd=False) if to_stdout else open(out, "wb")) as ok_f, open(err_path, "wb") as err_f:
 
         async def write(m: Any) -> None:
             try:  # the index names where the job's terminal message is

@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from clients.errors import PanelboardError, ResultTimeout, exception_for
+from clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
 from panelboard.bus import _TRANSIENT
 from schemas import wire
 from schemas.chat import ChatRequest, ChatResponse, Message
@@ -125,12 +125,15 @@ class Client:
 
     async def connect(self) -> None:
         if self.nc is None:
-            from panelboard.runtime import connect, find_url
+            from panelboard.runtime import UnreachableError, connect, find_url
 
             url = find_url(self._url)
             if url is None:
                 raise PanelboardError("no NATS URL: pass nats_url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory")
-            self.nc = await connect(url, f"panelboard-client-{self.client_id}", on_reconnect=self._resync)
+            try:
+                self.nc = await connect(url, f"panelboard-client-{self.client_id}", on_reconnect=self._resync)
+            except UnreachableError as e:
+                raise ServerUnreachable(str(e)) from None
         self.js = self.nc.jetstream()
         # Subscribe before the first submit, so no live result can slip past us.
         await self._listen(self.team)
@@ -265,6 +268,9 @@ class Client:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except nats.errors.MaxPayloadError:
+                self._waiting.pop(key, None)
+                raise too_large(job.id, len(data), self.nc.max_payload, job.metadata) from None
         at = (job.team, ack.seq)
         early = self._early.pop(at, None)
         if early is not None:

@@ -10,6 +10,11 @@ class PanelboardError(Exception):
     pass
 
 
+class ServerUnreachable(PanelboardError, ConnectionError):
+    """No NATS server answered (or accepted us) within the connect patience: the message
+    names the URL tried and what to do."""
+
+
 class JobFailed(PanelboardError):
     def __init__(self, failed: Failed):
         self.failed = failed
@@ -42,6 +47,15 @@ _BY_TYPE: dict[type, type[JobFailed]] = {
     e.ProviderError: ProviderErrorError,
     e.ChainExhausted: ChainExhaustedError,
 }
+
+
+def too_large(job_id: str, size: int, limit: int, metadata: dict | None = None) -> PromptTooLargeError:
+    """A job bigger than the server's max_payload: refused before it is published (nats-py
+    raises MaxPayloadError), as the PromptTooLarge a gateway limit would give."""
+    err = e.PromptTooLarge(message=f"the job is {size} bytes, over the NATS server's max_payload of {limit} bytes; it was not sent",
+                           hint="send a shorter prompt (split the document, or summarise it in parts), "
+                                "or ask an operator to raise the server's max_payload")
+    return PromptTooLargeError(Failed(job_id=job_id, error=err, metadata=metadata or {}))
 
 
 def exception_for(failed: Failed) -> JobFailed:

@@ -28,12 +28,14 @@ def add_parser(sub: Any, common: Any) -> None:
     common(s)
     s.add_argument("file", help="JSONL: OpenAI Batch API lines (custom_id, method, url, body) or Anthropic (custom_id, params)")
     s.add_argument("--intent", help="the intent of every line (a line may carry its own \"intent\"); default: the config's default_intent")
-    s.add_argument("--key", help="virtual key the jobs run under")
+    from panelboard.cli import add_key_options
+
+    add_key_options(s, "the jobs run under")
     s.add_argument("--team", default="default")
     s.add_argument("--feature", help="feature tag for cost reports")
     s.add_argument("--batch-id", help="name the batch (default: a hash of the file and these options, so a resubmit resumes it)")
     s.add_argument("--window", type=int, default=512, help="publishes in flight at once (default 512)")
-    s.add_argument("--errors", help="where malformed lines are reported (default: FILE's name with .errors.jsonl)")
+    s.add_argument("--errors", help="where malformed and oversized lines are reported (default: FILE's name with .errors.jsonl)")
     s.add_argument("--completion-window", type=duration_s, metavar="24h",
                    help="jobs not started by then fail with deadline_exceeded (OpenAI's batch_expired); default: none")
     s.add_argument("--wait", action="store_true", help="then wait for every result, with a progress bar")
@@ -52,8 +54,8 @@ def add_parser(sub: Any, common: Any) -> None:
     s = bsub.add_parser("results", help="write the results as OpenAI batch output JSONL; failures to their own file")
     common(s)
     s.add_argument("batch_id")
-    s.add_argument("-o", "--output", required=True, help="completed requests, one JSON line each")
-    s.add_argument("--errors", help="failed requests (default: OUTPUT's name with .errors.jsonl)")
+    s.add_argument("-o", "--output", required=True, help="completed requests, one JSON line each; - writes them to stdout")
+    s.add_argument("--errors", help="failed requests (default: OUTPUT's name with .errors.jsonl; with -o -, BATCH_ID.errors.jsonl)")
     s.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_batch)
 
@@ -84,13 +86,47 @@ def _status_text(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_input(path: str) -> str | None:
+    """Why a batch file cannot be read, before anything connects; None when it can."""
+    import os
+
+    if not os.path.exists(path):
+        return f"no such file: {path}\nhint: give the path of a JSONL batch file (one request per line)"
+    if os.path.isdir(path):
+        return f"{path} is a directory\nhint: give the path of a JSONL batch file (one request per line), not a folder"
+    if not os.access(path, os.R_OK):
+        return f"cannot read {path}: permission denied"
+    return None
+
+
+def _no_batch(batch_id: str) -> str:
+    return (f"no batch {batch_id} (never submitted to this server, or its results have aged out)\n"
+            "hint: check the id (`batch submit` prints it) and --nats-url")
+
+
+async def _exists(js: Any, batch_id: str) -> bool:
+    """Any trace of the batch (what `status` would report on), cheapest reads first: a cancel
+    must not wait behind a full status while the queue drains."""
+    from clients import batch
+
+    batch.check_batch_id(batch_id)
+    return (await batch.read_info(js, batch_id) is not None or await batch.count_jobs(js, batch_id) > 0
+            or await batch.count_results(js, batch_id) > 0)
+
+
 def cmd_batch(a: argparse.Namespace) -> int:
     from clients import batch
+    from panelboard.cli import resolve_key
     from panelboard.config import load
     from panelboard.runtime import connect, require_url, run
 
+    if a.action == "submit" and (why := check_input(a.file)):
+        print(f"batch submit: {why}", file=sys.stderr)
+        return 2
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
+    if a.action == "submit":
+        a.key = resolve_key(a)
 
     async def go() -> int:
         nc = await connect(url, f"panelboard-batch-{a.action}")
@@ -108,17 +144,24 @@ def cmd_batch(a: argparse.Namespace) -> int:
                     print(json.dumps(st) if a.json else _status_text(st))
                     return 0
                 case "results":
+                    if not await _exists(js, a.batch_id):  # not an empty file and rc 0
+                        print(f"batch results: {_no_batch(a.batch_id)}", file=sys.stderr)
+                        return 1
                     bar, _ = _bar("results")
                     bar.total = await batch.count_results(js, a.batch_id)
                     rep = await batch.results(js, a.batch_id, a.output, a.errors, progress=bar.advance)
                     bar.close()
+                    say = sys.stderr if a.output == "-" else sys.stdout  # stdout carries the results
                     if a.json:
-                        print(json.dumps(asdict(rep)))
+                        print(json.dumps(asdict(rep)), file=say)
                     else:
                         print(f"{rep.completed} completed -> {rep.output}" + (f"; {rep.failed} failed -> {rep.errors}" if rep.failed else "")
-                              + (f"; {rep.pending} still pending" if rep.pending else ""))
+                              + (f"; {rep.pending} still pending" if rep.pending else ""), file=say)
                     return 0
                 case "cancel":
+                    if not await _exists(js, a.batch_id):  # a cancel record would block the id for ever
+                        print(f"batch cancel: {_no_batch(a.batch_id)}", file=sys.stderr)
+                        return 1
                     rep = await batch.cancel(js, a.batch_id, cfg)
                     st = await batch.status(js, a.batch_id)
                     if a.json:
@@ -130,6 +173,9 @@ def cmd_batch(a: argparse.Namespace) -> int:
                             print(_status_text(st))
                     return 0
                 case _:  # wait
+                    if not await _exists(js, a.batch_id):
+                        print(f"batch wait: {_no_batch(a.batch_id)}", file=sys.stderr)
+                        return 1
                     bar, total = _bar("results")
                     ok = await batch.follow(js, a.batch_id, progress=bar.advance, on_total=total, timeout=a.timeout)
                     bar.close()
@@ -172,7 +218,8 @@ async def _submit(a: argparse.Namespace, js: Any, cfg: Any) -> int:
         resumed = f" (resumed: {rep.skipped} lines already sent, {rep.already_done} already done)" if rep.resumed else ""
         print(f"batch {rep.batch_id}: {rep.lines} lines, {rep.requests} requests, {rep.sent} sent{resumed} in {rep.elapsed_s:.1f}s")
         if rep.malformed:
-            print(f"{rep.malformed} malformed line(s), by line number, in {rep.errors_path}", file=sys.stderr)
+            print(f"{rep.malformed} line(s) not sent (malformed or too large), by line number and custom_id, in {rep.errors_path}",
+                  file=sys.stderr)
         if rep.stopped:
             print("stopped: the batch was cancelled", file=sys.stderr)
         print(f"status: panelboard batch status {rep.batch_id}\nresults: panelboard batch results {rep.batch_id} -o {rep.batch_id}.jsonl")

@@ -139,13 +139,48 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+KEY_ENV = "PANELBOARD_KEY"
+
+
+def add_key_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--key-file", metavar="FILE", help=f"read the virtual key {what} from this file (or set ${KEY_ENV})")
+    p.add_argument("--key", help=f"the virtual key {what}, on the command line: visible in `ps` to every user of the machine; "
+                                 f"prefer ${KEY_ENV} or --key-file")
+
+
+def resolve_key(a: argparse.Namespace) -> str | None:
+    """--key-file, else --key (with a warning: argv is public), else $PANELBOARD_KEY."""
+    if getattr(a, "key_file", None):
+        try:
+            with open(a.key_file) as f:
+                key = f.read().strip()
+        except OSError as e:
+            raise CliError(f"cannot read the key file {a.key_file}: {e.strerror}\nhint: a file holding the key on one line") from None
+        if not key:
+            raise CliError(f"the key file {a.key_file} is empty\nhint: a file holding the key on one line")
+        return key
+    if getattr(a, "key", None):
+        print(f"warning: --key puts the key in the process list (`ps`) for every user of this machine; "
+              f"set ${KEY_ENV} or use --key-file instead", file=sys.stderr)
+        return a.key
+    return os.environ.get(KEY_ENV) or None
+
+
+class CliError(Exception):
+    """Something the user must fix: the message says what (and how), printed without a traceback."""
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
     from clients import Client
+    from panelboard.runtime import require_url
     from schemas.codec import encode
     from schemas.job import Completed
 
+    url = require_url(a.nats_url)
+    key = resolve_key(a)
+
     async def go() -> int:
-        async with Client(a.nats_url, key=a.key or os.environ.get("PANELBOARD_KEY"), team=a.team or "default") as c:
+        async with Client(url, key=key, team=a.team or "default") as c:
             h = await c.submit([{"role": "user", "content": a.prompt}], intent=a.intent, job_id=a.job_id, max_tokens=a.max_tokens)
             r = await h.result(timeout=a.timeout)
         if a.json:
@@ -339,12 +374,34 @@ def cmd_mock(a: argparse.Namespace, rest: list[str]) -> int:
     return mock_main(rest)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An unknown option is reported by the (sub)command that was given it, with that
+    command's usage, not the top level's: argparse passes a subcommand's leftovers up."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra and not self._subparsers:  # a leaf command: nothing below it can use them
+            self.error("unrecognized arguments: " + " ".join(extra))
+        return ns, extra
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other tools do. Point stdout at
+        # /dev/null so that the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["mock"]:
         return cmd_mock(argparse.Namespace(), argv[1:])
     logs.configure()
-    ap = argparse.ArgumentParser(prog="panelboard", description="An AI gateway built as a NATS JetStream inference broker.")
+    ap = _Parser(prog="panelboard", description="An AI gateway built as a NATS JetStream inference broker.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("up", help="embedded NATS + broker + worker pools + mock provider, in one command")
@@ -404,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("prompt")
     p.add_argument("--intent", help="the job's intent; omit it and the classifier picks one from the prompt")
-    p.add_argument("--key", help="virtual key (default: $PANELBOARD_KEY); needed once governance is on")
+    add_key_options(p, "the job runs under (needed once governance is on)")
     p.add_argument("--job-id")
     p.add_argument("--team", default="default")
     p.add_argument("--max-tokens", type=int)
@@ -469,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("mock", help="run the mock provider (see `panelboard mock --help`)")
 
     a = ap.parse_args(argv)
+    from clients.errors import PanelboardError
     from panelboard.config import ConfigError
     from panelboard.runtime import NoServerError
 
@@ -477,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except NoServerError as e:
+    except (NoServerError, CliError, PanelboardError) as e:
         print(e, file=sys.stderr)
         return 2
 

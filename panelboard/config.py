@@ -104,13 +104,21 @@ def _pinpoint(raw: dict[str, Any], msg: str) -> str:
     return msg
 
 
+def _yaml_problem(e: yaml.YAMLError, source: str) -> str:
+    """PyYAML names a string it was given "<unicode string>": name the file instead."""
+    for mark in (getattr(e, "context_mark", None), getattr(e, "problem_mark", None)):
+        if mark is not None:
+            mark.name = source
+    return str(e)
+
+
 def parse(text: str, source: str = "<config>") -> Config:
     text = expand_env(text)
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
         tree = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e, source)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with providers, models, tiers and intents")
     try:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from panelboard import logs, streams
@@ -53,6 +54,25 @@ class NoServerError(RuntimeError):
     """No NATS URL anywhere: the message says where one can come from."""
 
 
+class UnreachableError(NoServerError, ConnectionError):
+    """A NATS URL that no server answered (or accepted us) within the connect patience."""
+
+
+# How long a first connect keeps trying before it gives up with UnreachableError. A command
+# (and the SDK) fails within seconds; a service started beside a restarting server waits
+# longer. Once connected, a lost server is waited for without end (max_reconnect_attempts=-1).
+CONNECT_PATIENCE_S = 5.0
+SERVICE_CONNECT_PATIENCE_S = 30.0
+
+
+def unreachable_message(url: str, patience_s: float, last: BaseException | None) -> str:
+    """What was tried, what went wrong, what to do: one message for the CLI and the SDK."""
+    why = f"{type(last).__name__}: {last}".rstrip(": ") if last is not None else "no answer"
+    return (f"cannot connect to NATS at {url} (tried for {patience_s:g}s; last error: {why})\n"
+            f"hint: is the server up? Start the embedded stack with `panelboard up`, or pass --nats-url "
+            f"(or set {URL_ENV}) to a server that is running; check the host, port and credentials")
+
+
 def require_url(explicit: str | None, cfg: Config | None = None) -> str:
     url = find_url(explicit, cfg)
     if not url:
@@ -60,8 +80,14 @@ def require_url(explicit: str | None, cfg: Config | None = None) -> str:
     return url
 
 
-async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
+async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None,
+                  patience_s: float = CONNECT_PATIENCE_S) -> NATS:
+    """Connect, or raise UnreachableError after patience_s. nats-py applies
+    max_reconnect_attempts=-1 to the first connect too, retrying an absent server for ever
+    (an error callback every 0.25 s): the first connect is bounded here, reconnects are not."""
     nc = NATS()
+    first: list[BaseException] = []  # the first connect's last error: reported once, in the exception
+    connected = False
 
     async def on_disconnect() -> None:
         if not (nc.is_draining or nc.is_closed):  # a drain at shutdown is not news
@@ -73,6 +99,9 @@ async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None
             asyncio.get_running_loop().create_task(on_reconnect())
 
     async def on_error(e: Exception) -> None:
+        if not connected:
+            first[:] = [e]
+            return
         log.warning("nats.error", name=name, error=f"{type(e).__name__}: {e}")
 
     auth: dict[str, str] = {}
@@ -80,7 +109,7 @@ async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None
         auth = {"user": os.environ[USER_ENV], "password": os.environ.get(PASSWORD_ENV, "")}
     if os.environ.get(INBOX_ENV):
         auth["inbox_prefix"] = os.environ[INBOX_ENV]
-    await nc.connect(
+    opening = nc.connect(
         servers=[u.strip() for u in url.split(",")],  # a cluster: nats://a:4222,nats://b:4222
         **auth,  # type: ignore[arg-type]
         name=name,
@@ -92,6 +121,16 @@ async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None
         reconnected_cb=reconnected,
         error_cb=on_error,
     )
+    try:
+        await asyncio.wait_for(opening, patience_s)
+    except (asyncio.TimeoutError, OSError, nats.errors.Error) as e:
+        last = first[-1] if first else (None if isinstance(e, asyncio.TimeoutError) else e)
+        try:
+            await nc.close()
+        except Exception:  # a connection that never opened may not close cleanly
+            pass
+        raise UnreachableError(unreachable_message(url, patience_s, last)) from None
+    connected = True  # from now on errors are logged as they come
     return nc
 
 
@@ -114,7 +153,8 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
         for part in parts:
             part.suspect_before = now
 
-    nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"), on_reconnect=reconnected)
+    nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"), on_reconnect=reconnected,
+                       patience_s=SERVICE_CONNECT_PATIENCE_S)
     await prepare(nc, cfg, providers, with_broker=broker)
     js = nc.jetstream()
     # Imported here, each only by the process that runs it: a worker never loads the broker's
