@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 import uuid
 from collections import Counter
 
 import pytest
 
+from broker.ledger import CONSUMER as LEDGER_CONSUMER
 from clients import Client
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
+from schemas import wire
 from schemas.errors import ChainExhausted
 from schemas.job import Completed, Failed
 from tests.conftest import ROOT, Mock, run_cli
@@ -226,6 +229,65 @@ async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
     print(f"\nnats-server kill -9 + restart: {rep.line()}")
     rep.assert_holds()
     assert rep.completed == 3000
+
+
+async def ledger_rows(s: Stack, js, job_ids: set[str], timeout: float = 60) -> list[tuple]:
+    """The ledger's SQL rows for these jobs, once the ledger has written every cost record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await js.consumer_info(wire.COSTS_STREAM, LEDGER_CONSUMER)
+        if info.num_pending + info.num_ack_pending == 0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    with sqlite3.connect(s.home / "ledger.db") as db:
+        rows = db.execute("SELECT job_id, run, hop, attempt, outcome, cost_nano_usd FROM cost_records").fetchall()
+    return [r for r in rows if r[0] in job_ids]
+
+
+async def test_nats_server_restart_redelivers_retried_dispatches_without_losing_their_cost(tmp_path):
+    # Given the primary fails every call with a 500 for a while, and a retried job waits 1.5 s for its next try
+    servers = [NatsServer(tmp_path / "nats").start()]
+    try:
+        with Stack(tmp_path / "stack", config=CONFIG, nats_url=servers[0].url, mock_args=["--latency-ms", "20"]) as s:
+            s.start(workers=1)
+            mock = Mock(s.mock_url)
+            mock.control(provider="primary", fault="500", every=1)
+            async with Client(s.nats_url) as c:
+                ids = await submit_all(c, ["r1"] * 600, f"natsretry-{uuid.uuid4().hex[:6]}")
+                deadline = time.monotonic() + 60
+                while mock.stats()["status_counts"].get("primary", {}).get("500", 0) < 100 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                # When nats-server is killed -9 just after a wave of failed first tries was recorded and nak'd,
+                # and restarts without the pools' delivery state: what a kill -9 does to the deliveries of its
+                # last few ms (the state is written ~10 ms after a change), here to every waiting dispatch at
+                # once, so that each is redelivered as if never delivered
+                servers[0].kill()
+                wiped = 0
+                for state in servers[0].data_dir.glob(f"**/streams/{wire.DISPATCH_STREAM}/obs/*/o.dat"):
+                    state.unlink()
+                    wiped += 1
+                mock.control(provider="primary", fault=None)
+                await asyncio.sleep(1.0)  # the outage itself
+                servers.append(NatsServer(servers[0].data_dir, port=servers[0].port).start())
+                results = await wait_all(c, ids, timeout=300)
+                log = mock.log()
+                rep = await check(c.js, c.client_id, ids, log, PROVIDERS)
+                rows = await ledger_rows(s, c.js, set(ids))
+    finally:
+        for server in servers:
+            server.stop()
+    ok_calls = [e for e in log if e["status"] == 200 and e["request_id"].split(":")[0] in set(ids)]
+    price = round(next(r.cost_usd for r in results if isinstance(r, Completed)) * 1_000_000_000)  # every call has the same prompt
+    ledgered = sum(r[5] for r in rows)
+    print(f"\nnats-server kill -9 with retries waiting: {rep.line()} ok_calls={len(ok_calls)} "
+          f"ledger_rows={len(rows)} ledgered_nano_usd={ledgered} expected={len(ok_calls) * price}")
+    # Then every provider call has exactly one cost record (the ok one for an ok call), no request id is
+    # served twice, and the ledger holds exactly what the ok calls cost
+    assert wiped >= 1
+    rep.assert_holds()
+    assert rep.completed == 600
+    assert len(rows) == rep.cost_records == rep.provider_calls + rep.lost_calls
+    assert ledgered == len(ok_calls) * price
 
 
 @pytest.mark.cluster
