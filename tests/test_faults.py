@@ -21,7 +21,7 @@ from clients import Client
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 from schemas import wire
-from schemas.errors import ChainExhausted, DeadlineExceeded
+from schemas.errors import ChainExhausted, DeadlineExceeded, ResponseTooLarge
 from schemas.job import Completed, Failed
 from tests.conftest import ROOT, Mock, run_cli
 from tests.invariants import check
@@ -143,6 +143,43 @@ async def test_a_deadline_cuts_a_slow_call_short_with_deadline_exceeded(fstack, 
     rep.assert_holds()
     assert rep.provider_calls == 1 and rep.cost_records == 1 and rep.costs[0].outcome == "Timeout"
     assert [a.decision for a in r.attempts] == ["fail"]
+
+
+async def test_an_oversized_answer_ends_the_job_once_and_is_billed_once(fstack, fmock):
+    # Given a provider that answers with 1.5 MB, over NATS's 1 MB max_payload for the result
+    async with Client(fstack.nats_url) as c:
+        job_id = "huge-" + uuid.uuid4().hex[:8]
+        h = await c.submit(MSG, intent="huge", job_id=job_id)
+        # When the job runs
+        r = await h.result(timeout=60)
+        # (check waits until nothing is left unacked: an acked delivery is never called again after ack_wait)
+        rep = await check(c.js, c.client_id, [job_id], fmock.log(), PROVIDERS)
+    print(f"\noversized answer: {type(r).__name__} {getattr(r, 'error', None)!r}; {rep.line()}")
+    # Then it fails once with response_too_large: one call, one ok cost record (the call was billed), nothing redelivered
+    assert isinstance(r, Failed) and isinstance(r.error, ResponseTooLarge) and r.error.size_bytes > r.error.limit_bytes
+    rep.assert_holds()
+    assert rep.provider_calls == 1 and rep.cost_records == 1
+    assert rep.costs[0].outcome == "ok" and rep.costs[0].cost_usd > 0
+    assert [(a.provider, a.status, a.decision) for a in r.attempts] == [("primary", 200, "fail")]
+
+
+async def test_an_absurd_usage_count_is_clamped_flagged_and_billed_once(fstack, fmock):
+    # Given a provider that reports 3,000,000,000 completion tokens for a short answer
+    async with Client(fstack.nats_url) as c:
+        job_id = "usage-" + uuid.uuid4().hex[:8]
+        h = await c.submit(MSG, intent="usage", job_id=job_id)
+        r = await h.result(timeout=60)
+        rep = await check(c.js, c.client_id, [job_id], fmock.log(), PROVIDERS)
+    print(f"\nabsurd usage: {type(r).__name__}; {rep.line()}")
+    # Then the job completes once; the usage billed is clamped to the model's 128,000-token window and the
+    # provider's own figure is kept beside it, flagged, in the result and the cost record
+    assert isinstance(r, Completed)
+    assert r.response.usage.completion_tokens == 128_000 and r.reported_usage.completion_tokens == 3_000_000_000
+    rep.assert_holds()
+    assert rep.provider_calls == 1 and rep.cost_records == 1
+    rec = rep.costs[0]
+    assert rec.outcome == "ok" and rec.completion_tokens == 128_000 and rec.reported_usage.completion_tokens == 3_000_000_000
+    assert rec.cost_usd == r.cost_usd < 1.0  # 128,000 tokens at $0.39/M, not $1,170
 
 
 async def test_retry_after_is_honoured_and_pauses_the_pool(fstack, fmock):

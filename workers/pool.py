@@ -18,6 +18,7 @@ import random
 import time
 from collections import deque
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -26,14 +27,16 @@ from panelboard import bus, logs
 from panelboard.puller import Puller
 from panelboard.streams import ack_wait_s, lane_caps, pool_consumer
 from schemas import wire
+from schemas.chat import Usage
 from schemas.codec import decode_dispatch
 from schemas.config import Config, Link, Model, RetryPolicy
-from schemas.errors import DeadlineExceeded, InvalidJob
+from schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
 from workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
 from workers.outcome import Ok, Outcome, status_of
 from workers.pressure import pause_s
 from workers.providers import Adapter, adapter_for
+from workers.usage import checked_usage
 
 log = logs.get("worker")
 
@@ -145,11 +148,18 @@ class Pool:
         queue_ms = (now - (d.admitted_at or now)) * 1000
         outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
         self.calls += 1
+        reported = None
+        if isinstance(outcome, Ok):
+            usage, reported = checked_usage(outcome.response.usage, model)
+            if reported is not None:
+                log.warning("provider.implausible_usage", job_id=job.id, provider=self.provider, model=hop.model,
+                            prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens, billed=usage.total_tokens)
+                outcome = msgspec.structs.replace(outcome, response=msgspec.structs.replace(outcome.response, usage=usage))
         self._pressure(outcome)
         past_deadline = job.deadline is not None and time.time() >= job.deadline
         decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
                           provider=self.provider, rng=self.rng, past_deadline=past_deadline)
-        cost = self._cost(d, attempt, outcome, model, queue_ms, now)
+        cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)
         status = status_of(outcome)
         this = Attempt(
             provider=self.provider, model=hop.model, hop=d.hop, attempt=attempt, status=status, run=job.run,
@@ -168,11 +178,15 @@ class Pool:
                 result = Completed(
                     job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                     cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
-                    metadata=job.metadata,
+                    metadata=job.metadata, reported_usage=reported,
                 )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)
-                await bus.publish_result(self.js, job.client, job.id, result, job.run)
+                try:
+                    await bus.publish_result(self.js, job.client, job.id, result, job.run)
+                except bus.PayloadTooLarge as e:  # the call is billed; calling again would only bill it again
+                    await self._too_large(d, lease, msgspec.structs.replace(this, decision="fail"), history[:-1], e)
+                    return
                 await self._ack(lease)
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):
@@ -190,6 +204,20 @@ class Pool:
                 await bus.fail_job(self.js, job.client, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
                 await self._ack(lease)
                 log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
+
+    async def _too_large(self, d: Dispatch, lease: Lease, this: Attempt, earlier: list[Attempt], e: "bus.PayloadTooLarge") -> None:
+        """An answer too big to publish as a result ends the job, once: recorded, failed, acked."""
+        job = d.job
+        this = msgspec.structs.replace(this, error=f"answer too large to deliver: {e.size:,} bytes")
+        err = ResponseTooLarge(
+            message=f"{self.provider} answered job {job.id} with {e.size:,} bytes, over the {e.limit:,}-byte limit of a NATS message",
+            hint="lower max_tokens (or ask for a shorter answer), or raise max_payload on nats-server; the call is billed in its cost record",
+            size_bytes=e.size, limit_bytes=e.limit,
+        )
+        await bus.publish_attempt(self.js, job.id, this)
+        await bus.fail_job(self.js, job.client, job.id, err, reason=err.__struct_config__.tag, job=job, attempts=[*earlier, this])
+        await self._ack(lease)
+        log.warning("job.response_too_large", job_id=job.id, provider=self.provider, size_bytes=e.size, limit_bytes=e.limit)
 
     async def _shadow_step(self, d: Dispatch, lease: Lease, decision, cost: CostRecord, this: Attempt, attempt: int) -> None:
         """A mirrored call: recorded and billed like any other, retried and forwarded along
@@ -254,7 +282,7 @@ class Pool:
                 self.paused_until = until
                 log.warning("pool.paused", provider=self.provider, seconds=round(pause, 3), reason=type(outcome).__name__)
 
-    def _cost(self, d: Dispatch, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float) -> CostRecord:
+    def _cost(self, d: Dispatch, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float, reported: Usage | None = None) -> CostRecord:
         """One record per provider call; `outcome=None` is a call lost with its worker."""
         job = d.job
         usage = outcome.response.usage if isinstance(outcome, Ok) else None
@@ -264,7 +292,7 @@ class Pool:
             tier=d.route.tier, provider=self.provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
             hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct),
             latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
-            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow,
+            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow, reported_usage=reported,
         )
 
     async def _safe(self, lease: Lease) -> None:
