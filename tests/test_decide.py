@@ -6,14 +6,15 @@ import random
 
 import pytest
 
-from schemas.chat import ChatResponse
-from schemas.config import Link, RetryPolicy
+from schemas.chat import ChatResponse, Usage
+from schemas.config import Link, Model, RetryPolicy
 from schemas.errors import ChainExhausted, DeadlineExceeded, PromptTooLarge, ProviderError
 from schemas.job import Attempt
 from workers.decide import (
     Fail, Forward, Numbering, Retry, Succeed, backoff_s, call_timeout_s, decide, link_timeout_ms, number_attempt,
 )
 from workers.outcome import ClientError, Ok, RateLimited, ServerError, Timeout
+from workers.usage import checked_usage
 
 ARTICLE = Link(model="novita/llama-3.3-70b", on=["429", "timeout>3000ms", "5xx"])
 POLICY = RetryPolicy(max_retries=2, backoff="exponential", base_ms=500, max_delay_ms=8000, jitter=0)
@@ -135,3 +136,21 @@ def test_a_call_cut_off_by_the_deadline_fails_with_deadline_exceeded_not_a_retry
         out = decide(outcome, spent=0, hop=0, chain_len=3, link=ARTICLE, policy=POLICY, provider="novita", past_deadline=True)
         assert isinstance(out, Fail) and isinstance(out.error, DeadlineExceeded), outcome
     assert d(OK) == Succeed()  # an answer that made it in time is kept
+
+
+@pytest.mark.parametrize(
+    "reported, billed",
+    [
+        ((1_000, 200), None),  # plausible: billed as reported, nothing flagged
+        ((128_000, 128_000), None),  # the window itself is plausible
+        ((1_000, 3_000_000_000), (1_000, 128_000)),  # over the context window: clamped, flagged
+        ((-5, 20), (0, 20)),  # negative counts are not money the provider is owed
+    ],
+)
+def test_provider_usage_is_clamped_to_what_the_model_could_produce(reported, billed):
+    usage = Usage(*reported, total_tokens=sum(reported))
+    out, flagged = checked_usage(usage, Model(provider="p", model="m", input_per_m=1, output_per_m=1, context_window=128_000))
+    if billed is None:
+        assert out is usage and flagged is None
+    else:
+        assert (out.prompt_tokens, out.completion_tokens, out.total_tokens) == (*billed, sum(billed)) and flagged is usage
