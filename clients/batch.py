@@ -511,7 +511,8 @@ async def status(js: JetStreamContext, batch_id: str) -> dict[str, Any] | None:
 # -- results ------------------------------------------------------------------------------
 
 _STATUS = {"invalid_job": 400, "unknown_intent": 400, "prompt_too_large": 400, "bad_key": 401, "over_budget": 402,
-           "rate_limited": 429, "provider_error": 502, "chain_exhausted": 502}
+           "rate_limited": 429, "provider_error": 502, "chain_exhausted": 502,
+           "response_too_large": 502}
 _BATCH_LEVEL = {"cancelled": "batch_cancelled", "deadline_exceeded": "batch_expired"}
 
 

@@ -33,6 +33,7 @@ class DeadlineExceededError(JobFailed): ...
 class JobCancelledError(JobFailed): ...  # kind `cancelled` (not asyncio.CancelledError)
 class ProviderErrorError(JobFailed): ...
 class ChainExhaustedError(JobFailed): ...
+class ResponseTooLargeError(JobFailed): ...
 
 
 _BY_TYPE: dict[type, type[JobFailed]] = {
@@ -46,6 +47,7 @@ _BY_TYPE: dict[type, type[JobFailed]] = {
     e.Cancelled: JobCancelledError,
     e.ProviderError: ProviderErrorError,
     e.ChainExhausted: ChainExhaustedError,
+    e.ResponseTooLarge: ResponseTooLargeError,
 }
 
 

@@ -35,7 +35,7 @@ from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
 Api = Literal["openai", "anthropic"]
-Fault = Literal["429", "500", "503", "529", "timeout", "malformed", "400", "context", "quota"]
+Fault = Literal["429", "500", "503", "529", "timeout", "malformed", "400", "context", "quota", "huge_body", "huge_usage"]
 
 # --- configuration ------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class _ErrorSpec(NamedTuple):
     anthropic_type: str
 
 
-# "timeout" and "malformed" are not here: they answer 200, late or unparseable.
+# "timeout", "malformed" and "huge_*" are not here: they answer 200, late, unparseable or absurd.
 _ERRORS: dict[str, _ErrorSpec] = {
     "429": _ErrorSpec(429, "requests", "rate_limit_exceeded", 429, "rate_limit_error"),
     "500": _ErrorSpec(500, "server_error", None, 500, "api_error"),
@@ -233,7 +233,10 @@ _ERRORS: dict[str, _ErrorSpec] = {
     "quota": _ErrorSpec(429, "insufficient_quota", "insufficient_quota", 400, "invalid_request_error"),
 }
 
-_FAULT_RE = re.compile(r"fault-(429|500|503|529|timeout|malformed|400|context|quota)")
+_FAULT_RE = re.compile(r"fault-(429|500|503|529|timeout|malformed|400|context|quota|huge_body|huge_usage)")
+# A misbehaving provider: a 200 whose body is too big to pass on, or whose usage is absurd.
+HUGE_BODY_BYTES = 1_500_000
+HUGE_USAGE_TOKENS = 3_000_000_000
 _SLOW_RE = re.compile(r"slow-(\d+)")
 _FILLER = "lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 16  # > 200 tokens * 4
 _MALFORMED = b'{"id": "mock-malformed", "choices": [{"message": {"content": "cut off mid-'
@@ -452,6 +455,10 @@ class MockState:
             return resp
 
         text = reply_text(name, req.model, completion_tokens)
+        if fault == "huge_body":
+            text = (text + " ") * (HUGE_BODY_BYTES // (len(text) + 1) + 1)
+        elif fault == "huge_usage":
+            completion_tokens = HUGE_USAGE_TOKENS
         if isinstance(req, OpenAIRequest):
             body = _encode(
                 ChatCompletion(

@@ -28,6 +28,25 @@ _TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.erro
               nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
 
 
+class PayloadTooLarge(nats.errors.MaxPayloadError):
+    """A message over the server's max_payload (headers included: the server counts them, and
+    answers an oversized one by closing the connection). Retrying cannot help."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__()
+        self.size, self.limit = size, limit
+
+    def __str__(self) -> str:
+        return f"nats: a {self.size:,}-byte message is over the server's max_payload of {self.limit:,} bytes"
+
+
+def message_size(data: bytes, headers: dict[str, str] | None) -> int:
+    """Bytes the server counts against max_payload: the payload and the NATS/1.0 header block."""
+    if not headers:
+        return len(data)
+    return len(data) + len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers.items())
+
+
 async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
     """Publish and wait for the stream's ack, riding out a nats-server restart or a cluster
     leader change: a step's outcome is kept and published once the server is back (the
@@ -35,6 +54,9 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict
     wrote that looks like a virtual key (in metadata, a prompt, a field an error quotes) is
     cut to its prefix first: no stream ever stores a whole key."""
     data = keys.scrub(data)
+    size, limit = message_size(data, headers), js._nc.max_payload
+    if limit and size > limit:
+        raise PayloadTooLarge(size, limit)
     deadline = asyncio.get_running_loop().time() + PUBLISH_PATIENCE_S
     delay = 0.1
     while True:

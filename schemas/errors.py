@@ -10,6 +10,7 @@
     ├── DeadlineExceeded  the job's deadline passed before it could start
     ├── Cancelled         cancelled (Client.cancel, `panelboard batch cancel`) before it started
     ├── ProviderError     a provider refused the request in a way retrying cannot fix
+    ├── ResponseTooLarge  the provider's answer is too big to deliver as a result
     └── ChainExhausted    every hop of the fallback chain failed
 """
 
@@ -64,6 +65,11 @@ class ChainExhausted(_Err, tag="chain_exhausted"):
     pass
 
 
+class ResponseTooLarge(_Err, tag="response_too_large"):
+    size_bytes: int = 0
+    limit_bytes: int = 0
+
+
 JobError = (
     InvalidJob
     | UnknownIntent
@@ -75,4 +81,5 @@ JobError = (
     | Cancelled
     | ProviderError
     | ChainExhausted
+    | ResponseTooLarge
 )

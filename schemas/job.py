@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.chat import ChatRequest, ChatResponse
+from schemas.chat import ChatRequest, ChatResponse, Usage
 from schemas.errors import JobError
 
 # Ids become subject tokens (pb.results.<team>.<job>): no dots, spaces or wildcards.
@@ -81,6 +81,9 @@ class Completed(msgspec.Struct, tag="completed", kw_only=True):
     latency_ms: float = 0.0
     queue_ms: float = 0.0
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)  # the job's metadata, echoed back
+    # The provider's own usage when it was implausible (see workers/usage.py); response.usage
+    # then holds the clamped counts that were billed.
+    reported_usage: Usage | None = None
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):
@@ -114,6 +117,7 @@ class CostRecord(msgspec.Struct, kw_only=True):
     ts: float
     run: int = 0
     shadow: bool = False
+    reported_usage: Usage | None = None  # the provider's counts when implausible; the tokens above are clamped
 
     @property
     def request_id(self) -> str:

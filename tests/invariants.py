@@ -50,6 +50,7 @@ class Report:
     lost_calls: int = 0  # cost records for calls cut off by a dead worker
     calls_without_cost: list[str] = field(default_factory=list)
     costs_without_call: list[str] = field(default_factory=list)  # non-lost records the provider never saw
+    ok_calls_not_billed: list[str] = field(default_factory=list)  # answered 200, but billed as a failed call
     reexecuted_jobs: int = 0  # jobs the provider answered more than once (a worker died mid-call)
     unacked: dict[str, int] = field(default_factory=dict)
     results: dict[str, Result] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class Report:
         assert not self.duplicate_calls, f"request ids served twice: {self.duplicate_calls[:5]}"
         assert not self.calls_without_cost, f"provider calls with no cost record: {self.calls_without_cost[:5]}"
         assert not self.costs_without_call, f"cost records for calls the provider never served: {self.costs_without_call[:5]}"
+        assert not self.ok_calls_not_billed, f"calls answered 200 whose cost record is not the ok one: {self.ok_calls_not_billed[:5]}"
         assert not any(self.unacked.values()), f"left unacked or pending: {self.unacked}"
 
 
@@ -104,6 +106,10 @@ async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: l
     cost_ids = Counter(r.request_id for r in rep.costs)
     rep.calls_without_cost = [r for r in calls if cost_ids[r] == 0]
     rep.costs_without_call = [f"{r.request_id} ({r.outcome}, {r.latency_ms:.0f} ms)" for r in rep.costs if r.outcome != "lost" and calls[r.request_id] == 0]
+    # A call the provider answered 200 is billed by its ok record, or was cut off with its worker ("lost"):
+    # a record of another outcome under its request id (a reused id) means its price never reached the ledger.
+    billed = {r.request_id for r in rep.costs if r.outcome in ("ok", "lost")}
+    rep.ok_calls_not_billed = sorted({e["request_id"] for e in mock_log if e["status"] == 200 and e["request_id"] in calls} - billed)
 
     # "Left" unacked: a restarted server redelivers deliveries whose acks it lost, and the
     # workers ack them (the job is done) once ack_wait passes; wait for that, bounded.

@@ -172,6 +172,16 @@ async def test_malformed_fault_answers_200_with_broken_json(http: httpx.AsyncCli
         json.loads(resp.content)
 
 
+async def test_huge_faults_answer_200_with_a_huge_body_or_an_absurd_usage(http: httpx.AsyncClient) -> None:
+    big = await chat(http, model="m-fault-huge_body")
+    absurd = await chat(http, model="m-fault-huge_usage")
+
+    assert big.status_code == 200 and len(big.content) >= 1_500_000
+    assert big.json()["choices"][0]["message"]["content"]
+    assert absurd.status_code == 200 and len(absurd.content) < 10_000
+    assert absurd.json()["usage"]["completion_tokens"] == 3_000_000_000
+
+
 async def test_slow_model_adds_latency(mock: MockServer, http: httpx.AsyncClient) -> None:
     assert (await chat(http, model="m-slow-100")).status_code == 200
 

@@ -1,6 +1,8 @@
-"""The retry / fallback decision: a pure function of the outcome and where the job stands.
+"""The retry / fallback decision: pure functions of the outcome and where the job stands.
 
-    decide(outcome, attempt, hop, chain_len, link, policy) -> Succeed | Retry | Forward | Fail
+    number_attempt(recorded, delivered) -> Numbering        which call this delivery makes
+    call_timeout_s(link_ms, deadline, now) -> float | None  how long it may take
+    decide(outcome, spent, hop, chain_len, link, policy) -> Succeed | Retry | Forward | Fail
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import re
 import msgspec
 
 from schemas.config import Link, RetryPolicy
-from schemas.errors import ChainExhausted, JobError, PromptTooLarge, ProviderError
+from schemas.errors import ChainExhausted, DeadlineExceeded, JobError, PromptTooLarge, ProviderError
+from schemas.job import Attempt
 from workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout, status_of
 
 _TIMEOUT_RE = re.compile(r"^timeout>(\d+)ms$")
@@ -34,6 +37,39 @@ class Fail(msgspec.Struct):
 
 
 Decision = Succeed | Retry | Forward | Fail
+
+
+# Calls cut off by our own crashes are not the provider's failures, but a job that keeps
+# killing its worker must not loop for free: past this many, lost calls spend retries too.
+LOST_ALLOWANCE = 3
+
+
+class Numbering(msgspec.Struct, frozen=True):
+    attempt: int  # this call's number within the hop: its request id and cost record key
+    lost: tuple[int, ...] = ()  # numbers handed out before but never recorded: cut off mid-call
+    spent: int = 0  # the hop's retry budget used: provider answers, not our own crashes
+
+
+def number_attempt(recorded: list[Attempt], delivered: int) -> Numbering:
+    """Number a (re)delivery of one hop from this hop's recorded attempts and the delivery
+    count (1 = first delivery). A restarted server may count deliveries from scratch, so the
+    number also goes past every recorded attempt: a request id is never reused for a new call.
+    Delivered numbers with no record were cut off with their worker ("lost")."""
+    seen = {a.attempt for a in recorded}
+    attempt = max(delivered - 1, max(seen, default=-1) + 1)
+    lost = tuple(n for n in range(attempt) if n not in seen)
+    lost_total = len(lost) + sum(a.decision == "lost" for a in recorded)
+    answered = sum(a.decision != "lost" for a in recorded)
+    return Numbering(attempt, lost, answered + max(0, lost_total - LOST_ALLOWANCE))
+
+
+def call_timeout_s(link_ms: int, deadline: float | None, now: float) -> float | None:
+    """The call's timeout: the hop's, cut to the time left before the job's deadline. None: the
+    deadline has passed, so the call must not start."""
+    left = None if deadline is None else deadline - now
+    if left is not None and left <= 0:
+        return None
+    return link_ms / 1000 if left is None else min(link_ms / 1000, left)
 
 
 def link_timeout_ms(link: Link, provider_timeout_ms: int) -> int:
@@ -77,15 +113,17 @@ def backoff_s(attempt: int, policy: RetryPolicy, rng: random.Random | None = Non
 def decide(
     outcome: Outcome,
     *,
-    attempt: int,
+    spent: int,
     hop: int,
     chain_len: int,
     link: Link,
     policy: RetryPolicy,
     provider: str,
     rng: random.Random | None = None,
+    past_deadline: bool = False,
 ) -> Decision:
-    """attempt counts from 0 within this hop; each hop has its own retry budget."""
+    """spent: the provider failures this hop has already seen (its own retry budget; calls we
+    lost with a crashed worker are not counted, see number_attempt)."""
     has_next = hop + 1 < chain_len
 
     def exhausted() -> Fail:
@@ -109,6 +147,13 @@ def decide(
     match outcome:
         case Ok():
             return Succeed()
+        case _ if past_deadline:  # the call was cut short to the deadline: nothing may follow it
+            return Fail(
+                DeadlineExceeded(
+                    message=f"the job reached its deadline during the call to {provider} ({status_of(outcome) or 'no answer'})",
+                    hint="submit with a later deadline, or none; this call's cost is in the ledger",
+                )
+            )
         case RateLimited(hard=True):
             return Forward(hop + 1) if has_next else exhausted()
         case ClientError(kind="context_length"):
@@ -132,8 +177,8 @@ def decide(
                 )
             )
         case RateLimited() | ServerError() | Timeout():
-            if attempt < policy.max_retries:
-                delay = backoff_s(attempt, policy, rng)
+            if spent < policy.max_retries:
+                delay = backoff_s(spent, policy, rng)
                 after = getattr(outcome, "retry_after_s", None)
                 return Retry(max(delay, after) if after is not None else delay)
             if has_next and matches(link, outcome):

@@ -18,6 +18,7 @@ import random
 import time
 from collections import deque
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -26,14 +27,16 @@ from panelboard import bus, logs
 from panelboard.puller import Puller
 from panelboard.streams import ack_wait_s, lane_caps, pool_consumer
 from schemas import wire
+from schemas.chat import Usage
 from schemas.codec import decode_dispatch
 from schemas.config import Config, Link, Model, RetryPolicy
-from schemas.errors import DeadlineExceeded, InvalidJob
+from schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
-from workers.decide import Fail, Forward, Retry, Succeed, decide, link_timeout_ms
+from workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
 from workers.outcome import Ok, Outcome, status_of
 from workers.pressure import pause_s
 from workers.providers import Adapter, adapter_for
+from workers.usage import checked_usage
 
 log = logs.get("worker")
 
@@ -123,33 +126,50 @@ class Pool:
     async def _handle(self, lease: Lease, d: Dispatch) -> None:
         msg = lease.msg
         job = d.job
-        attempt = msg.metadata.num_delivered - 1
         now = time.time()
+        delivered = msg.metadata.num_delivered
         replayed = msg.metadata.timestamp.timestamp() < self.suspect_before
-        if (attempt > 0 or replayed) and await self.recover(d, attempt, lease, now):
-            return
+        # A first delivery is attempt 0 at no cost; only a redelivery, or one a restarted server
+        # may be repeating, reads what was recorded (see `recover`).
+        numbering, earlier = Numbering(attempt=0), []
+        if delivered > 1 or replayed:
+            found = await self.recover(d, delivered, lease, now)
+            if found is None:
+                return
+            numbering, earlier = found
+        attempt = numbering.attempt
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
         link, policy = self._link(d)
-        if job.deadline is not None and job.deadline <= now:
+        timeout_s = call_timeout_s(link_timeout_ms(link, self.settings.timeout_ms), job.deadline, now)
+        if timeout_s is None:
             err = DeadlineExceeded(message=f"job {job.id} passed its deadline before {self.provider} could start it", hint="submit with a later deadline, or none")
-            await bus.fail_job(self.js, job.team, job.id, err, reason="deadline", job=job, attempts=d.history)
+            await bus.fail_job(self.js, job.team, job.id, err, reason="deadline", job=job, attempts=[*d.history, *earlier])
             await self._ack(lease)
             return
 
         queue_ms = (now - (d.admitted_at or now)) * 1000
-        timeout_s = link_timeout_ms(link, self.settings.timeout_ms) / 1000
         outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
         self.calls += 1
+        reported = None
+        if isinstance(outcome, Ok):
+            usage, reported = checked_usage(outcome.response.usage, model)
+            if reported is not None:
+                log.warning("provider.implausible_usage", job_id=job.id, provider=self.provider, model=hop.model,
+                            prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens, billed=usage.total_tokens)
+                outcome = msgspec.structs.replace(outcome, response=msgspec.structs.replace(outcome.response, usage=usage))
         self._pressure(outcome)
-        decision = decide(outcome, attempt=attempt, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy, provider=self.provider, rng=self.rng)
-        cost = self._cost(d, attempt, outcome, model, queue_ms, now)
+        past_deadline = job.deadline is not None and time.time() >= job.deadline
+        decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
+                          provider=self.provider, rng=self.rng, past_deadline=past_deadline)
+        cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)
         status = status_of(outcome)
         this = Attempt(
             provider=self.provider, model=hop.model, hop=d.hop, attempt=attempt, status=status, run=job.run,
             latency_ms=round(outcome.latency_ms, 2), error=None if isinstance(outcome, Ok) else getattr(outcome, "message", "")[:300],
             decision=type(decision).__name__.lower(),
         )
+        history = [*d.history, *earlier, this]
 
         if d.shadow:
             await self._shadow_step(d, lease, decision, cost, this, attempt)
@@ -158,15 +178,18 @@ class Pool:
         match decision:
             case Succeed():
                 assert isinstance(outcome, Ok)
-                history = await self._history(d, attempt, this)
                 result = Completed(
                     job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                     cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
-                    metadata=job.metadata,
+                    metadata=job.metadata, reported_usage=reported,
                 )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)
-                await bus.publish_result(self.js, job.team, job.id, result, job.run)
+                try:
+                    await bus.publish_result(self.js, job.team, job.id, result, job.run)
+                except bus.PayloadTooLarge as e:  # the call is billed; calling again would only bill it again
+                    await self._too_large(d, lease, msgspec.structs.replace(this, decision="fail"), history[:-1], e)
+                    return
                 await self._ack(lease)
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):
@@ -176,15 +199,28 @@ class Pool:
                 log.info("job.retry", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, status=status, delay_s=round(delay, 3))
             case Forward(hop=next_hop):
                 await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
-                await self._forward(d, next_hop, await self._history(d, attempt, this))
+                await self._forward(d, next_hop, history)
                 await self._ack(lease)
                 log.info("job.fallback", job_id=job.id, provider=self.provider, to=d.route.chain[next_hop].provider, status=status)
             case Fail(error=error):
                 await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
-                history = await self._history(d, attempt, this)
                 await bus.fail_job(self.js, job.team, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
                 await self._ack(lease)
                 log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
+
+    async def _too_large(self, d: Dispatch, lease: Lease, this: Attempt, earlier: list[Attempt], e: "bus.PayloadTooLarge") -> None:
+        """An answer too big to publish as a result ends the job, once: recorded, failed, acked."""
+        job = d.job
+        this = msgspec.structs.replace(this, error=f"answer too large to deliver: {e.size:,} bytes")
+        err = ResponseTooLarge(
+            message=f"{self.provider} answered job {job.id} with {e.size:,} bytes, over the {e.limit:,}-byte limit of a NATS message",
+            hint="lower max_tokens (or ask for a shorter answer), or raise max_payload on nats-server; the call is billed in its cost record",
+            size_bytes=e.size, limit_bytes=e.limit,
+        )
+        await bus.publish_attempt(self.js, job.team, job.id, this)
+        await bus.fail_job(self.js, job.team, job.id, err, reason=err.__struct_config__.tag, job=job, attempts=[*earlier, this])
+        await self._ack(lease)
+        log.warning("job.response_too_large", job_id=job.id, provider=self.provider, size_bytes=e.size, limit_bytes=e.limit)
 
     async def _shadow_step(self, d: Dispatch, lease: Lease, decision, cost: CostRecord, this: Attempt, attempt: int) -> None:
         """A mirrored call: recorded and billed like any other, retried and forwarded along
@@ -202,48 +238,43 @@ class Pool:
         await self._ack(lease)
         log.debug("job.shadow", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, decision=this.decision)
 
-    async def _history(self, d: Dispatch, attempt: int, this: Attempt) -> list[Attempt]:
-        """Earlier hops travel in the envelope; this hop's earlier tries were nak'd, so
-        they are read back from the attempts stream (only when there were any)."""
-        if attempt == 0:
-            return [*d.history, this]
-        same_hop = [a for a in await bus.read_attempts(self.js, d.job.team, d.job.id, d.job.run, d.shadow) if a.hop == d.hop and a.attempt < attempt]
-        return [*d.history, *same_hop, this]
-
     async def _forward(self, d: Dispatch, next_hop: int, history: list[Attempt]) -> None:
         nxt = Dispatch(job=d.job, route=d.route, hop=next_hop, history=history, admitted_at=d.admitted_at, reserved_usd=d.reserved_usd, shadow=d.shadow)
         await bus.publish_dispatch(self.js, nxt)
 
-    async def recover(self, d: Dispatch, attempt: int, lease: Lease, now: float) -> bool:
-        """A redelivery. Returns True when the last delivery already finished the step.
+    async def recover(self, d: Dispatch, delivered: int, lease: Lease, now: float) -> tuple[Numbering, list[Attempt]] | None:
+        """A redelivery, or a delivery a restarted server may be repeating. None when an earlier
+        delivery already finished the step; else this call's numbering and the hop's earlier
+        attempts (for the result's history).
 
         - a result exists: the job is done, the crash hit between publish and ack;
         - this hop's last recorded attempt forwarded: redo the (deduped) forward;
-        - attempts with no record were lost mid-call (crash, drain, lapsed lease): record
-          them, so every call the provider may have served has a cost record.
+        - attempts delivered with no record were lost mid-call (crash, drain, lapsed lease):
+          record them, so every call the provider may have served has a cost record.
         """
         job = d.job
         if not d.shadow and await bus.result_exists(self.js, job.team, job.id, job.run):
             await self._ack(lease)
-            return True
-        recorded = {a.attempt: a for a in await bus.read_attempts(self.js, job.team, job.id, job.run, d.shadow) if a.hop == d.hop}
-        last = recorded.get(attempt - 1)
+            return None
+        recorded = sorted((a for a in await bus.read_attempts(self.js, job.team, job.id, job.run, d.shadow) if a.hop == d.hop), key=lambda a: a.attempt)
+        last = recorded[-1] if recorded else None
         if d.shadow and last is not None and last.decision in ("succeed", "fail"):
             await self._ack(lease)
-            return True
+            return None
         if last is not None and last.decision == "forward":
-            await self._forward(d, d.hop + 1, [*d.history, *sorted(recorded.values(), key=lambda a: a.attempt)])
+            await self._forward(d, d.hop + 1, [*d.history, *recorded])
             await self._ack(lease)
-            return True
+            return None
+        numbering = number_attempt(recorded, delivered)
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
-        for n in range(attempt):
-            if n not in recorded:
-                lost = Attempt(provider=self.provider, model=hop.model, hop=d.hop, attempt=n, status=0, latency_ms=0.0, run=job.run,
-                               error="the worker holding this attempt stopped before it finished", decision="lost")
-                rec = self._cost(d, n, None, model, 0.0, now)
-                await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.team, job.id, lost, d.shadow))
-        return False
+        for n in numbering.lost:
+            lost = Attempt(provider=self.provider, model=hop.model, hop=d.hop, attempt=n, status=0, latency_ms=0.0, run=job.run,
+                           error="the worker holding this attempt stopped before it finished", decision="lost")
+            rec = self._cost(d, n, None, model, 0.0, now)
+            await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.team, job.id, lost, d.shadow))
+            recorded.append(lost)
+        return numbering, sorted(recorded, key=lambda a: a.attempt)
 
     def _pressure(self, outcome: Outcome) -> None:
         pause = pause_s(outcome, self.streak_429)  # deliveries held meanwhile are kept by heartbeats
@@ -254,7 +285,7 @@ class Pool:
                 self.paused_until = until
                 log.warning("pool.paused", provider=self.provider, seconds=round(pause, 3), reason=type(outcome).__name__)
 
-    def _cost(self, d: Dispatch, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float) -> CostRecord:
+    def _cost(self, d: Dispatch, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float, reported: Usage | None = None) -> CostRecord:
         """One record per provider call; `outcome=None` is a call lost with its worker."""
         job = d.job
         usage = outcome.response.usage if isinstance(outcome, Ok) else None
@@ -264,7 +295,7 @@ class Pool:
             tier=d.route.tier, provider=self.provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
             hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct),
             latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
-            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow,
+            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow, reported_usage=reported,
         )
 
     async def _safe(self, lease: Lease) -> None:
