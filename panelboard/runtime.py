@@ -184,7 +184,8 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
     try:
         await asyncio.gather(*(p.run() for p in parts))
     finally:
-        await nc.drain()
+        # A stop while the server is away: nothing left to flush (drain would raise).
+        await (nc.drain() if nc.is_connected else nc.close())
 
 
 def governor(cfg: Config, database_url: str | None = None) -> "Governor":
