@@ -42,7 +42,7 @@ async def test_status_shows_keys_waiting_on_a_limit_and_the_broker_logs_it_once_
     stack.env[db.URL_ENV] = url
     try:
         stack.start(workers=1, ledger=False)
-        async with Client(stack.nats_url, key=key) as c:
+        async with Client(stack.nats_url, key=key, team="waiters") as c:
             handles = await asyncio.gather(*(c.submit(HELLO, intent="fast") for _ in range(15)))
             # Given 15 jobs on a key allowed 5 a minute: 5 run, 10 wait in the queue
             futs = [asyncio.ensure_future(h.result(timeout=60)) for h in handles]
