@@ -105,11 +105,18 @@ async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: l
     rep.lost_calls = sum(r.outcome == "lost" for r in rep.costs)
     cost_ids = Counter(r.request_id for r in rep.costs)
     rep.calls_without_cost = [r for r in calls if cost_ids[r] == 0]
-    rep.costs_without_call = [f"{r.request_id} ({r.outcome}, {r.latency_ms:.0f} ms)" for r in rep.costs if r.outcome != "lost" and calls[r.request_id] == 0]
-    # A call the provider answered 200 is billed by its ok record, or was cut off with its worker ("lost"):
-    # a record of another outcome under its request id (a reused id) means its price never reached the ledger.
-    billed = {r.request_id for r in rep.costs if r.outcome in ("ok", "lost")}
-    rep.ok_calls_not_billed = sorted({e["request_id"] for e in mock_log if e["status"] == 200 and e["request_id"] in calls} - billed)
+    # Calls whose fate we cannot know: cut off with their worker ("lost"), or given up on by us
+    # ("Timeout": on a busy box a call may time out before the provider reads it, or the
+    # provider may answer it after we left). Their records may lack a provider entry, and a
+    # 200 the provider sent after we left is billed by the record of what we saw.
+    unknown = ("lost", "Timeout")
+    rep.costs_without_call = [f"{r.request_id} ({r.outcome}, {r.latency_ms:.0f} ms)" for r in rep.costs if r.outcome not in unknown and calls[r.request_id] == 0]
+    # Otherwise a call the provider answered 200 is billed by its ok record: a record of another
+    # outcome under its request id (a reused id) means its price never reached the ledger.
+    billed = {r.request_id for r in rep.costs if r.outcome == "ok" or r.outcome in unknown}
+    outcomes = {r.request_id: r.outcome for r in rep.costs}
+    rep.ok_calls_not_billed = [f"{i} (billed as {outcomes.get(i)})" for i in
+                               sorted({e["request_id"] for e in mock_log if e["status"] == 200 and e["request_id"] in calls} - billed)]
 
     # "Left" unacked: a restarted server redelivers deliveries whose acks it lost, and the
     # workers ack them (the job is done) once ack_wait passes; wait for that, bounded.
