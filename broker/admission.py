@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 
 from broker import budgets, ratelimit
 from broker.governance_store import Admitted, Store, Throttled
-from broker.keys import PREFIX_LEN, scrub_raw  # noqa: F401  (re-exported: the broker keeps rejected payloads with it)
+from broker.keys import PREFIX_LEN
 from panelboard import logs
 from schemas.chat import ChatRequest
 from schemas.config import Config, Governance

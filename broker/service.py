@@ -97,9 +97,9 @@ class Broker:
                     hint="send a JSON Job as documented in the README's wire contract (id, client, request.messages)",
                 )
         if early is not None:
-            # The raw payload is kept (keys cut to their prefix, oversized ones truncated).
+            # The raw payload is kept: its dead letter cuts keys to their prefix and truncates it.
             await bus.reject_job(self.js, team, seq, early, reason=early.__struct_config__.tag if isinstance(early, PromptTooLarge) else "invalid",
-                                 raw=admission.scrub_raw(msg.data))
+                                 raw=msg.data)
             log.info("job.rejected", seq=seq, team=team, error=early.__struct_config__.tag, detail=early.message[:200])
             await msg.ack()
             return

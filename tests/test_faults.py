@@ -150,15 +150,18 @@ async def test_a_deadline_cuts_a_slow_call_short_with_deadline_exceeded(fstack, 
     assert [a.decision for a in r.attempts] == ["fail"]
 
 
+async def one_job(fstack: Stack, fmock: Mock, intent: str):
+    """Run one job of `intent` to its result; the result and the invariants' report."""
+    async with Client(fstack.nats_url) as c:
+        job_id = f"{intent}-{uuid.uuid4().hex[:8]}"
+        r = await (await c.submit(MSG, intent=intent, job_id=job_id)).result(timeout=60)
+        return r, await check(c.js, c.team, [job_id], fmock.settled_log(), PROVIDERS)
+
+
 async def test_an_oversized_answer_ends_the_job_once_and_is_billed_once(fstack, fmock):
     # Given a provider that answers with 1.5 MB, over NATS's 1 MB max_payload for the result
-    async with Client(fstack.nats_url) as c:
-        job_id = "huge-" + uuid.uuid4().hex[:8]
-        h = await c.submit(MSG, intent="huge", job_id=job_id)
-        # When the job runs
-        r = await h.result(timeout=60)
-        # (check waits until nothing is left unacked: an acked delivery is never called again after ack_wait)
-        rep = await check(c.js, c.team, [job_id], fmock.settled_log(), PROVIDERS)
+    # When the job runs (check waits until nothing is left unacked: an acked delivery is never called again)
+    r, rep = await one_job(fstack, fmock, "huge")
     print(f"\noversized answer: {type(r).__name__} {getattr(r, 'error', None)!r}; {rep.line()}")
     # Then it fails once with response_too_large: one call, one ok cost record (the call was billed), nothing redelivered
     assert isinstance(r, Failed) and isinstance(r.error, ResponseTooLarge) and r.error.size_bytes > r.error.limit_bytes
@@ -170,11 +173,7 @@ async def test_an_oversized_answer_ends_the_job_once_and_is_billed_once(fstack, 
 
 async def test_an_absurd_usage_count_is_clamped_flagged_and_billed_once(fstack, fmock):
     # Given a provider that reports 3,000,000,000 completion tokens for a short answer
-    async with Client(fstack.nats_url) as c:
-        job_id = "usage-" + uuid.uuid4().hex[:8]
-        h = await c.submit(MSG, intent="usage", job_id=job_id)
-        r = await h.result(timeout=60)
-        rep = await check(c.js, c.team, [job_id], fmock.settled_log(), PROVIDERS)
+    r, rep = await one_job(fstack, fmock, "usage")
     print(f"\nabsurd usage: {type(r).__name__}; {rep.line()}")
     # Then the job completes once; the usage billed is clamped to the model's 128,000-token window and the
     # provider's own figure is kept beside it, flagged, in the result and the cost record
