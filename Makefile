@@ -21,9 +21,9 @@ test: $(BIN)/.installed  ## every test, fault tests included, at CI size
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-loaded: $(BIN)/.installed  ## the fault tests with two CPU hogs beside them, as on a busy CI machine
-	$(BIN)/python -m loadgen.hog --hogs 2 -- $(BIN)/python -m pytest -q -m fault $(PYTEST_ARGS)
+	$(BIN)/python -m panelboard.loadgen.hog --hogs 2 -- $(BIN)/python -m pytest -q -m fault $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench.json
-	$(BIN)/python -m loadgen.bench --out loadgen/out/bench.json
+	$(BIN)/python -m panelboard.loadgen.bench --out loadgen/out/bench.json
 
 .PHONY: install demo up test test-loaded bench

@@ -9,7 +9,7 @@ Pure checks on every job (governance on or off), cheap enough for the hot path:
     public(job)              the job as it travels on: the key cut to its visible prefix
     scrub_raw(raw)           an undecodable payload fit for a dead letter (broker/keys.py)
 Key-shaped values anywhere else in what is stored (metadata, prompts, echoed error text) are
-cut to their prefix by panelboard.bus.publish, on every message it writes.
+cut to their prefix by panelboard.transport.bus.publish, on every message it writes.
 
 The Governor is the I/O shell for keys, rate limits and budgets: off, it costs one attribute
 read per job; on, one SQL transaction per job (broker/governance_store.py).
@@ -27,14 +27,14 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from broker import budgets, ratelimit
-from broker.governance_store import Admitted, Store, Throttled
-from broker.keys import PREFIX_LEN
-from panelboard import logs
-from schemas.chat import ChatRequest
-from schemas.config import Config, Governance
-from schemas.errors import InvalidJob, JobError, PromptTooLarge
-from schemas.job import ID_RE, Job, Route
+from panelboard.broker import budgets, ratelimit
+from panelboard.broker.governance_store import Admitted, Store, Throttled
+from panelboard.schemas.redact import PREFIX_LEN
+from panelboard.transport import logs
+from panelboard.schemas.chat import ChatRequest
+from panelboard.schemas.config import Config, Governance
+from panelboard.schemas.errors import InvalidJob, JobError, PromptTooLarge
+from panelboard.schemas.job import ID_RE, Job, Route
 
 log = logs.get("admission")
 
@@ -179,7 +179,7 @@ class Governor:
             self.tasks.append(asyncio.create_task(self._watch()))
 
     async def _turn_on(self) -> None:
-        from broker.settle import Settler
+        from panelboard.broker.settle import Settler
 
         assert self.store is not None
         await self.store.create()

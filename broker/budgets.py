@@ -23,9 +23,9 @@ from typing import Literal
 
 import msgspec
 
-from schemas.config import Config
-from schemas.errors import OverBudget
-from schemas.job import Job, Route
+from panelboard.schemas.config import Config
+from panelboard.schemas.errors import OverBudget
+from panelboard.schemas.job import Job, Route
 
 NANO = 1_000_000_000
 Period = Literal["none", "daily", "monthly"]

@@ -22,9 +22,9 @@ from typing import Iterable
 
 import msgspec
 
-from schemas.chat import ChatRequest
-from schemas.config import Config
-from schemas.job import Job
+from panelboard.schemas.chat import ChatRequest
+from panelboard.schemas.config import Config
+from panelboard.schemas.job import Job
 
 CATEGORIES = (
     "extraction", "formatting", "classification", "summarization", "drafting",

@@ -17,13 +17,13 @@ from typing import Literal, Mapping
 
 import msgspec
 
-from broker import routing, strategies
-from broker.classify import Classification, intent_for
-from broker.health import Health, HealthState, order_chain
-from schemas.config import Config, RetryPolicy
-from schemas.errors import InvalidJob, JobError, UnknownIntent
-from schemas.job import Job, Route
-from workers.decide import link_timeout_ms
+from panelboard.broker import routing, strategies
+from panelboard.broker.classify import Classification, intent_for
+from panelboard.broker.health import Health, HealthState, order_chain
+from panelboard.schemas.config import Config, RetryPolicy
+from panelboard.schemas.errors import InvalidJob, JobError, UnknownIntent
+from panelboard.schemas.job import Job, Route
+from panelboard.workers.decide import link_timeout_ms
 
 
 class HopInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -157,7 +157,7 @@ def route_of(e: Explanation) -> Route | None:
     """The chain the explanation describes, as the broker would dispatch it."""
     if e.tier is None:
         return None
-    from schemas.job import Hop
+    from panelboard.schemas.job import Hop
 
     return Route(tier=e.tier, chain=tuple(Hop(model=x.model, provider=x.provider) for x in e.chain))
 

@@ -49,13 +49,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from broker import budgets, keys, ratelimit
-from broker.budgets import NANO, Budget, Delta, Estimate, Ticket
-from broker.keys import KeyRecord
-from broker.ratelimit import Bucket, Limited, Limits
+from panelboard.broker import budgets, keys, ratelimit
+from panelboard.broker.budgets import NANO, Budget, Delta, Estimate, Ticket
+from panelboard.broker.keys import KeyRecord
+from panelboard.broker.ratelimit import Bucket, Limited, Limits
 from panelboard import db
-from schemas.errors import BadKey, OverBudget
-from schemas.job import CostRecord, Route
+from panelboard.schemas.errors import BadKey, OverBudget
+from panelboard.schemas.job import CostRecord, Route
 
 SCHEMA_ENV = "PANELBOARD_DATABASE_SCHEMA"  # a Postgres schema for these tables (tests, shared databases)
 

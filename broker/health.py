@@ -21,8 +21,8 @@ from typing import Literal, Mapping
 
 import msgspec
 
-from schemas.config import Config, HealthSettings
-from schemas.job import CostRecord, Route
+from panelboard.schemas.config import Config, HealthSettings
+from panelboard.schemas.job import CostRecord, Route
 
 # Outcomes that count against a provider. A ClientError (400, context length) is the
 # request's fault; a `lost` call died with its worker and measured nothing.

@@ -8,7 +8,7 @@ its hysteresis: degraded since, recovering since) from PB_HEALTH, which is file-
 consumer state is left on the server, and two aggregators (one per broker process, say)
 compute the same windows from the same records: the states they write agree.
 
-    python -m broker.health_service [--config C] [--nats-url U]     (or `panelboard health`)
+    python -m panelboard.broker.health_service [--config C] [--nats-url U]     (or `panelboard health`)
     HealthView: a broker's live copy of PB_HEALTH (a KV watch), `view.states` for order_chain.
     status(js, cfg): what `panelboard status` prints.
 """
@@ -28,13 +28,13 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.health import HealthState, Key, Window, assess, kv_key, thresholds, tracked
-from broker.waiting import Waiting
-from broker.waiting import read as read_waiting
-from panelboard import logs, streams
-from schemas import wire
-from schemas.codec import decode_cost
-from schemas.config import Config
+from panelboard.broker.health import HealthState, Key, Window, assess, kv_key, thresholds, tracked
+from panelboard.broker.waiting import Waiting
+from panelboard.broker.waiting import read as read_waiting
+from panelboard.transport import logs, streams
+from panelboard.schemas import wire
+from panelboard.schemas.codec import decode_cost
+from panelboard.schemas.config import Config
 
 log = logs.get("health")
 
@@ -328,9 +328,9 @@ def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 async def serve(url: str, cfg: Config) -> None:
     """The aggregator process."""
-    from panelboard import runtime
+    from panelboard.transport import connection
 
-    nc = await runtime.connect(url, "panelboard-health")
+    nc = await connection.connect(url, "panelboard-health")
     js = nc.jetstream()
     await streams.ensure_streams(js, cfg)
     agg = Aggregator(js, cfg, await streams.ensure_health_kv(js, cfg))
@@ -348,9 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from panelboard.config import load
-    from panelboard.runtime import NoServerError, require_url, run
+    from panelboard.transport.connection import NoServerError, require_url
+    from panelboard.runtime import run
 
-    ap = argparse.ArgumentParser(prog="python -m broker.health_service", description="the health aggregator: PB_COSTS -> PB_HEALTH")
+    ap = argparse.ArgumentParser(prog="python -m panelboard.broker.health_service", description="the health aggregator: PB_COSTS -> PB_HEALTH")
     ap.add_argument("--config")
     ap.add_argument("--nats-url")
     a = ap.parse_args(argv)

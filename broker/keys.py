@@ -19,13 +19,11 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.errors import BadKey
-from schemas.job import Route
+from panelboard.schemas.errors import BadKey
+from panelboard.schemas.redact import ID_LEN, PREFIX_LEN, SECRET_LEN
+from panelboard.schemas.job import Route
 
 _ALPHABET = string.ascii_letters + string.digits
-ID_LEN = 5
-SECRET_LEN = 32
-PREFIX_LEN = 3 + ID_LEN  # "pb_" + id: what workers record as the cost record's key_prefix
 KEY_RE = re.compile(rf"^(pb_[A-Za-z0-9]{{{ID_LEN}}})_[A-Za-z0-9]{{{SECRET_LEN}}}$")
 PREFIX_RE = re.compile(rf"^pb_[A-Za-z0-9]{{{ID_LEN}}}$")
 _DUMMY_HASH = "0" * 64
@@ -125,46 +123,3 @@ def team_mismatch(team: str, key_team: str) -> BadKey:
     """A valid key used for another team than the one the job was published for."""
     return BadKey(message=f"the key belongs to team {key_team!r}, but the job was published for team {team!r}",
                   hint=f"submit as team {key_team!r}: Client(team={key_team!r}, key=...), or publish on pb.jobs.{key_team}.<intent>")
-
-
-# -- keys in stored text ------------------------------------------------------------------------
-# Whatever a client writes (metadata, a prompt, a field a decode error quotes back) may hold a
-# key. Keys are ASCII letters, digits and "_", which msgspec's encoder never escapes, so a scan
-# of our own encoded output sees exactly what a decoder of it will see.
-_KEY_ANYWHERE = re.compile(rb"(pb_[A-Za-z0-9]{%d})_[A-Za-z0-9]{%d}" % (ID_LEN, SECRET_LEN))
-REDACTED = b"_[redacted]"
-
-
-def scrub(data: bytes) -> bytes:
-    """Encoded JSON with every key-shaped value cut to its visible prefix. One search on the
-    literal "pb_" (about what encoding the message cost) when there is none to cut."""
-    if _KEY_ANYWHERE.search(data) is None:
-        return data
-    return _KEY_ANYWHERE.sub(rb"\1" + REDACTED, data)
-
-
-# Raw payloads come from a client, not our encoder: a key may be spelled with JSON escapes
-# (pb\u005f...), so each character may also be its \u00XX escape (over-matching is harmless).
-def _lit(ch: str) -> bytes:
-    return b"(?:%s|\\\\u00(?i:%02x))" % (re.escape(ch.encode()), ord(ch))
-
-
-_ALNUM = rb"(?:[A-Za-z0-9]|\\u00[0-9A-Fa-f]{2})"
-_RAW_SECRET = re.compile(b"(" + _lit("p") + _lit("b") + _lit("_") + _ALNUM + b"{%d})" % ID_LEN + _lit("_") + _ALNUM + b"{%d}" % SECRET_LEN
-                         + rb"|sk-(?:ant-)?[A-Za-z0-9_-]{8,}")
-_RAW_KEY_MAX = 6 * (PREFIX_LEN + 1 + SECRET_LEN)  # every character escaped
-RAW_KEEP = 65_536  # bytes of an undecodable or oversized payload kept in its dead letter
-
-
-def scrub_raw(data: bytes, keep: int = RAW_KEEP) -> bytes:
-    """A raw payload fit for a dead letter: keys (ours and provider-style sk-...) cut to their
-    prefix, and at most `keep` bytes. The cut never splits a key: one that straddles it is
-    dropped whole, so no prefix plus part of a secret survives."""
-    cut = len(data)
-    if cut > keep:
-        cut = keep
-        for m in _RAW_SECRET.finditer(data, max(0, keep - _RAW_KEY_MAX), keep + _RAW_KEY_MAX):
-            if m.start() < keep < m.end():
-                cut = m.start()
-                break
-    return _RAW_SECRET.sub(lambda m: (m.group(1) or b"sk-") + REDACTED, data[:cut])

@@ -24,13 +24,17 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelboard import bus, db, logs, metrics, runtime, streams
-from panelboard.puller import Puller
-from schemas import wire
-from schemas.codec import decode_cost
-from schemas.config import Config
-from schemas.errors import InvalidJob
-from schemas.job import CostRecord
+from panelboard import db, metrics
+
+from panelboard.transport import connection
+
+from panelboard.transport import bus, logs, streams
+from panelboard.transport.puller import Puller
+from panelboard.schemas import wire
+from panelboard.schemas.codec import decode_cost
+from panelboard.schemas.config import Config
+from panelboard.schemas.errors import InvalidJob
+from panelboard.schemas.job import CostRecord
 
 DEAD_REASON = "cost_record"  # pb.dead.cost_record: records the ledger could not write
 # No model's context comes near this many tokens in one call: a record claiming more is
@@ -195,7 +199,7 @@ class Ledger:
 async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | None = None) -> None:
     """The `panelboard ledger` process."""
     engine = db.open_engine(database_url)
-    nc = await runtime.connect(url, "panelboard-ledger")
+    nc = await connection.connect(url, "panelboard-ledger")
     js = nc.jetstream()
     await streams.ensure_streams(js, cfg)
     await streams.ensure_consumer(js, wire.COSTS_STREAM, consumer_config())

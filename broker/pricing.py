@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.config import Model
+from panelboard.schemas.config import Model
 
 
 def call_cost(model: Model, prompt_tokens: int, completion_tokens: int) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal
 
-from schemas.errors import RateLimited
+from panelboard.schemas.errors import RateLimited
 
 WINDOW_S = 60
 

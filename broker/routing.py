@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.config import Config
-from schemas.errors import InvalidJob, JobError, UnknownIntent
-from schemas.job import Hop, Job, Route
+from panelboard.schemas.config import Config
+from panelboard.schemas.errors import InvalidJob, JobError, UnknownIntent
+from panelboard.schemas.job import Hop, Job, Route
 
 
 # Bits per weight; a model without a stated quantization is taken as served at full precision.

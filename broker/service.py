@@ -20,17 +20,17 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from broker import admission, classify, health, routing, strategies, waiting
-from broker.admission import Governor, Wait
-from broker.governance_store import Admitted
-from panelboard import bus, logs
-from panelboard.puller import Puller
-from panelboard.streams import BROKER_CONSUMER
-from schemas import wire
-from schemas.codec import decode_job
-from schemas.config import Config
-from schemas.errors import BadKey, DeadlineExceeded, InvalidJob, JobError, PromptTooLarge
-from schemas.job import ID_RE, Dispatch, Job, Route
+from panelboard.broker import admission, classify, health, routing, strategies, waiting
+from panelboard.broker.admission import Governor, Wait
+from panelboard.broker.governance_store import Admitted
+from panelboard.transport import bus, logs
+from panelboard.transport.puller import Puller
+from panelboard.transport.streams import BROKER_CONSUMER
+from panelboard.schemas import wire
+from panelboard.schemas.codec import decode_job
+from panelboard.schemas.config import Config
+from panelboard.schemas.errors import BadKey, DeadlineExceeded, InvalidJob, JobError, PromptTooLarge
+from panelboard.schemas.job import ID_RE, Dispatch, Job, Route
 
 log = logs.get("broker")
 
@@ -204,8 +204,8 @@ class Broker:
     async def _follow_health(self) -> None:
         """Aggregate PB_COSTS into PB_HEALTH (every broker does it from the same records, so
         they agree) and keep local copies of the health states and pool loads."""
-        from broker.health_service import Aggregator, HealthView, pool_load
-        from panelboard.streams import ensure_health_kv
+        from panelboard.broker.health_service import Aggregator, HealthView, pool_load
+        from panelboard.transport.streams import ensure_health_kv
 
         view = await HealthView.start(self.js, self.cfg)
         self.health = view.states
@@ -215,7 +215,7 @@ class Broker:
                 try:
                     self.load = await pool_load(self.js)
                 except Exception as e:  # a leader election: keep the last figures
-                    log.debug("broker.load_failed", error=type(e).__name__)
+                    log.debug("panelboard.broker.load_failed", error=type(e).__name__)
                 try:
                     await asyncio.wait_for(self.stopping.wait(), 1.0)
                 except (asyncio.TimeoutError, TimeoutError):
@@ -236,7 +236,7 @@ class Broker:
                     await waiting.publish(self.js, name, table, self.cfg.nats.replicas)
                     shown = bool(table)
                 except Exception as e:  # reconnecting: the next round tries again
-                    log.debug("broker.waits_publish_failed", error=type(e).__name__)
+                    log.debug("panelboard.broker.waits_publish_failed", error=type(e).__name__)
 
     async def run(self) -> None:
         await self.governor.start(self.js)  # keys, limits, budgets, settlement: when governance is on
@@ -245,7 +245,7 @@ class Broker:
         puller = Puller(self.js._nc, wire.JOBS_STREAM, BROKER_CONSUMER, min_request=MAX_INFLIGHT // 8)
         await puller.start()
         inflight: set[asyncio.Task[None]] = set()
-        log.info("broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
+        log.info("panelboard.broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
         while not self.stopping.is_set():
             free = MAX_INFLIGHT - len(inflight)
             if free <= 0:
@@ -254,7 +254,7 @@ class Broker:
             try:
                 await puller.top_up(free)
             except Exception as e:  # reconnecting: nats-py retries underneath
-                log.warning("broker.pull_failed", error=type(e).__name__)
+                log.warning("panelboard.broker.pull_failed", error=type(e).__name__)
             if puller.idle and inflight:  # too few free slots for a pull request: let some finish
                 await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -274,4 +274,4 @@ class Broker:
             follower.cancel()
         waits.cancel()
         await self.governor.stop()
-        log.info("broker.stopped", handled=self.handled)
+        log.info("panelboard.broker.stopped", handled=self.handled)

@@ -35,12 +35,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from broker.governance_store import Store
-from panelboard import db, logs, streams
-from panelboard.puller import Puller
-from schemas import wire
-from schemas.codec import decode_attempt, decode_cost
-from schemas.job import CostRecord
+from panelboard.broker.governance_store import Store
+from panelboard import db
+from panelboard.transport import logs, streams
+from panelboard.transport.puller import Puller
+from panelboard.schemas import wire
+from panelboard.schemas.codec import decode_attempt, decode_cost
+from panelboard.schemas.job import CostRecord
 
 log = logs.get("settle")
 

@@ -38,9 +38,9 @@ from typing import Mapping, get_args
 
 import msgspec
 
-from broker.health import Health, thresholds
-from schemas.config import Config, Strategy
-from schemas.job import Hop, Route
+from panelboard.broker.health import Health, thresholds
+from panelboard.schemas.config import Config, Strategy
+from panelboard.schemas.job import Hop, Route
 
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEFAULT = "cost-latency"

@@ -39,13 +39,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from clients.cancel import CancelReport, cancel_queued
-from panelboard import bus
-from schemas import batch as B
-from schemas import wire
-from schemas.codec import decode_result, encode
-from schemas.config import Config
-from schemas.job import ID_RE, Completed, Job
+from panelboard.clients.cancel import CancelReport, cancel_queued
+from panelboard.transport import bus
+from panelboard.schemas import batch as B
+from panelboard.schemas import wire
+from panelboard.schemas.codec import decode_result, encode
+from panelboard.schemas.config import Config
+from panelboard.schemas.job import ID_RE, Completed, Job
 
 CHECKPOINT_LINES = 4096  # at most; a small window checkpoints every 8 windows
 CHECKPOINT_S = 1.0
@@ -103,7 +103,7 @@ def check_batch_id(batch_id: str) -> None:
 
 async def ensure_manifest(js: JetStreamContext, cfg: Config) -> None:
     """Create PB_BATCHES when the running stack predates it; never rewrite a live one's settings."""
-    from panelboard.streams import ensure_stream, stream_configs
+    from panelboard.transport.streams import ensure_stream, stream_configs
 
     try:
         await js.stream_info(B.BATCHES_STREAM)

@@ -32,11 +32,11 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from panelboard import bus
-from schemas import wire
-from schemas.codec import decode_dispatch, decode_job
-from schemas.errors import Cancelled
-from schemas.job import Attempt, Failed, Job
+from panelboard.transport import bus
+from panelboard.schemas import wire
+from panelboard.schemas.codec import decode_dispatch, decode_job
+from panelboard.schemas.errors import Cancelled
+from panelboard.schemas.job import Attempt, Failed, Job
 
 CHUNK = 256  # sequence numbers per scan step
 PAUSE_S = 30.0  # a pause ends by itself after this, should its resume never come

@@ -24,12 +24,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
-from panelboard.bus import _TRANSIENT
-from schemas import wire
-from schemas.chat import ChatRequest, ChatResponse, Message
-from schemas.codec import decode_result, encode
-from schemas.job import ID_RE, Completed, Failed, Job, Result
+from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
+from panelboard.transport.bus import _TRANSIENT
+from panelboard.schemas import wire
+from panelboard.schemas.chat import ChatRequest, ChatResponse, Message
+from panelboard.schemas.codec import decode_result, encode
+from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
 PUBLISH_PATIENCE_S = 60.0  # how long a submit keeps retrying (same job id) while NATS is away
@@ -125,7 +125,7 @@ class Client:
 
     async def connect(self) -> None:
         if self.nc is None:
-            from panelboard.runtime import UnreachableError, connect, find_url
+            from panelboard.transport.connection import UnreachableError, connect, find_url
 
             url = find_url(self._url)
             if url is None:
@@ -318,7 +318,7 @@ class Client:
         `cancelled`, and no provider is called for it. False: a broker or worker already has
         it (or it has finished, or no such job is queued); it runs to its own result. It reads
         the queues once, so it takes longer the deeper they are. See clients/cancel.py."""
-        from clients.cancel import cancel_queued
+        from panelboard.clients.cancel import cancel_queued
 
         rep = await cancel_queued(self.js, lambda j: j.team == self.team and j.id == job_id,
                                   prefilter=job_id.encode(), reason="Client.cancel", keep_ids=True)

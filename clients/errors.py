@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas import errors as e
-from schemas.job import Attempt, Failed
+from panelboard.schemas import errors as e
+from panelboard.schemas.job import Attempt, Failed
 
 
 class PanelboardError(Exception):

@@ -8,9 +8,9 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
-from clients.client import Client, JobHandle, MessagesLike
-from schemas.chat import ChatResponse
-from schemas.job import Result
+from panelboard.clients.client import Client, JobHandle, MessagesLike
+from panelboard.schemas.chat import ChatResponse
+from panelboard.schemas.job import Result
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """A batch of a million jobs through the embedded stack, with flat client and broker memory.
 
-    python -m loadgen.batch_bench --lines 1000000 [--latency-ms 20] [--out loadgen/out/batch_bench.json]
+    python -m panelboard.loadgen.batch_bench --lines 1000000 [--latency-ms 20] [--out loadgen/out/batch_bench.json]
 
 1. Writes a JSONL batch file (OpenAI Batch API lines, every tenth an Anthropic Message Batches
    line, one malformed line per 100,000) unless one with that many lines is already there.
@@ -101,7 +101,7 @@ def forget_tally(url: str, batch_id: str) -> None:
 
     from nats.aio.client import Client as NATS
 
-    from schemas import batch as B
+    from panelboard.schemas import batch as B
 
     async def go() -> None:
         nc = NATS()
@@ -135,7 +135,7 @@ class Sampler(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadgen.batch_bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m panelboard.loadgen.batch_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--latency-ms", type=float, default=20.0, help="the mock provider's latency per call")
     ap.add_argument("--config", default=str(ROOT / "examples" / "mock.yaml"))

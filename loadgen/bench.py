@@ -1,6 +1,6 @@
 """End-to-end benchmark: panelboard against calling the mock provider directly, in one run.
 
-    python -m loadgen.bench [--quick] [--out BENCHMARKS-data.json]
+    python -m panelboard.loadgen.bench [--quick] [--out BENCHMARKS-data.json]
 
 For each scenario the same closed loop (c jobs in flight, a fixed number of jobs) runs twice
 against the same mock provider on this machine:
@@ -209,7 +209,7 @@ def prompt(i: int) -> str:
 
 
 def direct_body(i: int, model_id: str) -> bytes:
-    from schemas.chat import ChatRequest, Message
+    from panelboard.schemas.chat import ChatRequest, Message
 
     return msgspec.json.encode(ChatRequest(messages=[Message(role="user", content=prompt(i))], model=model_id, max_tokens=MAX_TOKENS))
 
@@ -230,7 +230,7 @@ def httpx_client(transport: str, limit: int) -> Any:
 
 def make_http_caller(transport: str, url: str, model_id: str, limit: int) -> tuple[Callable[[int], Awaitable[str | None]], Callable[[], Awaitable[None]]]:
     """(one request, close) for a transport; the body is parsed as a ChatResponse."""
-    from schemas.chat import ChatResponse
+    from panelboard.schemas.chat import ChatResponse
 
     decode = msgspec.json.Decoder(ChatResponse).decode
     headers = {"content-type": "application/json"}
@@ -283,9 +283,9 @@ async def run_direct(url: str, model_id: str, s: Scenario, meter: CpuMeter, time
 
 
 async def run_panelboard(nats_url: str, s: Scenario, meter: CpuMeter, timeout_s: float) -> dict[str, Any]:
-    from clients import Client
-    from schemas.chat import Message
-    from schemas.job import Failed
+    from panelboard.clients import Client
+    from panelboard.schemas.chat import Message
+    from panelboard.schemas.job import Failed
 
     async with Client(nats_url) as client:
 
@@ -452,7 +452,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m panelboard.loadgen.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the jobs: a smoke run of a minute or two")
     parser.add_argument("--out", default="BENCHMARKS-data.json", help="where to write every figure as JSON (default %(default)s)")
     parser.add_argument("--phase-timeout", type=float, help="seconds one measured phase may run (default 300, quick 90)")

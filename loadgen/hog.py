@@ -1,6 +1,6 @@
 """Run a command with CPU hogs beside it, the way a busy CI machine runs our tests.
 
-    python -m loadgen.hog --hogs 2 -- python -m pytest -q -m fault
+    python -m panelboard.loadgen.hog --hogs 2 -- python -m pytest -q -m fault
 
 Each hog is a process spinning on one core until the command ends (whatever its outcome);
 the exit code is the command's.
@@ -20,7 +20,7 @@ def _spin() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadgen.hog", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m panelboard.loadgen.hog", description=__doc__.split("\n\n")[0])
     p.add_argument("--hogs", type=int, default=2, help="busy processes to run beside the command (default 2)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     a = p.parse_args(argv)

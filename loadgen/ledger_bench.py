@@ -1,6 +1,6 @@
 """The ledger at 10 million rows: bulk-generate synthetic cost records, then time each report.
 
-    nice -n 10 python -m loadgen.ledger_bench --rows 10000000 --sqlite /tmp/ledger10m.db \\
+    nice -n 10 python -m panelboard.loadgen.ledger_bench --rows 10000000 --sqlite /tmp/ledger10m.db \\
         [--postgres postgresql+asyncpg://postgres@127.0.0.1/test] [--out loadgen/out/ledger_bench.json]
 
 Rows follow the article's traffic mix (loadgen.mix) over the config's tiers and prices: some
@@ -28,12 +28,12 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.pricing import call_cost
-from loadgen.mix import MIX
+from panelboard.broker.pricing import call_cost
+from panelboard.loadgen.mix import MIX
 from panelboard import db, queries, reports
 from panelboard.config import load
-from schemas.config import Config
-from schemas.job import CostRecord
+from panelboard.schemas.config import Config
+from panelboard.schemas.job import CostRecord
 
 TEAMS = ("search", "support", "billing", "growth", "platform")
 FEATURES = ("invoices", "tickets", "digest", "agent", "onboarding", "export")
@@ -193,7 +193,7 @@ async def main_async(a: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadgen.ledger_bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m panelboard.loadgen.ledger_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--days", type=float, default=30.0, help="the rows span this many days, ending now")
     ap.add_argument("--now", type=float, help="end of the span, unix seconds (default: now); reuse it to re-time an existing file")

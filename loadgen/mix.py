@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from schemas.chat import ChatRequest, Message
+from panelboard.schemas.chat import ChatRequest, Message
 
 # (intent, share, max_tokens, prompt templates)
 MIX: list[tuple[str, float, int, list[str]]] = [

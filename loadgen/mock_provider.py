@@ -624,7 +624,7 @@ async def _serve_until_signalled(cfg: MockConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.mock_provider", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m panelboard.loadgen.mock_provider", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML or JSON file holding a MockConfig")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int, help="0 picks a free port (default 8900)")

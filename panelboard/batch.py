@@ -107,7 +107,7 @@ def _no_batch(batch_id: str) -> str:
 async def _exists(js: Any, batch_id: str) -> bool:
     """Any trace of the batch (what `status` would report on), cheapest reads first: a cancel
     must not wait behind a full status while the queue drains."""
-    from clients import batch
+    from panelboard.clients import batch
 
     batch.check_batch_id(batch_id)
     return (await batch.read_info(js, batch_id) is not None or await batch.count_jobs(js, batch_id) > 0
@@ -115,10 +115,11 @@ async def _exists(js: Any, batch_id: str) -> bool:
 
 
 def cmd_batch(a: argparse.Namespace) -> int:
-    from clients import batch
+    from panelboard.clients import batch
     from panelboard.cli import resolve_key
     from panelboard.config import load
-    from panelboard.runtime import connect, require_url, run
+    from panelboard.transport.connection import connect, require_url
+    from panelboard.runtime import run
 
     if a.action == "submit" and (why := check_input(a.file)):
         print(f"batch submit: {why}", file=sys.stderr)
@@ -204,7 +205,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
 
 
 async def _submit(a: argparse.Namespace, js: Any, cfg: Any) -> int:
-    from clients import batch
+    from panelboard.clients import batch
 
     bar, total = _bar("lines")
     try:

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from panelboard import logs
+from panelboard.transport import logs
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from panelboard.runtime import home
+    from panelboard.transport.connection import home
     from panelboard.stack import Stack
 
     stack = Stack(home(), config=a.config, nats_url=a.nats_url, mock=not a.no_mock, mock_args=["--latency-ms", str(a.mock_latency_ms)])
@@ -44,7 +44,8 @@ def cmd_up(a: argparse.Namespace) -> int:
 
 def _serve(a: argparse.Namespace, broker: bool) -> int:
     from panelboard.config import load
-    from panelboard.runtime import require_url, run, serve
+    from panelboard.transport.connection import require_url
+    from panelboard.runtime import run, serve
 
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
@@ -69,10 +70,11 @@ def _metrics(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_ledger(a: argparse.Namespace) -> int:
-    from broker.ledger import serve
+    from panelboard.broker.ledger import serve
     from panelboard import db
     from panelboard.config import load
-    from panelboard.runtime import home, require_url, run
+    from panelboard.transport.connection import home, require_url
+    from panelboard.runtime import run
 
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
@@ -91,7 +93,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     from panelboard import db, queries, render, reports
     from panelboard.config import load
-    from panelboard.runtime import home
+    from panelboard.transport.connection import home
 
     cfg = load(a.config)
     url = db.resolve_url(a.database_url, cfg, home())
@@ -171,10 +173,10 @@ class CliError(Exception):
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    from clients import Client
-    from panelboard.runtime import require_url
-    from schemas.codec import encode
-    from schemas.job import Completed
+    from panelboard.clients import Client
+    from panelboard.transport.connection import require_url
+    from panelboard.schemas.codec import encode
+    from panelboard.schemas.job import Completed
 
     url = require_url(a.nats_url)
     key = resolve_key(a)
@@ -203,7 +205,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_dead(a: argparse.Namespace) -> int:
     from panelboard import dead
-    from panelboard.runtime import connect, require_url
+    from panelboard.transport.connection import connect, require_url
 
     url = require_url(a.nats_url)
     try:
@@ -232,7 +234,7 @@ def cmd_dead(a: argparse.Namespace) -> int:
         finally:
             await nc.drain()
 
-    from schemas.codec import encode
+    from panelboard.schemas.codec import encode
 
     return asyncio.run(go())
 
@@ -255,7 +257,7 @@ def _load_job(path: str):
     """A Job as JSON; lenient for hand-written files: a bare request, or a job with no id."""
     import msgspec
 
-    from schemas.job import Job
+    from panelboard.schemas.job import Job
 
     with (sys.stdin if path == "-" else open(path)) as f:
         raw = json.load(f)
@@ -270,9 +272,9 @@ def _load_job(path: str):
 def cmd_route_explain(a: argparse.Namespace) -> int:
     import msgspec
 
-    from broker.explain import explain, render
+    from panelboard.broker.explain import explain, render
     from panelboard.config import load
-    from panelboard.runtime import find_url
+    from panelboard.transport.connection import find_url
 
     cfg = load(a.config)
     try:
@@ -283,7 +285,7 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
     health = load_ = None
     url = None if a.no_health else find_url(a.nats_url, cfg)
     if url:
-        from broker.health_service import pool_load, read_health
+        from panelboard.broker.health_service import pool_load, read_health
 
         async def read():
             nc = await _quick_connect(url)
@@ -305,9 +307,9 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     import msgspec
 
-    from broker.health_service import render_status, status
+    from panelboard.broker.health_service import render_status, status
     from panelboard.config import load
-    from panelboard.runtime import require_url
+    from panelboard.transport.connection import require_url
 
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
@@ -329,9 +331,10 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_health(a: argparse.Namespace) -> int:
-    from broker.health_service import serve
+    from panelboard.broker.health_service import serve
     from panelboard.config import load
-    from panelboard.runtime import require_url, run
+    from panelboard.transport.connection import require_url
+    from panelboard.runtime import run
 
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
@@ -369,7 +372,7 @@ def cmd_import_litellm(a: argparse.Namespace) -> int:
 
 
 def cmd_mock(a: argparse.Namespace, rest: list[str]) -> int:
-    from loadgen.mock_provider import main as mock_main
+    from panelboard.loadgen.mock_provider import main as mock_main
 
     return mock_main(rest)
 
@@ -526,9 +529,9 @@ def _main(argv: list[str] | None) -> int:
     sub.add_parser("mock", help="run the mock provider (see `panelboard mock --help`)")
 
     a = ap.parse_args(argv)
-    from clients.errors import PanelboardError
+    from panelboard.clients.errors import PanelboardError
     from panelboard.config import ConfigError
-    from panelboard.runtime import NoServerError
+    from panelboard.transport.connection import NoServerError
 
     try:
         return a.fn(a)

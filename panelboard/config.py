@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from broker.routing import PRECISION, precise_enough
-from schemas.config import Config, Model, Provider, Tier
+from panelboard.broker.routing import PRECISION, precise_enough
+from panelboard.schemas.config import Config, Model, Provider, Tier
 
 _ORDINALS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -174,7 +174,7 @@ def check(cfg: Config) -> list[str]:
             out.append(f"intents.{intent}: unknown tier {tier!r} (known: {', '.join(cfg.tiers)})")
     if cfg.default_intent is not None and cfg.default_intent not in cfg.intents:
         out.append(f"default_intent: {cfg.default_intent!r} is not in intents")
-    from broker import health, strategies  # here, not at the top: they import schemas, not us
+    from panelboard.broker import health, strategies  # here, not at the top: they import schemas, not us
 
     return out + health.check(cfg) + strategies.check(cfg)
 

@@ -37,8 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from schemas.config import Config
-from schemas.job import CostRecord
+from panelboard.schemas.config import Config
+from panelboard.schemas.job import CostRecord
 
 URL_ENV = "PANELBOARD_DATABASE_URL"
 NANO = 1_000_000_000

@@ -10,10 +10,10 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from broker.keys import KEY_RE
-from schemas import wire
-from schemas.codec import decode_dead, encode
-from schemas.job import DeadLetter
+from panelboard.broker.keys import KEY_RE
+from panelboard.schemas import wire
+from panelboard.schemas.codec import decode_dead, encode
+from panelboard.schemas.job import DeadLetter
 
 
 async def letters(js: JetStreamContext, reason: str | None = None) -> list[tuple[int, DeadLetter]]:

@@ -9,13 +9,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from broker.pricing import call_cost
-from clients import Client
-from loadgen.mix import sample
+from panelboard.broker.pricing import call_cost
+from panelboard.clients import Client
+from panelboard.loadgen.mix import sample
 from panelboard.config import load
 from panelboard.progress import Progress
 from panelboard.stack import Stack
-from schemas.job import Completed, Failed
+from panelboard.schemas.job import Completed, Failed
 
 
 async def drive(url: str, n: int, concurrency: int, cfg_path: str | None) -> dict:

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from schemas.job import ID_RE
+from panelboard.schemas.job import ID_RE
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -99,10 +99,10 @@ def add_parsers(sub: Any) -> None:
 def _run(a: argparse.Namespace, body: Callable[[Any, Any], Any]) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from broker.governance_store import Store
+    from panelboard.broker.governance_store import Store
     from panelboard import db
     from panelboard.config import load
-    from panelboard.runtime import home
+    from panelboard.transport.connection import home
 
     cfg = load(a.config)
     url = db.resolve_url(a.database_url, cfg, home())
@@ -141,8 +141,8 @@ def _usd(nano: int | None) -> str:
 
 
 def cmd_keys_create(a: argparse.Namespace) -> int:
-    from broker.budgets import to_nano
-    from broker.keys import parse_expiry
+    from panelboard.broker.budgets import to_nano
+    from panelboard.broker.keys import parse_expiry
 
     if _bad_team(a.team):
         return 2
@@ -208,7 +208,7 @@ def cmd_keys_revoke(a: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(a: argparse.Namespace) -> int:
-    from broker.keys import parse_expiry
+    from panelboard.broker.keys import parse_expiry
 
     try:
         grace = parse_expiry(a.grace, now=0.0)
@@ -234,7 +234,7 @@ def cmd_keys_rotate(a: argparse.Namespace) -> int:
 
 
 def cmd_teams_set(a: argparse.Namespace) -> int:
-    from broker.budgets import to_nano
+    from panelboard.broker.budgets import to_nano
 
     if _bad_team(a.team):
         return 2

@@ -16,10 +16,10 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from panelboard import logs
-from panelboard.runtime import connect
-from schemas import wire
-from schemas.job import CostRecord
+from panelboard.transport import logs
+from panelboard.transport.connection import connect
+from panelboard.schemas import wire
+from panelboard.schemas.job import CostRecord
 
 log = logs.get("metrics")
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from panelboard import reports as r
 from panelboard.db import costs, epoch_day, has_ledger
-from schemas.config import Config
+from panelboard.schemas.config import Config
 
 c = costs.c
 DAY_S = 86_400

@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.config import Config, Model
+from panelboard.schemas.config import Config, Model
 
 NANO = 1_000_000_000
 HOURS_PER_MONTH = 730  # 365 * 24 / 12: the article's "$6.49/hr ... about $4,740 a month"

@@ -13,126 +13,17 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from panelboard import logs, streams
+from panelboard.transport import logs, streams
 from panelboard.config import provider_key
-from schemas import wire
-from schemas.config import Config
+from panelboard.schemas import wire
+from panelboard.schemas.config import Config
 
 if TYPE_CHECKING:
-    from broker.admission import Governor
-    from broker.service import Broker
-    from workers.pool import Pool
+    from panelboard.broker.admission import Governor
+    from panelboard.broker.service import Broker
+    from panelboard.workers.pool import Pool
 
 log = logs.get("runtime")
-
-HOME_ENV = "PANELBOARD_HOME"
-URL_ENV = "PANELBOARD_NATS_URL"
-# Credentials for a NATS server with per-team users (panelboard/tenants.py): kept out of the
-# URL, and so out of process listings and the nats.url file.
-USER_ENV = "PANELBOARD_NATS_USER"
-PASSWORD_ENV = "PANELBOARD_NATS_PASSWORD"
-INBOX_ENV = "PANELBOARD_NATS_INBOX_PREFIX"  # a team's reply subjects, e.g. _INBOX_team-a
-
-
-def home() -> Path:
-    """Where the embedded stack keeps its data and tells later commands its URL."""
-    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".panelboard")
-
-
-def find_url(explicit: str | None, cfg: Config | None = None) -> str | None:
-    if explicit:
-        return explicit
-    if os.environ.get(URL_ENV):
-        return os.environ[URL_ENV]
-    if cfg is not None and cfg.nats.url:
-        return cfg.nats.url
-    f = home() / "nats.url"
-    return f.read_text().strip() if f.exists() else None
-
-
-class NoServerError(RuntimeError):
-    """No NATS URL anywhere: the message says where one can come from."""
-
-
-class UnreachableError(NoServerError, ConnectionError):
-    """A NATS URL that no server answered (or accepted us) within the connect patience."""
-
-
-# How long a first connect keeps trying before it gives up with UnreachableError. A command
-# (and the SDK) fails within seconds; a service started beside a restarting server waits
-# longer. Once connected, a lost server is waited for without end (max_reconnect_attempts=-1).
-CONNECT_PATIENCE_S = 5.0
-SERVICE_CONNECT_PATIENCE_S = 30.0
-
-
-def unreachable_message(url: str, patience_s: float, last: BaseException | None) -> str:
-    """What was tried, what went wrong, what to do: one message for the CLI and the SDK."""
-    why = f"{type(last).__name__}: {last}".rstrip(": ") if last is not None else "no answer"
-    return (f"cannot connect to NATS at {url} (tried for {patience_s:g}s; last error: {why})\n"
-            f"hint: is the server up? Start the embedded stack with `panelboard up`, or pass --nats-url "
-            f"(or set {URL_ENV}) to a server that is running; check the host, port and credentials")
-
-
-def require_url(explicit: str | None, cfg: Config | None = None) -> str:
-    url = find_url(explicit, cfg)
-    if not url:
-        raise NoServerError("no NATS server: pass --nats-url, set PANELBOARD_NATS_URL, or run `panelboard up` in this directory")
-    return url
-
-
-async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None,
-                  patience_s: float = CONNECT_PATIENCE_S) -> NATS:
-    """Connect, or raise UnreachableError after patience_s. nats-py applies
-    max_reconnect_attempts=-1 to the first connect too, retrying an absent server for ever
-    (an error callback every 0.25 s): the first connect is bounded here, reconnects are not."""
-    nc = NATS()
-    first: list[BaseException] = []  # the first connect's last error: reported once, in the exception
-    connected = False
-
-    async def on_disconnect() -> None:
-        if not (nc.is_draining or nc.is_closed):  # a drain at shutdown is not news
-            log.warning("nats.disconnected", name=name)
-
-    async def reconnected() -> None:
-        log.info("nats.reconnected", name=name)
-        if on_reconnect is not None:
-            asyncio.get_running_loop().create_task(on_reconnect())
-
-    async def on_error(e: Exception) -> None:
-        if not connected:
-            first[:] = [e]
-            return
-        log.warning("nats.error", name=name, error=f"{type(e).__name__}: {e}")
-
-    auth: dict[str, str] = {}
-    if os.environ.get(USER_ENV):
-        auth = {"user": os.environ[USER_ENV], "password": os.environ.get(PASSWORD_ENV, "")}
-    if os.environ.get(INBOX_ENV):
-        auth["inbox_prefix"] = os.environ[INBOX_ENV]
-    opening = nc.connect(
-        servers=[u.strip() for u in url.split(",")],  # a cluster: nats://a:4222,nats://b:4222
-        **auth,  # type: ignore[arg-type]
-        name=name,
-        max_reconnect_attempts=-1,  # a restarting server is waited for, never given up on
-        reconnect_time_wait=0.25,
-        connect_timeout=5,
-        allow_reconnect=True,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=reconnected,
-        error_cb=on_error,
-    )
-    try:
-        await asyncio.wait_for(opening, patience_s)
-    except (asyncio.TimeoutError, OSError, nats.errors.Error) as e:
-        last = first[-1] if first else (None if isinstance(e, asyncio.TimeoutError) else e)
-        try:
-            await nc.close()
-        except Exception:  # a connection that never opened may not close cleanly
-            pass
-        raise UnreachableError(unreachable_message(url, patience_s, last)) from None
-    connected = True  # from now on errors are logged as they come
-    return nc
-
 
 async def prepare(nc: NATS, cfg: Config, providers: list[str] | None = None, with_broker: bool = True) -> None:
     js = nc.jetstream()
@@ -160,11 +51,11 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
     # Imported here, each only by the process that runs it: a worker never loads the broker's
     # SQL stack, so a replacement for a killed worker is serving in well under a second.
     if broker:
-        from broker.service import Broker
+        from panelboard.broker.service import Broker
 
         parts.append(Broker(js, cfg, governor(cfg)))
     if providers:
-        from workers.pool import Pool
+        from panelboard.workers.pool import Pool
 
         api_keys = {p: provider_key(cfg, p) for p in providers}
         for key in api_keys.values():
@@ -190,8 +81,8 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
 
 def governor(cfg: Config, database_url: str | None = None) -> "Governor":
     """The broker's admission control: keys, rate limits, budgets, in the ledger's database."""
-    from broker.admission import Governor
-    from broker.governance_store import Store
+    from panelboard.broker.admission import Governor
+    from panelboard.broker.governance_store import Store
     from panelboard import db
 
     if cfg.governance.require_keys is False:

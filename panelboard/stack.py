@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from panelboard import runtime
+
+from panelboard.transport import connection
 from panelboard.config import load
 from panelboard.natsserver import NatsServer
 
@@ -36,7 +38,7 @@ class Stack:
         self.mock_args = mock_args or []
         self.env = {**os.environ, **(env or {})}
         # The stack's processes keep their files (the SQLite ledger) in the stack's home.
-        self.env[runtime.HOME_ENV] = str(self.home)
+        self.env[connection.HOME_ENV] = str(self.home)
         self.nats: NatsServer | None = None
         self.mock_proc: subprocess.Popen[bytes] | None = None
         self.mock_url: str | None = None
@@ -67,8 +69,8 @@ class Stack:
         if not cfg.governance.tenants:
             return None
         password = secrets.token_urlsafe(24)
-        self.env[runtime.USER_ENV] = tenants.SERVICE_USER
-        self.env[runtime.PASSWORD_ENV] = password
+        self.env[connection.USER_ENV] = tenants.SERVICE_USER
+        self.env[connection.PASSWORD_ENV] = password
         self._setup_auth = (tenants.SERVICE_USER, password)
         path = self.home / "nats" / "nats.conf"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ class Stack:
         return str(path)
 
     def start_mock(self) -> str:
-        args = [PY, "-m", "loadgen.mock_provider", "--port", "0", "--log-path", str(self.home / "mock-requests.jsonl"), *self.mock_args]
+        args = [PY, "-m", "panelboard.loadgen.mock_provider", "--port", "0", "--log-path", str(self.home / "mock-requests.jsonl"), *self.mock_args]
         self.mock_proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.home / "logs" / "mock.log", "ab"), env=self.env)
         assert self.mock_proc.stdout is not None
         deadline = time.monotonic() + 20
@@ -137,7 +139,7 @@ class Stack:
             if self._setup_auth is not None:  # the embedded server has per-team users
                 user, password = self._setup_auth
                 url = url.replace("nats://", f"nats://{user}:{password}@", 1)
-            nc = await runtime.connect(url, "panelboard-setup")
+            nc = await connection.connect(url, "panelboard-setup")
             try:
                 await runtime.prepare(nc, cfg)
             finally:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 
-from schemas.config import Config, Tenant
+from panelboard.schemas.config import Config, Tenant
 
 SERVICE_USER = "panelboard"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

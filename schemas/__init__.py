@@ -1,7 +1,7 @@
 """msgspec Structs at every boundary of panelboard."""
 
-from schemas.chat import ChatRequest, ChatResponse, Choice, ChoiceMessage, Message, Usage
-from schemas.errors import (
+from panelboard.schemas.chat import ChatRequest, ChatResponse, Choice, ChoiceMessage, Message, Usage
+from panelboard.schemas.errors import (
     BadKey,
     Cancelled,
     ChainExhausted,
@@ -14,7 +14,7 @@ from schemas.errors import (
     RateLimited,
     UnknownIntent,
 )
-from schemas.job import (
+from panelboard.schemas.job import (
     Attempt,
     Completed,
     CostRecord,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.chat import ChatRequest, ContentPart, Message
+from panelboard.schemas.chat import ChatRequest, ContentPart, Message
 
 BATCHES_STREAM = "PB_BATCHES"
 CLIENT_PREFIX = "batch-"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.job import Attempt, CostRecord, DeadLetter, Dispatch, Job, Result
+from panelboard.schemas.job import Attempt, CostRecord, DeadLetter, Dispatch, Job, Result
 
 encode = msgspec.json.Encoder().encode
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.chat import ChatRequest, ChatResponse, Usage
-from schemas.errors import JobError
+from panelboard.schemas.chat import ChatRequest, ChatResponse, Usage
+from panelboard.schemas.errors import JobError
 
 # Ids become subject tokens (pb.results.<team>.<job>): no dots, spaces or wildcards.
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

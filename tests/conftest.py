@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clients import Client
+from panelboard.clients import Client
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 

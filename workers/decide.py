@@ -12,10 +12,10 @@ import re
 
 import msgspec
 
-from schemas.config import Link, RetryPolicy
-from schemas.errors import ChainExhausted, DeadlineExceeded, JobError, PromptTooLarge, ProviderError
-from schemas.job import Attempt
-from workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout, status_of
+from panelboard.schemas.config import Link, RetryPolicy
+from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, JobError, PromptTooLarge, ProviderError
+from panelboard.schemas.job import Attempt
+from panelboard.workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout, status_of
 
 _TIMEOUT_RE = re.compile(r"^timeout>(\d+)ms$")
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.chat import ChatResponse
+from panelboard.schemas.chat import ChatResponse
 
 
 class Ok(msgspec.Struct):

@@ -22,21 +22,21 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from broker.pricing import call_cost
-from panelboard import bus, logs
-from panelboard.puller import Puller
-from panelboard.streams import ack_wait_s, lane_caps, pool_consumer
-from schemas import wire
-from schemas.chat import Usage
-from schemas.codec import decode_dispatch
-from schemas.config import Config, Link, Model, RetryPolicy
-from schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
-from schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
-from workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
-from workers.outcome import Ok, Outcome, status_of
-from workers.pressure import pause_s
-from workers.providers import Adapter, adapter_for
-from workers.usage import checked_usage
+from panelboard.broker.pricing import call_cost
+from panelboard.transport import bus, logs
+from panelboard.transport.puller import Puller
+from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
+from panelboard.schemas import wire
+from panelboard.schemas.chat import Usage
+from panelboard.schemas.codec import decode_dispatch
+from panelboard.schemas.config import Config, Link, Model, RetryPolicy
+from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
+from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
+from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
+from panelboard.workers.outcome import Ok, Outcome, status_of
+from panelboard.workers.pressure import pause_s
+from panelboard.workers.providers import Adapter, adapter_for
+from panelboard.workers.usage import checked_usage
 
 log = logs.get("worker")
 

@@ -3,7 +3,7 @@ so jobs wait in the stream instead of failing or hammering the provider. Pure.""
 
 from __future__ import annotations
 
-from workers.outcome import Ok, Outcome, RateLimited
+from panelboard.workers.outcome import Ok, Outcome, RateLimited
 
 MAX_PAUSE_S = 60.0
 

@@ -4,8 +4,8 @@ the provider's own figures travel beside it, flagged, in the cost record and the
 
 from __future__ import annotations
 
-from schemas.chat import Usage
-from schemas.config import Model
+from panelboard.schemas.chat import Usage
+from panelboard.schemas.config import Model
 
 
 def checked_usage(usage: Usage, model: Model) -> tuple[Usage, Usage | None]:

@@ -1,9 +1,9 @@
 """One small adapter per API family."""
 
-from schemas.config import Provider
-from workers.providers.anthropic import AnthropicAdapter
-from workers.providers.base import Adapter
-from workers.providers.openai import OpenAIAdapter
+from panelboard.schemas.config import Provider
+from panelboard.workers.providers.anthropic import AnthropicAdapter
+from panelboard.workers.providers.base import Adapter
+from panelboard.workers.providers.openai import OpenAIAdapter
 
 FAMILIES: dict[str, type[Adapter]] = {"openai": OpenAIAdapter, "anthropic": AnthropicAdapter}
 

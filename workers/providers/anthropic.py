@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 
-from schemas.chat import ChatRequest, ChatResponse, Choice, ChoiceMessage, Usage
-from schemas.config import Model
-from workers.providers.base import Adapter
+from panelboard.schemas.chat import ChatRequest, ChatResponse, Choice, ChoiceMessage, Usage
+from panelboard.schemas.config import Model
+from panelboard.workers.providers.base import Adapter
 
 API_VERSION = "2023-06-01"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter"}

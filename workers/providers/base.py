@@ -14,9 +14,9 @@ from email.utils import parsedate_to_datetime
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from schemas.chat import ChatRequest, ChatResponse
-from schemas.config import Model, Provider
-from workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout
+from panelboard.schemas.chat import ChatRequest, ChatResponse
+from panelboard.schemas.config import Model, Provider
+from panelboard.workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout
 
 _HARD_429 = (b"insufficient_quota", b"enforced_spend_limit_reached")
 _CONTEXT = (b"context_length_exceeded", b"prompt is too long", b"maximum context length")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.chat import ChatRequest, ChatResponse
-from schemas.config import Model
-from workers.providers.base import Adapter
+from panelboard.schemas.chat import ChatRequest, ChatResponse
+from panelboard.schemas.config import Model
+from panelboard.workers.providers.base import Adapter
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(ChatResponse).decode
