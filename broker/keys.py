@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from panelboard.schemas.errors import BadKey
-from panelboard.schemas.redact import ID_LEN, PREFIX_LEN, SECRET_LEN
+from panelboard.schemas.redact import ID_LEN, SECRET_LEN
 from panelboard.schemas.job import Route
 
 _ALPHABET = string.ascii_letters + string.digits

@@ -4,17 +4,15 @@ drain on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
-import nats.errors
 from nats.aio.client import Client as NATS
 
 from panelboard.transport import logs, streams
 from panelboard.config import provider_key
+from panelboard.transport.connection import SERVICE_CONNECT_PATIENCE_S, connect, home
 from panelboard.schemas import wire
 from panelboard.schemas.config import Config
 
