@@ -44,12 +44,12 @@ def test_generated_keys_have_190_random_bits_a_visible_prefix_and_a_sha256_hash(
     seen = set()
     for _ in range(200):
         key, prefix = keys.generate()
-        assert keys.KEY_RE.match(key) and key.startswith(prefix + "_") and len(prefix) == keys.PREFIX_LEN == 8
+        assert keys.KEY_RE.match(key) and key.startswith(prefix + "_") and len(prefix) == redact.PREFIX_LEN == 8
         assert keys.prefix_of(key) == prefix and re.fullmatch(r"[0-9a-f]{64}", keys.digest(key))
         seen.add(key)
     assert len(seen) == 200
     # 32 characters of base62 after the prefix: log2(62) * 32 = 190.5 bits, >= 128.
-    assert keys.SECRET_LEN * 5.95 >= 128
+    assert redact.SECRET_LEN * 5.95 >= 128
 
 
 def _rec(key: str, **kw) -> KeyRecord:
@@ -83,7 +83,7 @@ def test_key_verification(given, record, expect):
         assert out == record
     else:
         assert isinstance(out, BadKey) and expect in out.message and out.hint
-        if given and len(given) > keys.PREFIX_LEN:
+        if given and len(given) > redact.PREFIX_LEN:
             assert given not in out.message + out.hint  # never the whole key back
 
 
