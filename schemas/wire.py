@@ -44,6 +44,13 @@ def result(team: str, job_id: str) -> str:
     return f"pb.results.{team}.{job_id}"
 
 
+def chunks(team: str, job_id: str) -> str:
+    """Core NATS (not stored): a streaming job's chunks, each an OpenAI `chat.completion.chunk`
+    JSON object, published by the worker in order; the terminal Result on result(team, job_id)
+    still ends the job. Subscribe before submitting to see every chunk."""
+    return f"pb.chunks.{team}.{job_id}"
+
+
 def results_of(team: str) -> str:
     return f"pb.results.{team}.>"
 
