@@ -215,7 +215,7 @@ class Broker:
                 try:
                     self.load = await pool_load(self.js)
                 except Exception as e:  # a leader election: keep the last figures
-                    log.debug("panelboard.broker.load_failed", error=type(e).__name__)
+                    log.debug("broker.load_failed", error=type(e).__name__)
                 try:
                     await asyncio.wait_for(self.stopping.wait(), 1.0)
                 except (asyncio.TimeoutError, TimeoutError):
@@ -236,7 +236,7 @@ class Broker:
                     await waiting.publish(self.js, name, table, self.cfg.nats.replicas)
                     shown = bool(table)
                 except Exception as e:  # reconnecting: the next round tries again
-                    log.debug("panelboard.broker.waits_publish_failed", error=type(e).__name__)
+                    log.debug("broker.waits_publish_failed", error=type(e).__name__)
 
     async def run(self) -> None:
         await self.governor.start(self.js)  # keys, limits, budgets, settlement: when governance is on
@@ -245,7 +245,7 @@ class Broker:
         puller = Puller(self.js._nc, wire.JOBS_STREAM, BROKER_CONSUMER, min_request=MAX_INFLIGHT // 8)
         await puller.start()
         inflight: set[asyncio.Task[None]] = set()
-        log.info("panelboard.broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
+        log.info("broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
         while not self.stopping.is_set():
             free = MAX_INFLIGHT - len(inflight)
             if free <= 0:
@@ -254,7 +254,7 @@ class Broker:
             try:
                 await puller.top_up(free)
             except Exception as e:  # reconnecting: nats-py retries underneath
-                log.warning("panelboard.broker.pull_failed", error=type(e).__name__)
+                log.warning("broker.pull_failed", error=type(e).__name__)
             if puller.idle and inflight:  # too few free slots for a pull request: let some finish
                 await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -274,4 +274,4 @@ class Broker:
             follower.cancel()
         waits.cancel()
         await self.governor.stop()
-        log.info("panelboard.broker.stopped", handled=self.handled)
+        log.info("broker.stopped", handled=self.handled)

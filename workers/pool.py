@@ -33,7 +33,7 @@ from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
-from panelboard.workers.outcome import Ok, Outcome, status_of
+from panelboard.workers.outcome import Ok, Outcome, Timeout, status_of
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
 from panelboard.workers.usage import checked_usage
@@ -141,7 +141,8 @@ class Pool:
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
         link, policy = self._link(d)
-        timeout_s = call_timeout_s(link_timeout_ms(link, self.settings.timeout_ms), job.deadline, now)
+        link_ms = link_timeout_ms(link, self.settings.timeout_ms)
+        timeout_s = call_timeout_s(link_ms, job.deadline, now)
         if timeout_s is None:
             err = DeadlineExceeded(message=f"job {job.id} passed its deadline before {self.provider} could start it", hint="submit with a later deadline, or none")
             await bus.fail_job(self.js, job.team, job.id, err, reason="deadline", job=job, attempts=[*d.history, *earlier])
@@ -159,7 +160,10 @@ class Pool:
                             prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens, billed=usage.total_tokens)
                 outcome = msgspec.structs.replace(outcome, response=msgspec.structs.replace(outcome.response, usage=usage))
         self._pressure(outcome)
-        past_deadline = job.deadline is not None and time.time() >= job.deadline
+        # A timeout the deadline set is the deadline passing, even when the client's timer fired a
+        # hair before the wall clock reached it (seen under load: a retry then failed at once).
+        cut_to_deadline = timeout_s < link_ms / 1000
+        past_deadline = job.deadline is not None and (time.time() >= job.deadline or (cut_to_deadline and isinstance(outcome, Timeout)))
         decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
                           provider=self.provider, rng=self.rng, past_deadline=past_deadline)
         cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)

@@ -67,7 +67,7 @@ async def test_status_shows_keys_waiting_on_a_limit_and_the_broker_logs_it_once_
             for f in futs:
                 f.cancel()
         # And the broker logged it at info: at least once, and not once per waiting job
-        lines = [json.loads(ln) for ln in (stack.home / "logs" / "panelboard.broker.log").read_text().splitlines()
+        lines = [json.loads(ln) for ln in (stack.home / "logs" / "broker.log").read_text().splitlines()
                  if '"ratelimit.waiting"' in ln]
         assert 1 <= len(lines) < 10, lines
         assert lines[0]["owner"] == f"key {prefix}" and lines[0]["limit"] == "rpm" and lines[0]["level"] == "info"
