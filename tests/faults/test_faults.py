@@ -244,6 +244,9 @@ async def wait_logged(s: Stack, name: str, needle: str, bound_s: float) -> float
     return time.monotonic() - t0
 
 
+WAVES = 4
+
+
 async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
     with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "50", "--jitter-ms", "20"]) as s:
         s.start(workers=2)
@@ -265,6 +268,7 @@ async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
                     await wait_logged(s, name, "pool.started", bound_s=120)
                 n = 0
                 while True:
+                    wave_ready.put_nowait(n)  # the next wave goes out now, so this kill lands mid-flight
                     try:
                         await asyncio.wait_for(stop.wait(), 1.0)
                         return
@@ -284,9 +288,16 @@ async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
                     except asyncio.TimeoutError:
                         pass
 
+            # The batch goes out in waves, one per kill cycle, so however fast this box runs it,
+            # the first kills each land while a wave is in flight.
+            wave_ready: asyncio.Queue[int] = asyncio.Queue()
             k = asyncio.create_task(killer())
             try:
-                ids = await submit_all(c, intents, "kill-" + uuid.uuid4().hex[:6])
+                prefix = "kill-" + uuid.uuid4().hex[:6]
+                ids = []
+                for w in range(WAVES):
+                    await asyncio.wait_for(wave_ready.get(), 180)
+                    ids += await submit_all(c, intents[w::WAVES], f"{prefix}-{w}")
                 await wait_all(c, ids, timeout=300)
             finally:
                 stop.set()
