@@ -233,6 +233,9 @@ class Governor:
 
     async def stop(self) -> None:
         self.stopping.set()
+        if self.batcher is not None and self.batcher.batches:
+            log.info("governance.admitted", jobs=self.batcher.jobs, transactions=self.batcher.batches,
+                     jobs_per_transaction=round(self.batcher.jobs / self.batcher.batches, 1))
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=10)
         if self.store is not None:

@@ -332,7 +332,7 @@ def added(direct: dict[str, Any], pb: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def run_scenario(stack: Any, model_id: str, s: Scenario, timeout_s: float) -> dict[str, Any]:
+async def run_scenario(stack: Any, key: str | None, model_id: str, s: Scenario, timeout_s: float) -> dict[str, Any]:
     pids = {"nats-server": stack.nats.proc.pid, **{name: p.pid for name, p in stack.procs.items()}, "mock": stack.mock_proc.pid}
     meter = CpuMeter(pids)
     url = f"{stack.mock_url}/{PROVIDER}/v1/chat/completions"
@@ -340,7 +340,7 @@ async def run_scenario(stack: Any, model_id: str, s: Scenario, timeout_s: float)
     out: dict[str, Any] = {"name": s.name, "concurrency": s.concurrency, "mock_latency_ms": s.latency_ms, "jobs": s.jobs, "warmup": s.warmup,
                            "governance": s.governance}
     if s.governance:  # panelboard alone: its baselines are the governance-off rows of this run
-        out["panelboard"] = await run_panelboard(stack.nats_url, s, meter, timeout_s, key=stack.bench_key)
+        out["panelboard"] = await run_panelboard(stack.nats_url, s, meter, timeout_s, key=key)
         return out
     out["direct"] = await run_direct(url, model_id, s, meter, timeout_s)
     out["floor"] = await run_floor(stack.nats_url, model_id, s, meter, timeout_s)
@@ -439,7 +439,8 @@ def _make_key(stack: Any) -> str:
     return asyncio.run(go())
 
 
-def with_stack(latency_ms: float, governance: bool, body: Callable[[Any], Any]) -> Any:
+def with_stack(latency_ms: float, governance: bool, body: Callable[[Any, str | None], Any]) -> Any:
+    """Run body(stack, key) on a fresh stack; `key`: a governed team's key (governance on)."""
     import subprocess
 
     from panelboard.stack import PY, Stack
@@ -449,13 +450,14 @@ def with_stack(latency_ms: float, governance: bool, body: Callable[[Any], Any]) 
                       env={"PANELBOARD_DATABASE_URL": ""} if governance else None)
         with stack:
             t0 = time.perf_counter()
-            stack.bench_key = None
+            key: str | None = None
             if governance:
                 stack.start(workers=1, broker=False)
-                stack.bench_key = _make_key(stack)
+                key = _make_key(stack)
                 stack.start_broker()
             else:
                 stack.start(workers=1)
+                assert stack.nats_url and stack.mock_url
                 _prepare_floor(stack.nats_url)
                 url = f"{stack.mock_url}/{PROVIDER}/v1/chat/completions"
                 floor = subprocess.Popen([PY, "-m", "panelboard.loadgen.floor", "worker", "--nats", stack.nats_url, "--url", url],
@@ -464,7 +466,7 @@ def with_stack(latency_ms: float, governance: bool, body: Callable[[Any], Any]) 
             log(f"stack up in {time.perf_counter() - t0:.1f}s (mock {latency_ms:g} ms at {stack.mock_url}, nats {stack.nats_url}, "
                 f"governance {'on' if governance else 'off'}, {tmp})")
             try:
-                return body(stack)
+                return body(stack, key)
             finally:
                 if (floor_proc := stack.procs.get("floor")) is not None:
                     floor_proc.terminate()
@@ -611,12 +613,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for latency_ms, governance in sorted(by_stack):
 
-        def body(stack: Any, latency_ms: float = latency_ms, governance: bool = governance) -> None:
+        def body(stack: Any, key: str | None, latency_ms: float = latency_ms, governance: bool = governance) -> None:
             model_id = next(iter(load(BENCH_CONFIG).models.values())).model
 
             async def go() -> None:
                 for s in by_stack[(latency_ms, governance)]:
-                    data["scenarios"].append(await run_scenario(stack, model_id, s, timeout_s))
+                    data["scenarios"].append(await run_scenario(stack, key, model_id, s, timeout_s))
                 if args.only != "scenarios" and latency_ms == TRANSPORT_LATENCY_MS and not governance:
                     data["transports"] = await run_transports(stack, model_id, transport_n, transport_warmup, timeout_s)
 
