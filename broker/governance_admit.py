@@ -106,6 +106,94 @@ class _Batch:
     buckets: dict[tuple[str, int], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
 
 
+def decide_batch(reqs: list[AdmitRequest], priors: dict[tuple[str, int], Admitted], rows: dict[str, tuple[Any, Any]],
+                 by_scope: dict[str, list[Bucket]], now: float) -> tuple[list[AdmitOutcome], _Batch]:
+    """Every job's outcome in arrival order, and what the admitted ones take (the writes). Pure
+    but for `by_scope`, which gains each admitted job's bucket. `rows`: (key row, team row or
+    None) by prefix, as locked; `priors`: earlier admissions of redelivered jobs."""
+    out: list[AdmitOutcome] = []
+    batch = _Batch()
+    decided: dict[tuple[str, int], int] = {}  # a job twice in one batch: the second is the first again
+    for i, r in enumerate(reqs):
+        ident = (r.job_id, r.run)
+        if ident in priors:
+            out.append(priors[ident])
+        elif ident in decided:
+            first = out[decided[ident]]
+            out.append(replace(first, again=True, soft_crossed=()) if isinstance(first, Admitted) else first)
+        else:
+            decided[ident] = i
+            out.append(_decide(r, rows, by_scope, batch, now))
+    return out, batch
+
+
+def _decide(r: AdmitRequest, rows: dict[str, tuple[Any, Any]], by_scope: dict[str, list[Bucket]], batch: _Batch, now: float) -> AdmitOutcome:
+    """One job against the rows as the jobs before it in the batch left them. Pure apart
+    from what it adds to `batch` and `by_scope` when it is admitted."""
+    prefix = keys.prefix_of(r.key)
+    krow, trow = rows.get(prefix, (None, None)) if prefix is not None else (None, None)
+    verdict = keys.verify(r.key, key_record(krow) if krow is not None else None, r.route, now)
+    if isinstance(verdict, BadKey):
+        return verdict
+    assert krow is not None and prefix is not None
+    team = verdict.team
+    if r.team is not None and team != r.team:
+        return keys.team_mismatch(r.team, team)
+    kt = batch.keys.get(prefix)
+    if kt is None:
+        b = budget_of(f"key {prefix}", krow).rolled(now)
+        kt = batch.keys[prefix] = _Taken(first=b, now=b)
+    tt = batch.teams.get(team)
+    if tt is None:
+        b2 = budget_of(f"team {team}", trow).rolled(now) if trow is not None else None
+        tt = batch.teams[team] = _Taken(first=b2, now=b2)
+
+    # rate limits: jobs in flight, then the key's and the team's minute windows
+    key_limits = Limits(f"key {prefix}", krow.rpm, krow.tpm)
+    team_limits = Limits(f"team {team}", trow.rpm, trow.tpm) if trow is not None else Limits(f"team {team}")
+    limited = ratelimit.check_parallel(f"key {prefix}", krow.max_parallel, krow.inflight + kt.jobs)
+    windowed = (KEY_WINDOW if key_limits.rpm is not None or key_limits.tpm is not None else 0) | (
+        TEAM_WINDOW if team_limits.rpm is not None or team_limits.tpm is not None else 0)
+    if limited is None and windowed:
+        for scope, limits in ((key_scope(prefix), key_limits), (team_scope(team), team_limits)):
+            limited = ratelimit.check(limits, by_scope[scope], r.est.tokens, now)
+            if limited is not None:
+                break
+    if limited is not None:
+        return Throttled(limited, krow.on_limit)
+
+    # budgets: the key's (if it has one), then the team's
+    est = r.est
+    what = f"this job (up to {est.prompt_tokens} prompt + {est.output_tokens} output tokens at {est.model}'s price)"
+    plan = budgets.reserve_all([kt.now, tt.now], est.cost_nano, r.shadow_nano, now, what)
+    if isinstance(plan, OverBudget):
+        return plan
+    crossed: list[str] = []
+    for t, res in ((kt, plan.reserved[0]), (tt, plan.reserved[1])):
+        if res is None:
+            continue
+        t.now = res.after
+        t.amount_nano += plan.amount_nano
+        t.jobs += 1
+        if res.soft_crossed and res.after is not None:
+            t.soft_crossings += 1
+            crossed.append(res.after.owner)
+
+    second = int(now)
+    batch.rows.append(dict(
+        job_id=r.job_id, run=r.run, key_prefix=prefix, team=team, second=second, windowed=windowed,
+        reserved_nano=est.cost_nano, est_tokens=est.tokens, consumed_nano=0, used_tokens=0, done=False, created_at=now,
+        shadow_reserved_nano=plan.shadow_nano, shadow_consumed_nano=0, shadow_done=plan.shadow_nano == 0))
+    for bit, scope in ((KEY_WINDOW, key_scope(prefix)), (TEAM_WINDOW, team_scope(team))):
+        if windowed & bit:
+            by_scope[scope].append(Bucket(second, 1, est.tokens))  # the next job of the batch counts it
+            counts = batch.buckets[(scope, second)]
+            counts[0] += 1
+            counts[1] += est.tokens
+    return Admitted(prefix=prefix, team=team, reserved_nano=est.cost_nano, soft_crossed=tuple(crossed), shadow_nano=plan.shadow_nano)
+
+
+
 class Admission(StoreBase):
     async def admit(self, job_id: str, run: int, key: str | None, route: Route, est: Estimate, now: float,
                     redelivered: bool = True, team: str | None = None, shadow_nano: int = 0) -> AdmitOutcome:
@@ -145,7 +233,6 @@ class Admission(StoreBase):
         return found
 
     async def _admit_many(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
-        out: list[AdmitOutcome | None] = [None] * len(reqs)
         async with self.engine.begin() as conn:
             redelivered = [(r.job_id, r.run) for r in reqs if r.redelivered]
             priors = await self._priors(conn, redelivered) if redelivered else {}
@@ -153,19 +240,7 @@ class Admission(StoreBase):
             rows = await self._lock_keys(conn, prefixes)
             by_scope = await self._windows(conn, rows, now)
 
-            batch = _Batch()
-            decided: dict[tuple[str, int], int] = {}  # a job twice in one batch: the second is the first again
-            for i, r in enumerate(reqs):
-                ident = (r.job_id, r.run)
-                if ident in priors:
-                    out[i] = priors[ident]
-                elif ident in decided:
-                    first = out[decided[ident]]
-                    out[i] = replace(first, again=True, soft_crossed=()) if isinstance(first, Admitted) else first
-                else:
-                    decided[ident] = i
-                    out[i] = self._decide(r, rows, by_scope, batch, now)
-
+            out, batch = decide_batch(reqs, priors, rows, by_scope, now)
             if batch.rows:
                 ins = self._insert(admissions).on_conflict_do_nothing().returning(admissions.c.job_id, admissions.c.run)
                 if len((await conn.execute(ins, batch.rows)).all()) != len(batch.rows):
@@ -177,8 +252,7 @@ class Admission(StoreBase):
             if batch.buckets:
                 await bump_buckets(conn, self.dialect, [{"scope": s, "second": sec, "requests": n, "tokens": tok}
                                                         for (s, sec), (n, tok) in batch.buckets.items()])
-        assert all(o is not None for o in out)
-        return out  # type: ignore[return-value]
+        return out
 
     async def _windows(self, conn: AsyncConnection, rows: dict[str, tuple[Any, Any]], now: float) -> dict[str, list[Bucket]]:
         """The live one-second buckets of every key and team in the batch that has RPM or TPM."""
@@ -195,72 +269,6 @@ class Admission(StoreBase):
                     .where(rate_buckets.c.scope.in_(sorted(scopes)), rate_buckets.c.second >= ratelimit.window_floor(now)))).all():
                 by_scope[b.scope].append(Bucket(b.second, b.requests, b.tokens))
         return by_scope
-
-    def _decide(self, r: AdmitRequest, rows: dict[str, tuple[Any, Any]], by_scope: dict[str, list[Bucket]], batch: _Batch,
-                now: float) -> AdmitOutcome:
-        """One job against the rows as the jobs before it in the batch left them. Pure apart
-        from what it adds to `batch` and `by_scope` when it is admitted."""
-        prefix = keys.prefix_of(r.key)
-        krow, trow = rows.get(prefix, (None, None)) if prefix is not None else (None, None)
-        verdict = keys.verify(r.key, key_record(krow) if krow is not None else None, r.route, now)
-        if isinstance(verdict, BadKey):
-            return verdict
-        assert krow is not None and prefix is not None
-        team = verdict.team
-        if r.team is not None and team != r.team:
-            return keys.team_mismatch(r.team, team)
-        kt = batch.keys.get(prefix)
-        if kt is None:
-            b = budget_of(f"key {prefix}", krow).rolled(now)
-            kt = batch.keys[prefix] = _Taken(first=b, now=b)
-        tt = batch.teams.get(team)
-        if tt is None:
-            b2 = budget_of(f"team {team}", trow).rolled(now) if trow is not None else None
-            tt = batch.teams[team] = _Taken(first=b2, now=b2)
-
-        # rate limits: jobs in flight, then the key's and the team's minute windows
-        key_limits = Limits(f"key {prefix}", krow.rpm, krow.tpm)
-        team_limits = Limits(f"team {team}", trow.rpm, trow.tpm) if trow is not None else Limits(f"team {team}")
-        limited = ratelimit.check_parallel(f"key {prefix}", krow.max_parallel, krow.inflight + kt.jobs)
-        windowed = (KEY_WINDOW if key_limits.rpm is not None or key_limits.tpm is not None else 0) | (
-            TEAM_WINDOW if team_limits.rpm is not None or team_limits.tpm is not None else 0)
-        if limited is None and windowed:
-            for scope, limits in ((key_scope(prefix), key_limits), (team_scope(team), team_limits)):
-                limited = ratelimit.check(limits, by_scope[scope], r.est.tokens, now)
-                if limited is not None:
-                    break
-        if limited is not None:
-            return Throttled(limited, krow.on_limit)
-
-        # budgets: the key's (if it has one), then the team's
-        est = r.est
-        what = f"this job (up to {est.prompt_tokens} prompt + {est.output_tokens} output tokens at {est.model}'s price)"
-        plan = budgets.reserve_all([kt.now, tt.now], est.cost_nano, r.shadow_nano, now, what)
-        if isinstance(plan, OverBudget):
-            return plan
-        crossed: list[str] = []
-        for t, res in ((kt, plan.reserved[0]), (tt, plan.reserved[1])):
-            if res is None:
-                continue
-            t.now = res.after
-            t.amount_nano += plan.amount_nano
-            t.jobs += 1
-            if res.soft_crossed and res.after is not None:
-                t.soft_crossings += 1
-                crossed.append(res.after.owner)
-
-        second = int(now)
-        batch.rows.append(dict(
-            job_id=r.job_id, run=r.run, key_prefix=prefix, team=team, second=second, windowed=windowed,
-            reserved_nano=est.cost_nano, est_tokens=est.tokens, consumed_nano=0, used_tokens=0, done=False, created_at=now,
-            shadow_reserved_nano=plan.shadow_nano, shadow_consumed_nano=0, shadow_done=plan.shadow_nano == 0))
-        for bit, scope in ((KEY_WINDOW, key_scope(prefix)), (TEAM_WINDOW, team_scope(team))):
-            if windowed & bit:
-                by_scope[scope].append(Bucket(second, 1, est.tokens))  # the next job of the batch counts it
-                counts = batch.buckets[(scope, second)]
-                counts[0] += 1
-                counts[1] += est.tokens
-        return Admitted(prefix=prefix, team=team, reserved_nano=est.cost_nano, soft_crossed=tuple(crossed), shadow_nano=plan.shadow_nano)
 
     async def _take(self, conn: AsyncConnection, table: Any, where: Any, t: _Taken, extra: dict[str, Any]) -> None:
         """The batch's reservations on one row, as one conditional UPDATE: it re-checks under

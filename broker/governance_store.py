@@ -3,6 +3,7 @@ of broker/keys.py, budgets.py and ratelimit.py, in three rooms along their seams
 
     governance_tables.py   the tables, row readers, the engine (StoreBase)
     governance_admit.py    admission: a batch of one team's jobs in one transaction (hot path)
+    governance_sqlite.py   the same admission on SQLite through plain sqlite3 (SQLite files)
     governance_settle.py   settlement of cost records and ended jobs, the sweep (hot path)
     governance_admin.py    keys and teams for the CLI
 
@@ -11,9 +12,15 @@ of broker/keys.py, budgets.py and ratelimit.py, in three rooms along their seams
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from panelboard import db
 from panelboard.broker.governance_admin import Admin
 from panelboard.broker.governance_admit import Admission, AdmitOutcome, AdmitRequest, Admitted, Throttled
 from panelboard.broker.governance_settle import Settlement, SettleStats
+from panelboard.broker.governance_sqlite import SqliteAdmission
 from panelboard.broker.governance_tables import (
     SCHEMA_ENV,
     admissions,
@@ -32,3 +39,18 @@ __all__ = [
 
 class Store(Admission, Settlement, Admin):
     """The governance database: admission, settlement and administration on one engine."""
+
+    def __init__(self, engine: AsyncEngine):
+        super().__init__(engine)
+        path = db.sqlite_path(str(engine.url)) if self.dialect == "sqlite" else None
+        self.sqlite_admission = SqliteAdmission(path) if path is not None else None
+
+    async def admit_many(self, reqs: Sequence[AdmitRequest], now: float) -> list[AdmitOutcome]:
+        if self.sqlite_admission is not None:
+            return await self.sqlite_admission.admit_many(list(reqs), now)
+        return await super().admit_many(reqs, now)
+
+    async def close(self) -> None:
+        if self.sqlite_admission is not None:
+            self.sqlite_admission.close()
+        await super().close()
