@@ -49,6 +49,82 @@ class SettleStats:
     ended: int = 0  # admissions that ended
     released_nano: int = 0
 
+@dataclass
+class SettlePlan:
+    """What one batch of settlement events writes: admission rows (by shape), the deltas of
+    key and team rows, rate-bucket token corrections."""
+
+    changed: list[dict[str, Any]]
+    changed_shadow: list[dict[str, Any]]
+    key_d: dict[str, Delta]
+    team_d: dict[str, Delta]
+    bumps: list[dict[str, Any]]
+
+
+def plan_settlement(rows: dict[tuple[str, int], Any], costs: list[CostRecord], ended: Iterable[tuple[str, int]],
+                    shadow_ended: Iterable[tuple[str, int]], now: float, stats: SettleStats) -> SettlePlan:
+    """The events of a batch against the admissions they name (`rows`, locked). Pure but for
+    the counts it adds to `stats`."""
+    tickets = {k: ticket(r) for k, r in rows.items()}
+    start = dict(tickets)
+    mirrors = {k: shadow_ticket(r) for k, r in rows.items() if r.shadow_reserved_nano}  # jobs whose mirror reserved
+    mirrors_start = dict(mirrors)
+    key_d: dict[str, Delta] = defaultdict(Delta)
+    team_d: dict[str, Delta] = defaultdict(Delta)
+    bucket_d: dict[tuple[str, int], int] = defaultdict(int)
+
+    def charge(k: tuple[str, int], d: Delta) -> None:
+        row = rows[k]
+        key_d[row.key_prefix] += d
+        team_d[row.team] += d
+        if d.window_tokens:
+            if row.windowed & KEY_WINDOW:
+                bucket_d[(key_scope(row.key_prefix), row.second)] += d.window_tokens
+            if row.windowed & TEAM_WINDOW:
+                bucket_d[(team_scope(row.team), row.second)] += d.window_tokens
+
+    for rec in costs:
+        cost = round(rec.cost_usd * NANO)
+        k = (rec.job_id, rec.run)
+        if not rec.shadow and k in tickets:
+            tickets[k], d = budgets.settle_cost(tickets[k], cost, rec.prompt_tokens + rec.completion_tokens, terminal=rec.outcome == "ok")
+            charge(k, d)
+        elif rec.shadow and k in mirrors:
+            mirrors[k], d = budgets.settle_shadow_cost(mirrors[k], cost, terminal=rec.outcome == "ok")
+            charge(k, d)
+        elif cost:  # not admitted under governance (or a mirror admitted before shadow reservations): spend all the same
+            d = Delta(spent_nano=cost, shadow_spent_nano=cost if rec.shadow else 0)
+            if rec.key_prefix and keys.PREFIX_RE.match(rec.key_prefix):
+                key_d[rec.key_prefix] += d
+            team_d[rec.team] += d
+    for k in ended:
+        if k in tickets:
+            tickets[k], d = budgets.settle_done(tickets[k])
+            charge(k, d)
+    for k in shadow_ended:
+        if k in mirrors:
+            mirrors[k], d = budgets.settle_shadow_done(mirrors[k])
+            charge(k, d)
+
+    changed: list[dict[str, Any]] = []  # one executemany per shape, not a statement per admission
+    changed_shadow: list[dict[str, Any]] = []
+    for k, t in sorted(tickets.items()):
+        m, m0 = mirrors.get(k), mirrors_start.get(k)
+        if t != start[k] or m != m0:
+            if t.done and not start[k].done:
+                stats.ended += 1
+                stats.released_nano += start[k].holds_nano() - t.holds_nano()
+            values: dict[str, Any] = dict(k_job=k[0], k_run=k[1], consumed_nano=t.consumed_nano, used_tokens=t.used_tokens, done=t.done,
+                                          done_at=now if t.done and (m is None or m.done) else None)
+            if m is not None and m0 is not None:
+                stats.released_nano += m0.holds_nano() - m.holds_nano() if m.done and not m0.done else 0
+                changed_shadow.append(values | dict(shadow_consumed_nano=m.consumed_nano, shadow_done=m.done))
+            else:
+                changed.append(values)
+    bumps = [{"scope": scope, "second": second, "requests": 0, "tokens": tokens} for (scope, second), tokens in bucket_d.items() if tokens]
+    return SettlePlan(changed, changed_shadow, key_d, team_d, bumps)
+
+
 class Settlement(StoreBase):
     async def settle(self, costs: Iterable[CostRecord], ended: Iterable[tuple[str, int]], now: float | None = None,
                      shadow_ended: Iterable[tuple[str, int]] = ()) -> SettleStats:
@@ -90,70 +166,14 @@ class Settlement(StoreBase):
 
     async def _apply(self, conn: AsyncConnection, rows: dict[tuple[str, int], Any], costs: list[CostRecord],
                      ended: list[tuple[str, int]], now: float, stats: SettleStats, shadow_ended: Iterable[tuple[str, int]] = ()) -> None:
-        tickets = {k: ticket(r) for k, r in rows.items()}
-        start = dict(tickets)
-        mirrors = {k: shadow_ticket(r) for k, r in rows.items() if r.shadow_reserved_nano}  # jobs whose mirror reserved
-        mirrors_start = dict(mirrors)
-        key_d: dict[str, Delta] = defaultdict(Delta)
-        team_d: dict[str, Delta] = defaultdict(Delta)
-        bucket_d: dict[tuple[str, int], int] = defaultdict(int)
-
-        def charge(k: tuple[str, int], d: Delta) -> None:
-            row = rows[k]
-            key_d[row.key_prefix] += d
-            team_d[row.team] += d
-            if d.window_tokens:
-                if row.windowed & KEY_WINDOW:
-                    bucket_d[(key_scope(row.key_prefix), row.second)] += d.window_tokens
-                if row.windowed & TEAM_WINDOW:
-                    bucket_d[(team_scope(row.team), row.second)] += d.window_tokens
-
-        for rec in costs:
-            cost = round(rec.cost_usd * NANO)
-            k = (rec.job_id, rec.run)
-            if not rec.shadow and k in tickets:
-                tickets[k], d = budgets.settle_cost(tickets[k], cost, rec.prompt_tokens + rec.completion_tokens, terminal=rec.outcome == "ok")
-                charge(k, d)
-            elif rec.shadow and k in mirrors:
-                mirrors[k], d = budgets.settle_shadow_cost(mirrors[k], cost, terminal=rec.outcome == "ok")
-                charge(k, d)
-            elif cost:  # not admitted under governance (or a mirror admitted before shadow reservations): spend all the same
-                d = Delta(spent_nano=cost, shadow_spent_nano=cost if rec.shadow else 0)
-                if rec.key_prefix and keys.PREFIX_RE.match(rec.key_prefix):
-                    key_d[rec.key_prefix] += d
-                team_d[rec.team] += d
-        for k in ended:
-            if k in tickets:
-                tickets[k], d = budgets.settle_done(tickets[k])
-                charge(k, d)
-        for k in shadow_ended:
-            if k in mirrors:
-                mirrors[k], d = budgets.settle_shadow_done(mirrors[k])
-                charge(k, d)
-
-        changed: list[dict[str, Any]] = []  # one executemany per shape, not a statement per admission
-        changed_shadow: list[dict[str, Any]] = []
-        for k, t in sorted(tickets.items()):
-            m, m0 = mirrors.get(k), mirrors_start.get(k)
-            if t != start[k] or m != m0:
-                if t.done and not start[k].done:
-                    stats.ended += 1
-                    stats.released_nano += start[k].holds_nano() - t.holds_nano()
-                values: dict[str, Any] = dict(k_job=k[0], k_run=k[1], consumed_nano=t.consumed_nano, used_tokens=t.used_tokens, done=t.done,
-                                              done_at=now if t.done and (m is None or m.done) else None)
-                if m is not None and m0 is not None:
-                    stats.released_nano += m0.holds_nano() - m.holds_nano() if m.done and not m0.done else 0
-                    changed_shadow.append(values | dict(shadow_consumed_nano=m.consumed_nano, shadow_done=m.done))
-                else:
-                    changed.append(values)
-        for params, stmt in ((changed, _UPDATE_TICKET), (changed_shadow, _UPDATE_TICKET_SHADOW)):
+        plan = plan_settlement(rows, costs, ended, shadow_ended, now, stats)
+        for params, stmt in ((plan.changed, _UPDATE_TICKET), (plan.changed_shadow, _UPDATE_TICKET_SHADOW)):
             if params:
                 await conn.execute(stmt, params)
-        await self._charge(conn, virtual_keys, virtual_keys.c.prefix, key_d, now)
-        await self._charge(conn, teams, teams.c.name, team_d, now)
-        bumps = [{"scope": scope, "second": second, "requests": 0, "tokens": tokens} for (scope, second), tokens in bucket_d.items() if tokens]
-        if bumps:
-            await bump_buckets(conn, self.dialect, bumps)
+        await self._charge(conn, virtual_keys, virtual_keys.c.prefix, plan.key_d, now)
+        await self._charge(conn, teams, teams.c.name, plan.team_d, now)
+        if plan.bumps:
+            await bump_buckets(conn, self.dialect, plan.bumps)
 
     async def _charge(self, conn: AsyncConnection, table: Table, col: Any, deltas: dict[str, Delta], now: float) -> None:
         """Apply settled deltas to budget rows, in key order (a fixed lock order: no deadlocks)."""

@@ -1,11 +1,13 @@
-"""Admission on SQLite through the plain `sqlite3` module: the same transaction as
-governance_admit's (the same decisions, decide_batch, and the same statements), without
-SQLAlchemy's and aiosqlite's layers, which cost ~0.5 ms a statement here against ~0.02 ms
-for the statement itself (BENCHMARKS.md, "Speed").
+"""Governance's hot path on SQLite through the plain `sqlite3` module: admission and
+settlement as the same transactions as governance_admit's and governance_settle's (the same
+pure planning, decide_batch and plan_settlement, and the same statements), without
+SQLAlchemy's and aiosqlite's layers, which cost ~0.5 ms a statement here against a few
+microseconds for the statement itself (BENCHMARKS.md, "Speed").
 
 One connection on one thread of its own: a transaction runs start to end there, under
 `BEGIN IMMEDIATE` (the database's write lock, as the SQLAlchemy path takes it), so two
-brokers' admissions never interleave between the read and the reservation. The SQL is built
+brokers' admissions and settlements never interleave between a read and its write. The
+sweep and the CLI stay on SQLAlchemy (rare, and they take the same lock). The SQL is built
 from the Table definitions in governance_tables.py, so the columns cannot drift.
 """
 
@@ -22,9 +24,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from panelboard.broker import keys, ratelimit
+from panelboard.broker import budgets
+from panelboard.broker.budgets import Delta
 from panelboard.broker.governance_admit import AdmitOutcome, AdmitRequest, Admitted, _Batch, decide_batch
+from panelboard.broker.governance_settle import SettleStats, plan_settlement
 from panelboard.broker.governance_tables import admissions, key_scope, team_scope, teams, virtual_keys
 from panelboard.broker.ratelimit import Bucket
+from panelboard.schemas.job import CostRecord
 
 _KEY_COLS = [c.name for c in virtual_keys.c]
 _TEAM_COLS = [c.name for c in teams.c]
@@ -38,6 +44,12 @@ _INSERT = f"INSERT INTO admissions ({', '.join(_ADMISSION_COLS)}) VALUES ({', '.
 _BUMP = ("INSERT INTO rate_buckets (scope, second, requests, tokens) VALUES (?, ?, ?, ?) ON CONFLICT (scope, second) "
          "DO UPDATE SET requests = requests + excluded.requests, tokens = tokens + excluded.tokens")
 _ROLLED = "(CASE WHEN period_key = ? THEN {col} ELSE 0 END)"
+_ALL_ADMISSION_COLS = [c.name for c in admissions.c]
+_SETTLED = "INSERT INTO settled_calls (job_id, run, hop, attempt, shadow, ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+_ADMISSION = f"SELECT {', '.join(_ALL_ADMISSION_COLS)} FROM admissions WHERE job_id = ? AND run = ?"
+_TICKET = "UPDATE admissions SET consumed_nano = ?, used_tokens = ?, done = ?, done_at = ? WHERE job_id = ? AND run = ?"
+_TICKET_SHADOW = ("UPDATE admissions SET consumed_nano = ?, used_tokens = ?, done = ?, done_at = ?, shadow_consumed_nano = ?, shadow_done = ? "
+                  "WHERE job_id = ? AND run = ?")
 
 
 class _Again(Exception):
@@ -52,7 +64,7 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SqliteAdmission:
+class SqliteHotPath:
     def __init__(self, path: Path):
         self.path = path
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="admit-sqlite")
@@ -68,23 +80,39 @@ class SqliteAdmission:
     async def admit_many(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._admit_retrying, reqs, now)
 
+    async def settle(self, costs: list[CostRecord], ended: list[tuple[str, int]], now: float,
+                     shadow_ended: list[tuple[str, int]]) -> SettleStats:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, self._retrying, lambda conn: self._settle(conn, costs, ended, now, shadow_ended))
+
     def _admit_retrying(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
-        for i in range(10):
+        for _ in range(10):
             try:
-                return self._admit(reqs, now)
+                return self._retrying(lambda conn: self._transaction(conn, reqs, now))
             except _Again:
                 reqs = [replace(r, redelivered=True) for r in reqs]
+        raise _Conflict("admission kept finding earlier admissions")
+
+    def _retrying(self, body: Any) -> Any:
+        """body(conn) in one BEGIN IMMEDIATE transaction, retried on a conflict or a lock
+        held past busy_timeout."""
+        for i in range(10):
+            try:
+                return self._in_transaction(body)
             except (_Conflict, sqlite3.OperationalError) as e:
                 if i == 9 or not (isinstance(e, _Conflict) or "locked" in str(e)):
                     raise
                 time.sleep(random.uniform(0, 0.005 * 2**i))
-        raise _Conflict("admission kept conflicting")
+        raise AssertionError("unreachable")
 
-    def _admit(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
+    def _in_transaction(self, body: Any) -> Any:
         conn = self.conn or self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            out = self._transaction(conn, reqs, now)
+            out = body(conn)
+        except (sqlite3.IntegrityError, sqlite3.DataError) as e:
+            conn.execute("ROLLBACK")
+            raise ValueError(f"the database refused it: {e}") from None  # a data error: db.write_splitting splits the batch
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -156,6 +184,44 @@ class SqliteAdmission:
                     raise _Conflict(f"{table}: the budget row changed under its lock")
         if batch.buckets:
             conn.executemany(_BUMP, sorted((s, sec, n, tok) for (s, sec), (n, tok) in batch.buckets.items()))
+
+    def _settle(self, conn: sqlite3.Connection, costs: list[CostRecord], ended: list[tuple[str, int]], now: float,
+                shadow_ended: list[tuple[str, int]]) -> SettleStats:
+        stats = SettleStats()
+        uniq = {(r.job_id, r.run, r.hop, r.attempt, r.shadow): r for r in costs}
+        new = [r for k, r in uniq.items() if conn.execute(_SETTLED, (k[0], k[1], k[2], k[3], int(k[4]), now)).rowcount == 1]
+        stats.costs = len(new)
+        rows: dict[tuple[str, int], Any] = {}
+        for job_id, run in sorted({(r.job_id, r.run) for r in new} | set(ended) | set(shadow_ended)):
+            if (row := conn.execute(_ADMISSION, (job_id, run)).fetchone()) is not None:
+                rows[(job_id, run)] = SimpleNamespace(**dict(zip(_ALL_ADMISSION_COLS, row)))
+        plan = plan_settlement(rows, new, ended, shadow_ended, now, stats)
+        if plan.changed:
+            conn.executemany(_TICKET, [(v["consumed_nano"], v["used_tokens"], v["done"], v["done_at"], v["k_job"], v["k_run"]) for v in plan.changed])
+        if plan.changed_shadow:
+            conn.executemany(_TICKET_SHADOW, [(v["consumed_nano"], v["used_tokens"], v["done"], v["done_at"], v["shadow_consumed_nano"],
+                                               v["shadow_done"], v["k_job"], v["k_run"]) for v in plan.changed_shadow])
+        self._charge(conn, "virtual_keys", "prefix", plan.key_d, now, inflight=True)
+        self._charge(conn, "teams", "name", plan.team_d, now, inflight=False)
+        if plan.bumps:
+            conn.executemany(_BUMP, sorted((b["scope"], b["second"], 0, b["tokens"]) for b in plan.bumps))
+        return stats
+
+    def _charge(self, conn: sqlite3.Connection, table: str, col: str, deltas: dict[str, Delta], now: float, inflight: bool) -> None:
+        """Settled deltas onto budget rows (their spend rolled into the current period)."""
+        for name in sorted(n for n, d in deltas.items() if d != Delta()):
+            period = conn.execute(f"SELECT period FROM {table} WHERE {col} = ?", (name,)).fetchone()
+            if period is None:
+                continue  # no row: nobody budgets or limits this team/key
+            d = deltas[name]
+            pk = budgets.period_key(period[0], now)
+            sets = [f"spent_nano = {_ROLLED.format(col='spent_nano')} + ?", f"shadow_spent_nano = {_ROLLED.format(col='shadow_spent_nano')} + ?",
+                    "period_key = ?", "reserved_nano = reserved_nano + ?"]
+            args: list[Any] = [pk, d.spent_nano, pk, d.shadow_spent_nano, pk, d.reserved_nano]
+            if inflight and d.inflight:
+                sets.append("inflight = inflight + ?")
+                args.append(d.inflight)
+            conn.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE {col} = ?", [*args, name])
 
     def close(self) -> None:
         def shut() -> None:

@@ -3,7 +3,7 @@ of broker/keys.py, budgets.py and ratelimit.py, in three rooms along their seams
 
     governance_tables.py   the tables, row readers, the engine (StoreBase)
     governance_admit.py    admission: a batch of one team's jobs in one transaction (hot path)
-    governance_sqlite.py   the same admission on SQLite through plain sqlite3 (SQLite files)
+    governance_sqlite.py   the same admission and settlement on SQLite through plain sqlite3
     governance_settle.py   settlement of cost records and ended jobs, the sweep (hot path)
     governance_admin.py    keys and teams for the CLI
 
@@ -20,7 +20,8 @@ from panelboard import db
 from panelboard.broker.governance_admin import Admin
 from panelboard.broker.governance_admit import Admission, AdmitOutcome, AdmitRequest, Admitted, Throttled
 from panelboard.broker.governance_settle import Settlement, SettleStats
-from panelboard.broker.governance_sqlite import SqliteAdmission
+from panelboard.broker.governance_sqlite import SqliteHotPath
+from panelboard.schemas.job import CostRecord
 from panelboard.broker.governance_tables import (
     SCHEMA_ENV,
     admissions,
@@ -43,14 +44,20 @@ class Store(Admission, Settlement, Admin):
     def __init__(self, engine: AsyncEngine):
         super().__init__(engine)
         path = db.sqlite_path(str(engine.url)) if self.dialect == "sqlite" else None
-        self.sqlite_admission = SqliteAdmission(path) if path is not None else None
+        self.hot = SqliteHotPath(path) if path is not None else None  # a SQLite file: the hot path skips SQLAlchemy
 
     async def admit_many(self, reqs: Sequence[AdmitRequest], now: float) -> list[AdmitOutcome]:
-        if self.sqlite_admission is not None:
-            return await self.sqlite_admission.admit_many(list(reqs), now)
+        if self.hot is not None:
+            return await self.hot.admit_many(list(reqs), now)
         return await super().admit_many(reqs, now)
 
+    async def _settle(self, costs: list[CostRecord], ended: list[tuple[str, int]], now: float,
+                      shadow_ended: list[tuple[str, int]]) -> SettleStats:
+        if self.hot is not None:
+            return await self.hot.settle(costs, ended, now, shadow_ended)
+        return await super()._settle(costs, ended, now, shadow_ended)
+
     async def close(self) -> None:
-        if self.sqlite_admission is not None:
-            self.sqlite_admission.close()
+        if self.hot is not None:
+            self.hot.close()
         await super().close()
