@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,8 @@ def summary(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
         if (gov := by.get("c=64 gov")) is not None:
             out["c64_gov_on_vs_off_jobs_per_s"] = ratio(gov["panelboard"]["jobs_per_s"], pb["jobs_per_s"])
             out["c64_gov_server_cpu_ms"] = server_cpu(gov["panelboard"])
+            # CPU per job holds still when the machine's load moves throughput around
+            out["c64_gov_on_vs_off_server_cpu"] = ratio(server_cpu(gov["panelboard"]), server_cpu(pb))
     if (c1 := by.get("c=1")) is not None:
         a, f = c1["added"]["p50_ms"], c1["floor_added"]["p50_ms"]
         out["c1_added_p50_ms"], out["c1_floor_added_p50_ms"] = a, f
@@ -439,8 +442,9 @@ def _make_key(stack: Any) -> str:
     return asyncio.run(go())
 
 
-def with_stack(latency_ms: float, governance: bool, body: Callable[[Any, str | None], Any]) -> Any:
-    """Run body(stack, key) on a fresh stack; `key`: a governed team's key (governance on)."""
+@contextlib.contextmanager
+def open_stack(latency_ms: float, governance: bool) -> Iterator[tuple[Any, str | None]]:
+    """A fresh stack and, with governance on, a governed team's key."""
     import subprocess
 
     from panelboard.stack import PY, Stack
@@ -466,7 +470,7 @@ def with_stack(latency_ms: float, governance: bool, body: Callable[[Any, str | N
             log(f"stack up in {time.perf_counter() - t0:.1f}s (mock {latency_ms:g} ms at {stack.mock_url}, nats {stack.nats_url}, "
                 f"governance {'on' if governance else 'off'}, {tmp})")
             try:
-                return body(stack, key)
+                yield stack, key
             finally:
                 if (floor_proc := stack.procs.get("floor")) is not None:
                     floor_proc.terminate()
@@ -520,6 +524,7 @@ def render(data: dict[str, Any]) -> str:
         f"{'scenario':<15}{'path':<12}{'jobs':>7}{'jobs/s':>9}{'p50 ms':>9}{'p99 ms':>9}  {'CPU ms/job: client':>18}{'broker':>8}{'worker':>8}{'nats':>8}{'mock':>8}{'total':>8}",
     ]
     for sc in data["scenarios"]:
+        label = sc["name"] + (f" #{sc['pass']}" if len(data["summaries"]) > 1 else "")
         for path in [p for p in PATHS if p in sc]:
             r = sc[path]
             cpu = r["cpu_ms_per_job"]
@@ -527,7 +532,7 @@ def render(data: dict[str, Any]) -> str:
             broker = sum(v for k, v in cpu.items() if k.startswith(("broker", "ledger")) and v is not None)
             flag = " (timed out)" if r["timed_out"] else (f" errors {r['errors']}" if r["errors"] else "")
             lines.append(
-                f"{sc['name'] if path == next(p for p in PATHS if p in sc) else '':<15}{path:<12}{r['completed']:>7}{_f(r['jobs_per_s'], 9)}{_f(r['p50_ms'], 9, 2)}{_f(r['p99_ms'], 9, 2)}  "
+                f"{label if path == next(p for p in PATHS if p in sc) else '':<15}{path:<12}{r['completed']:>7}{_f(r['jobs_per_s'], 9)}{_f(r['p50_ms'], 9, 2)}{_f(r['p99_ms'], 9, 2)}  "
                 f"{_f(cpu.get('client'), 18, 3)}{_f(broker, 8, 3)}{_f(worker, 8, 3)}{_f(cpu.get('nats-server'), 8, 3)}{_f(cpu.get('mock'), 8, 3)}{_f(r['cpu_ms_per_job_total'], 8, 3)}{flag}"
             )
         if "added" not in sc:
@@ -551,9 +556,8 @@ def render(data: dict[str, Any]) -> str:
     lines.append("")
     lines.append("jobs/s of 'added' is panelboard/direct throughput; CPU ms/job counts every process on the path, the client included")
     lines.append("(worker = panelboard's worker or the floor's worker process; broker includes the ledger writer).")
-    if data.get("summary"):
-        lines.append("")
-        lines.append("ratios of this run: " + ", ".join(f"{k} {v}" for k, v in data["summary"].items()))
+    for n, ratios in enumerate(data["summaries"], 1):
+        lines.append(f"ratios of pass {n}: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
     return "\n".join(lines)
 
 
@@ -566,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="BENCHMARKS-data.json", help="where to write every figure as JSON (default %(default)s)")
     parser.add_argument("--phase-timeout", type=float, help="seconds one measured phase may run (default 300, quick 90)")
     parser.add_argument("--only", choices=["scenarios", "transports"], help="run one half only")
+    parser.add_argument("--passes", type=int, default=1, help="run every scenario this many times in turn, all stacks up throughout")
     parser.add_argument("--scenarios", help="comma-separated scenario names to run, e.g. 'c=1,c=64,c=64 gov' (default: all)")
     args = parser.parse_args(argv)
 
@@ -595,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": "utime+stime from /proc/<pid>/stat (servers) and getrusage (client) over the measured phase, per completed job",
         },
         "scenarios": [],
+        "summaries": [],  # the ratios of each pass
         "transports": [],
     }
     t_start = time.perf_counter()
@@ -611,22 +617,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.only != "scenarios":
         by_stack.setdefault((TRANSPORT_LATENCY_MS, False), [])
 
-    for latency_ms, governance in sorted(by_stack):
+    # Every stack is up for the whole run and each pass runs every scenario in turn: the
+    # machine's load drifts, and passes show how far (compare rows of one pass).
+    with contextlib.ExitStack() as stacks:
+        opened = {k: stacks.enter_context(open_stack(*k)) for k in sorted(by_stack)}
+        for n in range(args.passes):
+            for (latency_ms, governance), (stack, key) in opened.items():
+                model_id = next(iter(load(BENCH_CONFIG).models.values())).model
 
-        def body(stack: Any, key: str | None, latency_ms: float = latency_ms, governance: bool = governance) -> None:
-            model_id = next(iter(load(BENCH_CONFIG).models.values())).model
+                async def go(stack: Any = stack, key: str | None = key, group: list[Scenario] = by_stack[(latency_ms, governance)],
+                             transports: bool = latency_ms == TRANSPORT_LATENCY_MS and not governance and n == 0) -> None:
+                    for s in group:
+                        data["scenarios"].append({**await run_scenario(stack, key, model_id, s, timeout_s), "pass": n + 1})
+                    if args.only != "scenarios" and transports:
+                        data["transports"] = await run_transports(stack, model_id, transport_n, transport_warmup, timeout_s)
 
-            async def go() -> None:
-                for s in by_stack[(latency_ms, governance)]:
-                    data["scenarios"].append(await run_scenario(stack, key, model_id, s, timeout_s))
-                if args.only != "scenarios" and latency_ms == TRANSPORT_LATENCY_MS and not governance:
-                    data["transports"] = await run_transports(stack, model_id, transport_n, transport_warmup, timeout_s)
-
-            run(go())
-
-        with_stack(latency_ms, governance, body)
-    data["summary"] = summary(data["scenarios"])
-
+                run(go())
+            data["summaries"].append(summary([sc for sc in data["scenarios"] if sc["pass"] == n + 1]))
     data["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
     print(render(data))
