@@ -12,7 +12,8 @@ Key-shaped values anywhere else in what is stored (metadata, prompts, echoed err
 cut to their prefix by panelboard.transport.bus.publish, on every message it writes.
 
 The Governor is the I/O shell for keys, rate limits and budgets: off, it costs one attribute
-read per job; on, one SQL transaction per job (broker/governance_store.py).
+read per job; on, one SQL transaction per batch of a team's jobs (broker/governance_admit.py):
+the admissions that arrive while a team's transaction runs are admitted together in its next.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from panelboard.broker import budgets, ratelimit
-from panelboard.broker.governance_store import Admitted, Store, Throttled
+from panelboard.broker.governance_store import AdmitOutcome, AdmitRequest, Admitted, Store, Throttled
 from panelboard.schemas.redact import PREFIX_LEN
 from panelboard.transport import logs
 from panelboard.schemas.chat import ChatRequest
@@ -164,7 +165,7 @@ class Governor:
         self.store = store
         # None: not known yet (auto mode, database not read yet): admit nothing until it is.
         self.on: bool | None = False if store is None or self.g.require_keys is False else (True if self.g.require_keys else None)
-        self.sem = asyncio.Semaphore(4 if store is not None and store.dialect == "sqlite" else 8)
+        self.batcher = Batcher(store) if store is not None else None
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
         self.soft_alerts = 0
@@ -232,6 +233,9 @@ class Governor:
 
     async def stop(self) -> None:
         self.stopping.set()
+        if self.batcher is not None and self.batcher.batches:
+            log.info("governance.admitted", jobs=self.batcher.jobs, transactions=self.batcher.batches,
+                     jobs_per_transaction=round(self.batcher.jobs / self.batcher.batches, 1))
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=10)
         if self.store is not None:
@@ -247,9 +251,10 @@ class Governor:
             return Wait(delay_s=min(0.5 * deliveries, 5.0), reason="key database unavailable")
         est = budgets.estimate(job, route, self.cfg, self.g.bytes_per_token)
         mirror = budgets.estimate(job, shadow, self.cfg, self.g.bytes_per_token).cost_nano if shadow is not None else 0
+        assert self.batcher is not None
         try:
-            async with self.sem:
-                out = await self.store.admit(job.id, job.run, job.key, route, est, now, redelivered=deliveries > 1, team=job.team, shadow_nano=mirror)
+            out = await self.batcher.admit(AdmitRequest(job.id, job.run, job.key, route, est, redelivered=deliveries > 1, team=job.team,
+                                                        shadow_nano=mirror), now)
         except Exception as e:  # the database is away: the job waits in the stream, nothing is lost
             log.warning("governance.admit_failed", job_id=job.id, error=str(e).splitlines()[0][:300])
             return Wait(delay_s=min(0.5 * deliveries, 5.0), reason="key database unavailable")
@@ -264,6 +269,53 @@ class Governor:
             for owner in out.soft_crossed:
                 log.warning("budget.soft_limit", owner=owner, job_id=job.id, hint="spend crossed the soft limit this period")
         return out
+
+
+class Batcher:
+    """Group commit for admissions: a team's first job goes to the database at once; the jobs
+    of that team that arrive while its transaction runs wait for it and go together in the
+    next (up to MAX_BATCH), in arrival order. No linger: a lone job is never held back. One
+    transaction per team at a time, and at most `parallel` at once (SQLite has one writer)."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pending: dict[str, list[tuple[AdmitRequest, float, asyncio.Future[AdmitOutcome]]]] = {}
+        self.draining: dict[str, asyncio.Task[None]] = {}
+        self.sem = asyncio.Semaphore(2 if store.dialect == "sqlite" else 8)
+        self.batches = self.jobs = 0  # for the benchmark's figures
+
+    async def admit(self, req: AdmitRequest, now: float) -> AdmitOutcome:
+        fut: asyncio.Future[AdmitOutcome] = asyncio.get_running_loop().create_future()
+        team = req.team or ""
+        self.pending.setdefault(team, []).append((req, now, fut))
+        if team not in self.draining:
+            self.draining[team] = asyncio.create_task(self._drain(team))
+        return await fut
+
+    async def _drain(self, team: str) -> None:
+        try:
+            while queued := self.pending.pop(team, None):
+                batch, rest = queued[:self.MAX_BATCH], queued[self.MAX_BATCH:]
+                if rest:
+                    self.pending[team] = rest
+                async with self.sem:
+                    try:
+                        # The batch is decided at its latest job's time: every job in it was handled by then.
+                        outs = await self.store.admit_many([r for r, _, _ in batch], max(t for _, t, _ in batch))
+                    except Exception as e:  # every job of the batch waits in the stream (Governor.admit)
+                        outs = None
+                        for _, _, fut in batch:
+                            if not fut.done():
+                                fut.set_exception(e)
+                self.batches += 1
+                self.jobs += len(batch)
+                for (_, _, fut), out in zip(batch, outs or []):
+                    if not fut.done():
+                        fut.set_result(out)
+        finally:
+            self.draining.pop(team, None)
 
 
 def _display(store: Store) -> str:

@@ -114,6 +114,9 @@ class Client:
         self._seqs: dict[tuple[str, int], tuple[str, str]] = {}  # (team, PB_JOBS seq) -> (team, job id)
         self._seq_of: dict[tuple[str, str], list[int]] = {}
         self._early: OrderedDict[tuple[str, int], Failed] = OrderedDict()
+        # Jobs this client published while subscribed to their results: result() need not
+        # look in the stream for them (a reconnect re-reads every waiting job: _resync).
+        self._watched: set[tuple[str, str]] = set()
         self._subs: dict[str, list[Any]] = {}
 
     async def __aenter__(self) -> "Client":
@@ -271,6 +274,7 @@ class Client:
             except nats.errors.MaxPayloadError:
                 self._waiting.pop(key, None)
                 raise too_large(job.id, len(data), self.nc.max_payload, job.metadata) from None
+        self._watched.add(key)
         at = (job.team, ack.seq)
         early = self._early.pop(at, None)
         if early is not None:
@@ -294,7 +298,7 @@ class Client:
     async def result(self, job_id: str, timeout: float | None = None, team: str | None = None) -> Result:
         key = (team or self.team, job_id)
         fut = self._future(key)
-        if not fut.done():
+        if not fut.done() and key not in self._watched:
             stored = await self.lookup(job_id, key[0])
             if stored is not None and not fut.done():
                 fut.set_result(stored)
@@ -305,6 +309,7 @@ class Client:
         finally:
             if fut.done():
                 self._waiting.pop(key, None)
+                self._watched.discard(key)
                 for seq in self._seq_of.pop(key, ()):
                     self._seqs.pop((key[0], seq), None)
 

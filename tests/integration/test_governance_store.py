@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from panelboard.broker import budgets, keys
-from panelboard.broker.governance_store import Admitted, Store, Throttled, admissions, rate_buckets, teams, virtual_keys
+from panelboard.broker.governance_store import AdmitRequest, Admitted, Store, Throttled, admissions, rate_buckets, teams, virtual_keys
 from panelboard.schemas.errors import BadKey, OverBudget
 from panelboard.schemas.job import CostRecord, Hop, Route
 from tests.support.ledger_dbs import PG_URL, drop_pg_schema, new_pg_schema
@@ -90,6 +90,56 @@ async def test_a_budget_holds_against_concurrent_admissions_from_four_brokers(st
     row = await team_row(brokers[0], "race")
     assert (row.spent_nano, row.reserved_nano) == (sum(sizes[i] for i in admitted), 0)
     assert (await key_row(brokers[0], prefix)).inflight == 0
+
+
+async def test_batches_of_one_team_admit_in_order_and_their_sum_cannot_overspend(stores):
+    """Given a $1.00 team budget, a key capped at 12 jobs in flight and another at 30 requests a
+    minute, when four brokers each admit a batch of 25 jobs of $0.02-$0.05 at once (one
+    transaction per batch), then the team's reservation is exactly what was admitted and at
+    most $1.00, each cap holds across the batches, a job repeated inside a batch is admitted
+    once, and a batch holding a job admitted before (delivered "for the first time" again)
+    reserves nothing twice."""
+    brokers = [stores() for _ in range(4)]
+    await brokers[0].set_team("bt", budget_nano=100 * CENT, period="daily")
+    k_par, p_par = await brokers[0].create_key("bt", max_parallel=12)
+    k_rpm, p_rpm = await brokers[0].create_key("bt", rpm=30)
+    sizes = {f"b{i}": (2 + i % 4) * CENT for i in range(100)}
+    now = time.time()
+
+    def req(job: str, key: str, redelivered: bool = False) -> AdmitRequest:
+        return AdmitRequest(job, 0, key, ROUTE, est(sizes[job]), redelivered=redelivered, team="bt")
+
+    batches = [[req(f"b{i}", k_par if i % 2 else k_rpm) for i in range(n * 25, n * 25 + 25)] for n in range(4)]
+    batches[0].append(batches[0][0])  # the same delivery twice in one batch
+    outs = await asyncio.gather(*(b.admit_many(batch, now) for b, batch in zip(brokers, batches)))
+    by_job: dict[str, list] = {}
+    for batch, out in zip(batches, outs):
+        assert len(out) == len(batch)
+        for r, o in zip(batch, out):
+            by_job.setdefault(r.job_id, []).append(o)
+    twice = by_job.pop("b0")
+    assert isinstance(twice[0], Admitted) and not twice[0].again and isinstance(twice[1], Admitted) and twice[1].again
+    by_job["b0"] = twice[:1]
+    admitted = [j for j, (o,) in by_job.items() if isinstance(o, Admitted)]
+    assert all(isinstance(o, (Admitted, OverBudget, Throttled)) for (o,) in by_job.values())
+    row = await team_row(brokers[0], "bt")
+    assert row.reserved_nano == sum(sizes[j] for j in admitted) <= 100 * CENT
+    left = 100 * CENT - row.reserved_nano
+    for j, (o,) in by_job.items():
+        if isinstance(o, OverBudget):  # it did not fit when it came, nor would it now
+            assert o.remaining_usd * 1e9 < sizes[j] and sizes[j] > left
+    assert (await key_row(brokers[0], p_par)).inflight == sum(1 for j in admitted if int(j[1:]) % 2) <= 12
+    assert (await key_row(brokers[0], p_rpm)).inflight == sum(1 for j in admitted if not int(j[1:]) % 2) <= 30
+    async with brokers[0].engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(admissions).where(admissions.c.team == "bt"))).scalar_one() == len(admitted)
+
+    # Delivered again as if for the first time: found by the insert, nothing reserved twice.
+    k_free, p_free = await brokers[0].create_key("free")
+    first = AdmitRequest("x1", 0, k_free, ROUTE, est(CENT), redelivered=False, team="free")
+    assert isinstance((await brokers[1].admit_many([first], now))[0], Admitted)
+    again = await brokers[2].admit_many([first, AdmitRequest("x2", 0, k_free, ROUTE, est(CENT), redelivered=False, team="free")], now)
+    assert isinstance(again[0], Admitted) and again[0].again and isinstance(again[1], Admitted) and not again[1].again
+    assert (await key_row(brokers[0], p_free)).reserved_nano == 2 * CENT and (await key_row(brokers[0], p_free)).inflight == 2
 
 
 async def test_settlement_is_idempotent_and_order_free(stores):
