@@ -67,8 +67,9 @@ def admit(job: Job, cfg: Config, table: dict[str, Route], now: float) -> Route |
 
 
 class Broker:
-    def __init__(self, js: JetStreamContext, cfg: Config, governor: Governor | None = None):
+    def __init__(self, js: JetStreamContext, cfg: Config, governor: Governor | None = None, control_url: str | None = None):
         self.js = js
+        self.control_url = control_url  # where the control plane (broker/control.py) connects; None: not served
         self.cfg = cfg
         self.table = routing.routes(cfg)
         self.governor = governor or Governor(cfg, None)
@@ -250,8 +251,18 @@ class Broker:
         await self.governor.start(self.js)  # keys, limits, budgets, settlement: when governance is on
         follower = asyncio.create_task(self._follow_health()) if self.cfg.health.enabled else None
         waits = asyncio.create_task(self._publish_waits())
+        control = None
+        if self.control_url is not None:  # low rate, its own connection: started before jobs flow, stopped after
+            from panelboard.broker.control import control_plane  # faststream: only a broker process loads it
+
+            control = control_plane(self.js, self.control_url)
+            await control.start()
         log.info("panelboard.broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
-        await self.consumer.run()
+        try:
+            await self.consumer.run()
+        finally:
+            if control is not None:
+                await control.stop()
         if follower is not None:
             follower.cancel()
         waits.cancel()
