@@ -28,6 +28,7 @@ from panelboard.transport.payload import Payload
 
 log = logs.get("control")
 
+CANCEL = wire.control("{team}", "cancel")  # faststream's path parameter: subscribes pb.control.*.cancel
 REASON_MAX = 200  # characters of a client's reason kept in each cancelled job's message
 
 
@@ -72,7 +73,7 @@ def control_plane(js: JetStreamContext | None, url: str = "nats://127.0.0.1:4222
     app = NatsBroker(servers(url), security=security, name="panelboard-broker-control", serializer=MsgSpecSerializer(),
                      logger=None, max_reconnect_attempts=-1, reconnect_time_wait=0.25, **extra)  # type: ignore[arg-type]
 
-    @app.subscriber(wire.control("{team}", "cancel"), queue=wire.CONTROL_QUEUE, title="cancel",
+    @app.subscriber(CANCEL, queue=wire.CONTROL_QUEUE, title=CANCEL,
                     description="Cancel the team's queued jobs (a job id, or a client id: a batch). Answered by one broker.")
     async def on_cancel(body: Payload[CancelRequest], team: str = Path()) -> Payload[CancelReply]:
         assert js is not None, "a control plane built without a connection only describes itself"

@@ -399,6 +399,15 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
 
 
+def cmd_asyncapi(a: argparse.Namespace) -> int:
+    from panelboard import asyncapi  # faststream and the broker: only this command loads them
+
+    if a.write or a.check:
+        return asyncapi.write(check_only=a.check)
+    print(asyncapi.render(), end="")
+    return 0
+
+
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["mock"]:
@@ -499,6 +508,12 @@ def _main(argv: list[str] | None) -> int:
     from panelboard import governance_cli
 
     governance_cli.add_parsers(sub)  # keys, teams
+
+    p = sub.add_parser("asyncapi", help="the wire contract as an AsyncAPI 3 document, generated from the code (docs/asyncapi.json)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="rewrite docs/asyncapi.json")
+    g.add_argument("--check", action="store_true", help="exit 1 if docs/asyncapi.json differs from the code")
+    p.set_defaults(fn=cmd_asyncapi)
 
     p = sub.add_parser("route", help="routing decisions: `route explain JOB.json`")
     rsub = p.add_subparsers(dest="route", required=True)

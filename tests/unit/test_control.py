@@ -31,3 +31,13 @@ def test_the_sdk_asks_for_a_cancel_without_loading_faststream_or_the_broker():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_hot_path_modules_load_no_faststream():
+    # The broker's job loop and the worker pools stay raw nats-py (transport/consumer.py);
+    # faststream loads only when a broker starts its control plane.
+    code = ("import sys, panelboard.broker.service, panelboard.workers.pool, panelboard.broker.ledger; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'faststream', 'fast_depends', 'pydantic'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
