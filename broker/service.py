@@ -213,7 +213,8 @@ class Broker:
     async def _follow_health(self) -> None:
         """Aggregate PB_COSTS into PB_HEALTH (every broker does it from the same records, so
         they agree) and keep local copies of the health states and pool loads."""
-        from panelboard.broker.health_service import Aggregator, HealthView, pool_load
+        from panelboard.broker.health_aggregator import Aggregator
+        from panelboard.broker.health_view import HealthView, pool_load
         from panelboard.transport.streams import ensure_health_kv
 
         view = await HealthView.start(self.js, self.cfg)

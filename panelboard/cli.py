@@ -285,7 +285,7 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
     health = load_ = None
     url = None if a.no_health else find_url(a.nats_url, cfg)
     if url:
-        from panelboard.broker.health_service import pool_load, read_health
+        from panelboard.broker.health_view import pool_load, read_health
 
         async def read():
             nc = await _quick_connect(url)
@@ -307,7 +307,7 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     import msgspec
 
-    from panelboard.broker.health_service import render_status, status
+    from panelboard.broker.health_status import render_status, status
     from panelboard.config import load
     from panelboard.transport.connection import require_url
 
@@ -331,7 +331,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_health(a: argparse.Namespace) -> int:
-    from panelboard.broker.health_service import serve
+    from panelboard.broker.health_aggregator import serve
     from panelboard.config import load
     from panelboard.transport.connection import require_url
     from panelboard.runtime import run
