@@ -26,4 +26,7 @@ test-loaded: $(BIN)/.installed  ## the fault tests with two CPU hogs beside them
 bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench.json
 	$(BIN)/python -m panelboard.loadgen.bench --out loadgen/out/bench.json
 
-.PHONY: install demo up test test-loaded bench
+asyncapi: $(BIN)/.installed  ## regenerate docs/asyncapi.json (the wire contract) from the code
+	$(BIN)/panelboard asyncapi --write
+
+.PHONY: install demo up test test-loaded bench asyncapi

@@ -8,7 +8,7 @@ A window is a ring of time buckets (`bucket_s` wide, `window_s` long) keyed by t
 record's own timestamp, so every aggregator that reads the same records computes the same
 window. Each bucket holds call and error counts, tokens, and a log-scale latency histogram
 (5% wide bins), so merging buckets is adding counts and a P95 costs ~300 additions whatever
-the traffic. The I/O shell (broker/health_service.py) feeds it cost records from PB_COSTS and
+the traffic. The I/O shell (broker/health_aggregator.py) feeds it cost records from PB_COSTS and
 writes the states into the PB_HEALTH KV bucket; brokers read them back and call order_chain.
 """
 

@@ -29,7 +29,7 @@ from panelboard import db, metrics
 from panelboard.transport import connection
 
 from panelboard.transport import bus, logs, streams
-from panelboard.transport.puller import Puller
+from panelboard.transport.consumer import BatchConsumer
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_cost
 from panelboard.schemas.config import Config
@@ -70,6 +70,8 @@ class Ledger:
         self.batch = batch
         self.meters = meters
         self.stopping = asyncio.Event()
+        # One batch at a time, one transaction each: acked after the commit.
+        self.consumer = BatchConsumer(js._nc, wire.COSTS_STREAM, CONSUMER, self.write, cap=batch, stopping=self.stopping)
         self.written = 0  # records committed (redelivered duplicates included)
         self.db_errors = 0
         self.quarantined = 0  # records dead-lettered: they can never be written
@@ -103,21 +105,10 @@ class Ledger:
         return self.stopping.is_set()
 
     async def run(self) -> None:
-        puller = Puller(self.js._nc, wire.COSTS_STREAM, CONSUMER, min_request=1)
-        await puller.start()
         log.info("ledger.started", database=db.display(str(self.engine.url)), batch=self.batch)
         try:
-            while not self.stopping.is_set():
-                try:
-                    await puller.top_up(self.batch)
-                except Exception as e:  # reconnecting: nats-py retries underneath
-                    log.warning("ledger.pull_failed", error=type(e).__name__)
-                msg = await puller.get(timeout=0.5)
-                if msg is not None:
-                    await self.write([msg, *puller.take_ready()])
+            await self.consumer.run()
         finally:
-            for m in await puller.stop():
-                await m.nak()
             log.info("ledger.stopped", written=self.written)
 
     async def write(self, msgs: list[Msg]) -> None:

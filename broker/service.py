@@ -24,7 +24,7 @@ from panelboard.broker import admission, classify, health, routing, strategies, 
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
 from panelboard.transport import bus, logs
-from panelboard.transport.puller import Puller
+from panelboard.transport.consumer import Consumer
 from panelboard.transport.streams import BROKER_CONSUMER
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_job
@@ -67,12 +67,16 @@ def admit(job: Job, cfg: Config, table: dict[str, Route], now: float) -> Route |
 
 
 class Broker:
-    def __init__(self, js: JetStreamContext, cfg: Config, governor: Governor | None = None):
+    def __init__(self, js: JetStreamContext, cfg: Config, governor: Governor | None = None, control_url: str | None = None):
         self.js = js
+        self.control_url = control_url  # where the control plane (broker/control.py) connects; None: not served
         self.cfg = cfg
         self.table = routing.routes(cfg)
         self.governor = governor or Governor(cfg, None)
         self.stopping = asyncio.Event()
+        # Admission is short and I/O bound: many jobs at once, each its own task.
+        self.consumer: Consumer[Msg] = Consumer(js._nc, wire.JOBS_STREAM, BROKER_CONSUMER, self._safe, cap=MAX_INFLIGHT,
+                                                min_request=MAX_INFLIGHT // 8, stopping=self.stopping)
         self.handled = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
         # Layer 2: every broker's live copy of PB_HEALTH and of its pools' queue depths.
@@ -174,6 +178,10 @@ class Broker:
             log.info("job.rejected", job_id=job.id, team=team, error=reason, detail=decision.message)
         await msg.ack()
 
+    async def drain(self) -> None:
+        """Stop taking jobs, finish the ones being admitted, and return (see Consumer.drain)."""
+        await self.consumer.drain()
+
     async def reject(self, msg: Msg, team: str, seq: int, error: JobError, job: Job) -> None:
         reason = error.__struct_config__.tag
         await bus.reject_job(self.js, team, seq, error, reason="invalid" if reason == "invalid_job" else reason, job=job)
@@ -196,6 +204,7 @@ class Broker:
         return bool(await bus.read_attempts(self.js, job.team, job.id, job.run))
 
     async def _safe(self, msg: Msg) -> None:
+        self.handled += 1
         try:
             await self.handle(msg)
         except Exception:  # NATS trouble mid-publish: leave the job unacked, it is redelivered
@@ -204,7 +213,8 @@ class Broker:
     async def _follow_health(self) -> None:
         """Aggregate PB_COSTS into PB_HEALTH (every broker does it from the same records, so
         they agree) and keep local copies of the health states and pool loads."""
-        from panelboard.broker.health_service import Aggregator, HealthView, pool_load
+        from panelboard.broker.health_aggregator import Aggregator
+        from panelboard.broker.health_view import HealthView, pool_load
         from panelboard.transport.streams import ensure_health_kv
 
         view = await HealthView.start(self.js, self.cfg)
@@ -242,34 +252,18 @@ class Broker:
         await self.governor.start(self.js)  # keys, limits, budgets, settlement: when governance is on
         follower = asyncio.create_task(self._follow_health()) if self.cfg.health.enabled else None
         waits = asyncio.create_task(self._publish_waits())
-        puller = Puller(self.js._nc, wire.JOBS_STREAM, BROKER_CONSUMER, min_request=MAX_INFLIGHT // 8)
-        await puller.start()
-        inflight: set[asyncio.Task[None]] = set()
+        control = None
+        if self.control_url is not None:  # low rate, its own connection: started before jobs flow, stopped after
+            from panelboard.broker.control import control_plane  # faststream: only a broker process loads it
+
+            control = control_plane(self.js, self.control_url)
+            await control.start()
         log.info("broker.started", tiers=list(self.cfg.tiers), intents=len(self.cfg.intents))
-        while not self.stopping.is_set():
-            free = MAX_INFLIGHT - len(inflight)
-            if free <= 0:
-                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                await puller.top_up(free)
-            except Exception as e:  # reconnecting: nats-py retries underneath
-                log.warning("broker.pull_failed", error=type(e).__name__)
-            if puller.idle and inflight:  # too few free slots for a pull request: let some finish
-                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            msg = await puller.get(timeout=0.5)
-            if msg is None:
-                continue
-            for m in [msg, *puller.take_ready()]:
-                t = asyncio.create_task(self._safe(m))
-                inflight.add(t)
-                t.add_done_callback(inflight.discard)
-                self.handled += 1
-        for m in await puller.stop():
-            await m.nak()
-        if inflight:
-            await asyncio.wait(inflight, timeout=10)
+        try:
+            await self.consumer.run()
+        finally:
+            if control is not None:
+                await control.stop()
         if follower is not None:
             follower.cancel()
         waits.cancel()

@@ -28,6 +28,7 @@ records that can be settled are: one record never holds back the rest.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import NamedTuple
 
 import msgspec
@@ -38,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from panelboard.broker.governance_store import Store
 from panelboard import db
 from panelboard.transport import logs, streams
-from panelboard.transport.puller import Puller
+from panelboard.transport.consumer import BatchConsumer
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, decode_cost
 from panelboard.schemas.job import CostRecord
@@ -106,23 +107,10 @@ class Settler:
         await streams.ensure_consumer(self.js, wire.ATTEMPTS_STREAM, consumer_config("pb.attempts.>"))
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await asyncio.gather(*(self._loop(s, stopping) for s in (wire.COSTS_STREAM, wire.RESULTS_STREAM, wire.ATTEMPTS_STREAM)))
-
-    async def _loop(self, stream: str, stopping: asyncio.Event) -> None:
-        puller = Puller(self.js._nc, stream, CONSUMER, min_request=1)
-        await puller.start()
-        try:
-            while not stopping.is_set():
-                try:
-                    await puller.top_up(BATCH)
-                except Exception as e:  # reconnecting: nats-py retries underneath
-                    log.warning("settle.pull_failed", stream=stream, error=type(e).__name__)
-                msg = await puller.get(timeout=0.5)
-                if msg is not None:
-                    await self.batch(stream, [msg, *puller.take_ready()])
-        finally:
-            for m in await puller.stop():
-                await m.nak()
+        """One batch loop per stream until `stopping` is set; each batch is one transaction."""
+        loops = [BatchConsumer(self.js._nc, s, CONSUMER, functools.partial(self.batch, s), cap=BATCH, stopping=stopping, fields={"stream": s})
+                 for s in (wire.COSTS_STREAM, wire.RESULTS_STREAM, wire.ATTEMPTS_STREAM)]
+        await asyncio.gather(*(c.run() for c in loops))
 
     async def batch(self, stream: str, msgs: list[Msg]) -> None:
         events: list[CostRecord | End] = []

@@ -39,7 +39,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from panelboard.clients.cancel import CancelReport, cancel_queued
+from panelboard.clients import control
+from panelboard.schemas.control import CancelReply, CancelRequest
 from panelboard.transport import bus
 from panelboard.schemas import batch as B
 from panelboard.schemas import wire
@@ -625,14 +626,15 @@ async def follow(js: JetStreamContext, batch_id: str, progress: Progress | None 
             pass
 
 
-async def cancel(js: JetStreamContext, batch_id: str, cfg: Config, wait_submitter_s: float = 15.0) -> CancelReport:
+async def cancel(js: JetStreamContext, batch_id: str, cfg: Config, wait_submitter_s: float = 15.0,
+                 timeout: float = 600.0) -> CancelReply:
     """Cancel a batch. What it guarantees:
 
     - no line is sent after it: a running submitter stops at its next checkpoint (within a
       second), and `batch submit` of a cancelled batch refuses;
     - every job of the batch still waiting in a queue (not yet handed to a broker or a worker)
       is deleted from it and gets a Failed result of kind `cancelled`; no provider is called
-      for it (clients/cancel.py says how: the owning consumer is paused while it is checked);
+      for it (a broker does it, asked on pb.control.<team>.cancel: broker/cancel.py says how);
     - jobs already handed to a broker or worker (running, retrying, or held by a pool that is
       at its cap) run to their own result;
     so every job of the batch still ends with exactly one result.
@@ -650,8 +652,7 @@ async def cancel(js: JetStreamContext, batch_id: str, cfg: Config, wait_submitte
             break
         await asyncio.sleep(0.2)
     client, team = B.client_id(batch_id), await team_of(js, batch_id)
-    rep = await cancel_queued(js, lambda j: j.client == client and j.team == team, prefilter=f'"client":"{client}"'.encode(),
-                              reason=f"batch {batch_id} was cancelled")
+    rep = await control.cancel(js._nc, team, CancelRequest(client=client, reason=f"batch {batch_id} was cancelled"), timeout)
     rec.finished_at = time.time()
     rec.cancelled += rep.cancelled
     await _publish(js, B.cancel_subject(batch_id), encode(rec), {})

@@ -24,11 +24,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from panelboard.clients import control
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
 from panelboard.transport.bus import _TRANSIENT
 from panelboard.schemas import wire
 from panelboard.schemas.chat import ChatRequest, ChatResponse, Message
 from panelboard.schemas.codec import decode_result, encode
+from panelboard.schemas.control import CancelRequest
 from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
@@ -317,17 +319,19 @@ class Client:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, timeout: float = 60.0) -> bool:
         """Cancel a job of this client's team that has not started. True: it was taken out of its
         queue before any broker or worker took it, it gets a Failed result of kind
         `cancelled`, and no provider is called for it. False: a broker or worker already has
-        it (or it has finished, or no such job is queued); it runs to its own result. It reads
-        the queues once, so it takes longer the deeper they are. See clients/cancel.py."""
-        from panelboard.clients.cancel import cancel_queued
+        it (or it has finished, or no such job is queued); it runs to its own result.
 
-        rep = await cancel_queued(self.js, lambda j: j.team == self.team and j.id == job_id,
-                                  prefilter=job_id.encode(), reason="Client.cancel", keep_ids=True)
-        return job_id in rep.ids
+        A request on pb.control.<team>.cancel, answered by a broker, which does the work (it
+        reads the queues once, so it takes longer the deeper they are; see broker/cancel.py).
+        Raises ControlError when no broker answers within `timeout`, or it refuses."""
+        if self.nc is None:
+            raise PanelboardError("the client is not connected: use `async with Client(...)` or `await client.connect()`")
+        reply = await control.cancel(self.nc, self.team, CancelRequest(job_id=job_id, reason="Client.cancel"), timeout)
+        return job_id in reply.ids
 
     async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncIterator[Result]:
         """Each job's Result as it arrives (Completed | Failed), whatever the order they were

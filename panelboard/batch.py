@@ -9,6 +9,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+import msgspec
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
@@ -116,6 +118,7 @@ async def _exists(js: Any, batch_id: str) -> bool:
 
 def cmd_batch(a: argparse.Namespace) -> int:
     from panelboard.clients import batch
+    from panelboard.clients.control import ControlError
     from panelboard.cli import resolve_key
     from panelboard.config import load
     from panelboard.transport.connection import connect, require_url
@@ -166,7 +169,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
                     rep = await batch.cancel(js, a.batch_id, cfg)
                     st = await batch.status(js, a.batch_id)
                     if a.json:
-                        print(json.dumps({"cancel": asdict(rep), "batch": st}))
+                        print(json.dumps({"cancel": msgspec.structs.asdict(rep), "batch": st}))
                     else:
                         print(f"batch {a.batch_id}: {rep.cancelled} queued job(s) cancelled, never called; "
                               f"{rep.running} already with a broker or worker run to their own result")
@@ -187,6 +190,9 @@ def cmd_batch(a: argparse.Namespace) -> int:
         except batch.BatchError as e:
             print(f"batch {a.action}: {e}", file=sys.stderr)
             return 2
+        except ControlError as e:  # no broker to do the cancel
+            print(f"batch {a.action}: {e}", file=sys.stderr)
+            return 1
         finally:
             await nc.drain()
 

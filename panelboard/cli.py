@@ -285,7 +285,7 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
     health = load_ = None
     url = None if a.no_health else find_url(a.nats_url, cfg)
     if url:
-        from panelboard.broker.health_service import pool_load, read_health
+        from panelboard.broker.health_view import pool_load, read_health
 
         async def read():
             nc = await _quick_connect(url)
@@ -307,7 +307,7 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     import msgspec
 
-    from panelboard.broker.health_service import render_status, status
+    from panelboard.broker.health_status import render_status, status
     from panelboard.config import load
     from panelboard.transport.connection import require_url
 
@@ -331,7 +331,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_health(a: argparse.Namespace) -> int:
-    from panelboard.broker.health_service import serve
+    from panelboard.broker.health_aggregator import serve
     from panelboard.config import load
     from panelboard.transport.connection import require_url
     from panelboard.runtime import run
@@ -397,6 +397,15 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
+
+
+def cmd_asyncapi(a: argparse.Namespace) -> int:
+    from panelboard import asyncapi  # faststream and the broker: only this command loads them
+
+    if a.write or a.check:
+        return asyncapi.write(check_only=a.check)
+    print(asyncapi.render(), end="")
+    return 0
 
 
 def _main(argv: list[str] | None) -> int:
@@ -499,6 +508,12 @@ def _main(argv: list[str] | None) -> int:
     from panelboard import governance_cli
 
     governance_cli.add_parsers(sub)  # keys, teams
+
+    p = sub.add_parser("asyncapi", help="the wire contract as an AsyncAPI 3 document, generated from the code (docs/asyncapi.json)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="rewrite docs/asyncapi.json")
+    g.add_argument("--check", action="store_true", help="exit 1 if docs/asyncapi.json differs from the code")
+    p.set_defaults(fn=cmd_asyncapi)
 
     p = sub.add_parser("route", help="routing decisions: `route explain JOB.json`")
     rsub = p.add_subparsers(dest="route", required=True)

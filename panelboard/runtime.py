@@ -51,7 +51,7 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
     if broker:
         from panelboard.broker.service import Broker
 
-        parts.append(Broker(js, cfg, governor(cfg)))
+        parts.append(Broker(js, cfg, governor(cfg), control_url=url))
     if providers:
         from panelboard.workers.pool import Pool
 

@@ -2,6 +2,7 @@
 
 A team's user may
     publish    pb.jobs.<team>.>                                    submit jobs, as its own team only
+               pb.control.<team>.cancel                            ask a broker to cancel its queued jobs
                $JS.API.DIRECT.GET.PB_RESULTS.pb.results.<team>.>   read its stored results
                $JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.<team>.>   and its refused publishes
     subscribe  pb.results.<team>.>   pb.rejects.<team>.>           the same, live
@@ -36,7 +37,7 @@ def inbox_prefix(team: str) -> str:
 
 def permissions(team: str, t: Tenant) -> dict[str, dict[str, list[str]]]:
     return {
-        "publish": {"allow": [f"pb.jobs.{team}.>", f"$JS.API.DIRECT.GET.PB_RESULTS.pb.results.{team}.>",
+        "publish": {"allow": [f"pb.jobs.{team}.>", f"pb.control.{team}.cancel", f"$JS.API.DIRECT.GET.PB_RESULTS.pb.results.{team}.>",
                               f"$JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.{team}.>"]},
         "subscribe": {"allow": [f"pb.results.{team}.>", f"pb.rejects.{team}.>", f"{inbox_prefix(team)}.>"]},
     }

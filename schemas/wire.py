@@ -82,6 +82,16 @@ def attempts(team: str, job_id: str, shadow: bool = False) -> str:
     return f"pb.attempts.{team}.{job_id}.shadow" if shadow else f"pb.attempts.{team}.{job_id}"
 
 
+CONTROL_QUEUE = "broker"  # the queue group of the brokers' control subscribers: one answers each request
+
+
+def control(team: str, action: str) -> str:
+    """Core NATS request/reply (not stored): a team asks the broker to act for it, e.g.
+    `cancel` with a schemas.control.CancelRequest, answered with a CancelReply. The team token
+    is who asks; the broker acts only on that team's jobs."""
+    return f"pb.control.{team}.{action}"
+
+
 def submit_msg_id(team: str, job_id: str, nonce: str) -> str:
     """A submit's Nats-Msg-Id: unique per submit call (the nonce), so the stream drops only
     that call's own retries; ownership of the job id is the broker's claim, not this."""

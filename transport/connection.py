@@ -72,6 +72,20 @@ def require_url(explicit: str | None, cfg: Config | None = None) -> str:
     return url
 
 
+def servers(url: str) -> list[str]:
+    return [u.strip() for u in url.split(",")]  # a cluster: nats://a:4222,nats://b:4222
+
+
+def auth_options() -> dict[str, str]:
+    """Credentials and inbox prefix from the environment, for any NATS connection we open."""
+    auth: dict[str, str] = {}
+    if os.environ.get(USER_ENV):
+        auth = {"user": os.environ[USER_ENV], "password": os.environ.get(PASSWORD_ENV, "")}
+    if os.environ.get(INBOX_ENV):
+        auth["inbox_prefix"] = os.environ[INBOX_ENV]
+    return auth
+
+
 async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None,
                   patience_s: float = CONNECT_PATIENCE_S) -> NATS:
     """Connect, or raise UnreachableError after patience_s. nats-py applies
@@ -96,14 +110,9 @@ async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None
             return
         log.warning("nats.error", name=name, error=f"{type(e).__name__}: {e}")
 
-    auth: dict[str, str] = {}
-    if os.environ.get(USER_ENV):
-        auth = {"user": os.environ[USER_ENV], "password": os.environ.get(PASSWORD_ENV, "")}
-    if os.environ.get(INBOX_ENV):
-        auth["inbox_prefix"] = os.environ[INBOX_ENV]
     opening = nc.connect(
-        servers=[u.strip() for u in url.split(",")],  # a cluster: nats://a:4222,nats://b:4222
-        **auth,  # type: ignore[arg-type]
+        servers=servers(url),
+        **auth_options(),  # type: ignore[arg-type]
         name=name,
         max_reconnect_attempts=-1,  # a restarting server is waited for, never given up on
         reconnect_time_wait=0.25,

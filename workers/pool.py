@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 
 import msgspec
 from nats.aio.msg import Msg
@@ -24,7 +23,7 @@ from nats.js import JetStreamContext
 
 from panelboard.broker.pricing import call_cost
 from panelboard.transport import bus, logs
-from panelboard.transport.puller import Puller
+from panelboard.transport.consumer import Consumer
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
 from panelboard.schemas import wire
 from panelboard.schemas.chat import Usage
@@ -70,16 +69,15 @@ class Pool:
         self.lanes = lane_caps(cfg, provider)
         self.ack_wait = ack_wait_s(cfg, provider)
         self.heartbeat_s = min(5.0, self.ack_wait / 4)
-        self.queued: list[deque[Lease]] = []  # each lane's deliveries not started yet: heartbeats keep them too
         self.served = False
         self.stopping = asyncio.Event()
-        self.inflight: dict[asyncio.Task[None], Lease] = {}
         self.active: dict[tuple[str, str, int, int, bool], Lease] = {}  # (team, job, run, hop, shadow) -> who holds it
         self.paused_until = 0.0
         self.streak_429 = 0
         self.rng = random.Random()
         self.calls = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
+        self.consumers = [self._lane(lane, cap) for lane, cap in self.lanes.items()]
 
     # -- one delivery -------------------------------------------------------------------
     def _link(self, d: Dispatch) -> tuple[Link, RetryPolicy]:
@@ -320,7 +318,7 @@ class Pool:
         while True:
             await asyncio.sleep(self.heartbeat_s / 2)
             now = time.monotonic()
-            held = [*self.inflight.values(), *(lease for q in self.queued for lease in q)]
+            held = [lease for c in self.consumers for lease in (*c.inflight.values(), *c.held)]
             due = [lease for lease in held if now - lease.renewed >= self.heartbeat_s]
             if not due:
                 continue
@@ -337,76 +335,28 @@ class Pool:
         hb = asyncio.create_task(self._heartbeat())
         log.info("pool.started", provider=self.provider, lanes=self.lanes, ack_wait_s=self.ack_wait)
         try:
-            await asyncio.gather(*(self._lane(lane, cap) for lane, cap in self.lanes.items()))
+            await asyncio.gather(*(c.run() for c in self.consumers))
         finally:
-            await self._drain_inflight()
             hb.cancel()
             await self.adapter.aclose()
             log.info("pool.stopped", provider=self.provider, calls=self.calls)
 
-    async def _lane(self, lane: str, cap: int) -> None:
+    async def drain(self) -> None:
+        """Stop taking deliveries on every lane, hand back the ones not started, and return
+        once every call in flight has finished (heartbeats keep them ours meanwhile)."""
+        await asyncio.gather(*(c.drain() for c in self.consumers))
+
+    def _lane(self, lane: str, cap: int) -> Consumer[Lease]:
         """One priority lane: its own durable consumer, whose max_ack_pending is the lane's
-        share of the provider's slots, and its own count of calls in flight."""
-        puller = Puller(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider, lane), min_request=max(1, cap // 8))
-        await puller.start()
-        mine: set[asyncio.Task[None]] = set()
-        held: deque[Lease] = deque()  # delivered, not started: pool paused or lane at its cap
-        self.queued.append(held)
+        share of the provider's slots, and its own count of calls in flight. Deliveries are
+        leases from the moment they arrive, so heartbeats keep the held ones too."""
+        return Consumer(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider, lane), self._safe, cap=cap,
+                        min_request=max(1, cap // 8), wrap=Lease, unwrap=_lease_msg, pause=self._paused_for,
+                        stopping=self.stopping, fields={"provider": self.provider, "lane": lane})
 
-        def start() -> None:
-            while held and len(mine) < cap:
-                lease = held.popleft()
-                t = asyncio.create_task(self._safe(lease))
-                self.inflight[t] = lease
-                mine.add(t)
-                t.add_done_callback(self.inflight.pop)
-                t.add_done_callback(mine.discard)
+    def _paused_for(self) -> float:
+        return self.paused_until - time.monotonic()
 
-        try:
-            while not self.stopping.is_set():
-                wait = self.paused_until - time.monotonic()
-                if wait > 0:  # backpressure: ask for nothing more, the jobs wait in the stream
-                    try:
-                        await asyncio.wait_for(self.stopping.wait(), timeout=wait)
-                    except (asyncio.TimeoutError, TimeoutError):
-                        pass
-                    continue
-                start()
-                free = cap - len(mine) - len(held)
-                if free <= 0:
-                    await asyncio.wait(list(mine), return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    await puller.top_up(free)
-                except Exception as e:  # reconnecting: nats-py retries underneath
-                    log.warning("pool.pull_failed", provider=self.provider, lane=lane, error=type(e).__name__)
-                if puller.idle and mine:
-                    # Too few free slots to be worth a pull request: let more calls finish
-                    # first, rather than idling in get() while the whole lane drains.
-                    await asyncio.wait(list(mine), return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                msg = await puller.get(timeout=0.5)
-                if msg is None:
-                    continue
-                held.extend(Lease(m) for m in [msg, *puller.take_ready()])
-                if self.paused_until > time.monotonic():
-                    continue  # paused while we waited: hold them until the pause ends
-                start()
-        finally:
-            # SIGTERM: stop fetching; what was delivered but not started goes straight back.
-            for m in [*(lease.msg for lease in held), *await puller.stop()]:
-                await m.nak()
 
-    async def _drain_inflight(self, grace_s: float = 20.0) -> None:
-        """Let in-flight calls finish, nak what is left, so none is left to time out."""
-        if self.inflight:
-            log.info("pool.draining", provider=self.provider, inflight=len(self.inflight))
-            _, pending = await asyncio.wait(list(self.inflight), timeout=grace_s)
-            for t in pending:
-                lease = self.inflight.get(t)
-                t.cancel()
-                if lease is not None:
-                    try:
-                        await lease.msg.nak()
-                    except Exception:
-                        pass
+def _lease_msg(lease: Lease) -> Msg:
+    return lease.msg

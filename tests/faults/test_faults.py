@@ -18,13 +18,13 @@ import pytest
 
 from panelboard.broker.ledger import CONSUMER as LEDGER_CONSUMER
 from panelboard.clients import Client
-from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack
 from panelboard.schemas import wire
 from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, ResponseTooLarge
 from panelboard.schemas.job import Completed, Failed
 from tests.conftest import ROOT, Mock, run_cli
 from tests.support.invariants import check
+from tests.support.servers import RestartableServer
 
 pytestmark = pytest.mark.fault
 
@@ -338,9 +338,8 @@ async def test_a_killed_workers_replacement_takes_over_its_frozen_slots(tmp_path
 
 
 async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
-    servers = [NatsServer(tmp_path / "nats").start()]
-    try:
-        with Stack(tmp_path / "stack", config=CONFIG, nats_url=servers[0].url, mock_args=["--latency-ms", "20"]) as s:
+    with RestartableServer(tmp_path / "nats") as server:
+        with Stack(tmp_path / "stack", config=CONFIG, nats_url=server.url, mock_args=["--latency-ms", "20"]) as s:
             s.start(workers=1)
             mock = Mock(s.mock_url)
             async with Client(s.nats_url) as c:
@@ -349,15 +348,10 @@ async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
                 deadline = time.monotonic() + 60
                 while sum(mock.stats()["requests"].values()) < 500 and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
-                servers[0].kill()
-                await asyncio.sleep(1.0)  # the outage itself
-                servers.append(NatsServer(servers[0].data_dir, port=servers[0].port).start())
+                await server.restart(outage_s=1.0)
                 ids = await submitter
                 await wait_all(c, ids, timeout=300)
                 rep = await check(c.js, c.team, ids, mock.settled_log(), PROVIDERS)
-    finally:
-        for server in servers:
-            server.stop()
     print(f"\nnats-server kill -9 + restart: {rep.line()}")
     rep.assert_holds()
     assert rep.completed == 3000
@@ -378,9 +372,8 @@ async def ledger_rows(s: Stack, js, job_ids: set[str], timeout: float = 60) -> l
 
 async def test_nats_server_restart_redelivers_retried_dispatches_without_losing_their_cost(tmp_path):
     # Given the primary fails every call with a 500 for a while, and a retried job waits 1.5 s for its next try
-    servers = [NatsServer(tmp_path / "nats").start()]
-    try:
-        with Stack(tmp_path / "stack", config=CONFIG, nats_url=servers[0].url, mock_args=["--latency-ms", "20"]) as s:
+    with RestartableServer(tmp_path / "nats") as server:
+        with Stack(tmp_path / "stack", config=CONFIG, nats_url=server.url, mock_args=["--latency-ms", "20"]) as s:
             s.start(workers=1)
             mock = Mock(s.mock_url)
             mock.control(provider="primary", fault="500", every=1)
@@ -393,21 +386,18 @@ async def test_nats_server_restart_redelivers_retried_dispatches_without_losing_
                 # and restarts without the pools' delivery state: what a kill -9 does to the deliveries of its
                 # last few ms (the state is written ~10 ms after a change), here to every waiting dispatch at
                 # once, so that each is redelivered as if never delivered
-                servers[0].kill()
+                server.kill()
                 wiped = 0
-                for state in servers[0].data_dir.glob(f"**/streams/{wire.DISPATCH_STREAM}/obs/*/o.dat"):
+                for state in server.data_dir.glob(f"**/streams/{wire.DISPATCH_STREAM}/obs/*/o.dat"):
                     state.unlink()
                     wiped += 1
                 mock.control(provider="primary", fault=None)
                 await asyncio.sleep(1.0)  # the outage itself
-                servers.append(NatsServer(servers[0].data_dir, port=servers[0].port).start())
+                server.start_again()
                 results = await wait_all(c, ids, timeout=300)
                 log = mock.settled_log()
                 rep = await check(c.js, c.team, ids, log, PROVIDERS)
                 rows = await ledger_rows(s, c.js, set(ids))
-    finally:
-        for server in servers:
-            server.stop()
     ok_calls = [e for e in log if e["status"] == 200 and e["request_id"].split(":")[0] in set(ids)]
     price = round(next(r.cost_usd for r in results if isinstance(r, Completed)) * 1_000_000_000)  # every call has the same prompt
     ledgered = sum(r[5] for r in rows)

@@ -122,6 +122,26 @@ async def test_each_team_submits_and_reads_its_own_results(tenant_stack):
         await Conn().open(tenant_stack.nats_url, "team-a", "wrong")
 
 
+async def test_a_team_user_cancels_through_the_broker_and_only_for_its_own_team(tenant_stack):
+    # Given team A's user, which has no JetStream API rights (no pausing, no deleting)
+    a = await team(tenant_stack, "team-a")
+    try:
+        async with Client(nc=a.nc, team="team-a") as c:
+            # When it cancels a job of its own team: a broker answers (nothing queued: False)
+            assert await c.cancel("no-such-job-" + uuid.uuid4().hex[:8]) is False
+            h = await c.submit(HELLO, intent="fast")
+            assert isinstance(await h.result(timeout=30), Completed)
+            assert await c.cancel(h.id) is False  # finished: it keeps its result
+            assert isinstance(await c.lookup(h.id), Completed)
+        assert not a.errors
+        # Then asking for team B is refused by the server itself
+        await a.nc.publish(wire.control("team-b", "cancel"), b'{"job_id": "x"}')
+        await a.nc.flush()
+        assert await a.violation('publish to "pb.control.team-b.cancel"')
+    finally:
+        await a.nc.close()
+
+
 def test_stack_processes_use_the_service_user_and_no_password_in_argv(tenant_stack):
     assert tenant_stack.env[connection.USER_ENV] == tenants.SERVICE_USER
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
@@ -139,7 +159,7 @@ def test_nats_config_command_writes_the_permissions(tmp_path):
     assert "password: $PANELBOARD_NATS_PASSWORD" in text and "$PB_TEST_TEAM_B_PASSWORD" in text
     cfg = load(TENANTS_CONFIG)
     assert tenants.permissions("team-a", cfg.governance.tenants["team-a"])["publish"]["allow"] == [
-        "pb.jobs.team-a.>", "$JS.API.DIRECT.GET.PB_RESULTS.pb.results.team-a.>", "$JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.team-a.>"]
+        "pb.jobs.team-a.>", "pb.control.team-a.cancel", "$JS.API.DIRECT.GET.PB_RESULTS.pb.results.team-a.>", "$JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.team-a.>"]
 
 
 def test_the_deploy_example_is_a_valid_nats_config():

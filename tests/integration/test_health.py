@@ -216,7 +216,9 @@ async def _until(kv, key: str, pred, timeout: float = 10.0) -> HealthState:
 async def test_aggregator_degrades_recovers_and_survives_a_restart(server):
     from nats.aio.client import Client as NATS
 
-    from panelboard.broker.health_service import Aggregator, HealthView, read_states, render_status, status
+    from panelboard.broker.health_aggregator import Aggregator
+    from panelboard.broker.health_status import render_status, status
+    from panelboard.broker.health_view import HealthView, read_states
     from panelboard.transport import streams
 
     cfg = parse(CONFIG)
@@ -289,7 +291,7 @@ async def test_aggregator_degrades_recovers_and_survives_a_restart(server):
 async def test_health_state_persists_across_a_server_restart(server):
     from nats.aio.client import Client as NATS
 
-    from panelboard.broker.health_service import read_states
+    from panelboard.broker.health_view import read_states
     from panelboard.transport import streams
 
     cfg = parse(CONFIG)

@@ -1,5 +1,6 @@
 """Cancelling jobs that have not started: give them a `cancelled` result and take them out of
-the work queues.
+the work queues. Privileged (JetStream API: consumer pause, message delete), so it runs in
+the broker process, asked on pb.control.<team>.cancel (broker/control.py); clients only ask.
 
 A job waits in PB_JOBS (for a broker) and then in PB_DISPATCH (for a worker pool). Each queue
 has durable consumers; a message a consumer has delivered (its stream sequence is at most the
@@ -202,9 +203,9 @@ class _Scan:
         self.found += len(found)
         consumers = await self.consumers(stream)
         groups: dict[str | None, list[tuple[_Msg, Job, list[Attempt]]]] = {}
-        for hit in found:
-            c = self.owner(consumers, hit[0].subject)
-            groups.setdefault(c.name if c else None, []).append(hit)
+        for entry in found:
+            c = self.owner(consumers, entry[0].subject)
+            groups.setdefault(c.name if c else None, []).append(entry)
         for name, hits in groups.items():
             c = next((c for c in consumers if c.name == name), None)
             if c is None:  # nobody consumes this subject: nobody can take it meanwhile
