@@ -500,6 +500,10 @@ def _main(argv: list[str] | None) -> int:
 
     governance_cli.add_parsers(sub)  # keys, teams
 
+    from panelboard.evals import cli as evals_cli
+
+    evals_cli.add_parsers(sub)  # eval router, eval train
+
     p = sub.add_parser("route", help="routing decisions: `route explain JOB.json`")
     rsub = p.add_subparsers(dest="route", required=True)
     r = rsub.add_parser("explain", help="print the route a job would take and why (intent, tier, chain, exclusions, health)")

@@ -1,0 +1,128 @@
+"""`panelboard eval router` and `panelboard eval train`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import msgspec
+
+SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("eval", help="offline router evaluation on labelled prompts: `eval router`, `eval train`")
+    esub = p.add_subparsers(dest="eval_cmd", required=True)
+
+    r = esub.add_parser("router", help="replay labelled prompts through the routing decision (no provider calls) and print "
+                                       "the cost/quality curve against all-cheap, all-strong, random and the oracle")
+    _shared(r)
+    r.add_argument("--split", choices=["held-out", "train", "all"], default="held-out",
+                   help="which subjects to score (default held-out: subjects no training run sees)")
+    r.add_argument("--model", action="append", metavar="FILE.json",
+                   help="a trained router to score (repeatable; default: the config's router.model, if any)")
+    r.add_argument("--threshold", type=float, help="the trained router's operating threshold (default: the config's, else the model's)")
+    r.add_argument("--output-tokens", type=int, default=8, help="completion tokens priced per prompt (default 8)")
+    r.add_argument("--goal-margin", type=float, default=0.05, help="the goal: all-strong accuracy minus this (default 0.05)")
+    r.add_argument("--json", action="store_true", help="print the whole evaluation as one JSON object (every curve corner)")
+    r.add_argument("--chart", metavar="FILE.svg", help="also write the curve as an SVG chart")
+    r.set_defaults(fn=cmd_router)
+
+    t = esub.add_parser("train", help="train a difficulty-aware router on the training split (never the held-out subjects)")
+    _shared(t)
+    t.add_argument("--out", required=True, metavar="FILE.json", help="where to write the model")
+    t.add_argument("--dim", type=int, default=1 << 18, help="hash buckets (default 2^18)")
+    t.add_argument("--l2", type=float, default=1e-4, help="L2 penalty (default 1e-4)")
+    t.add_argument("--epochs", type=int, default=300, help="full-batch gradient steps (default 300)")
+    t.set_defaults(fn=cmd_train)
+
+
+def _shared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="the routellm-mmlu folder (mmlu_<subject>.csv files)")
+    p.add_argument("--config", help="config file, for tiers and prices (default: $PANELBOARD_CONFIG or examples/mock.yaml)")
+    p.add_argument("--cheap", metavar="TIER", help="the pair's cheap tier (default: the config's router.cheap, else cheap-fast)")
+    p.add_argument("--strong", metavar="TIER", help="the pair's strong tier (default: the config's router.strong, else frontier)")
+
+
+def _pair(a: argparse.Namespace, cfg) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    cheap = a.cheap or (cfg.router.cheap if cfg.router else "cheap-fast")
+    strong = a.strong or (cfg.router.strong if cfg.router else "frontier")
+    for side, tier in (("--cheap", cheap), ("--strong", strong)):
+        if tier not in cfg.tiers:
+            raise SystemExit(f"{side} {tier!r} is not a tier of the config (known: {', '.join(cfg.tiers)})")
+    return cheap, strong
+
+
+def cmd_router(a: argparse.Namespace) -> int:
+    from panelboard.broker import difficulty
+    from panelboard.config import load
+    from panelboard.evals import chart, mmlu, replay
+
+    cfg = load(a.config)
+    cheap, strong = _pair(a, cfg)
+    try:
+        items = mmlu.split(mmlu.load(a.data), a.split)
+        paths = a.model or ([cfg.router.model] if cfg.router else [])
+        threshold = a.threshold if a.threshold is not None else (cfg.router.threshold if cfg.router else None)
+        models = [(Path(p).stem, difficulty.load(p), threshold) for p in paths]
+    except (mmlu.DataError, difficulty.ModelError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    rep = replay.evaluate(items, cfg, data=str(a.data), split=a.split, cheap=cheap, strong=strong, models=models,
+                          output_tokens=a.output_tokens, goal_margin=a.goal_margin)
+    if a.json:
+        print(msgspec.json.encode(rep).decode())
+    else:
+        print(text(rep))
+    if a.chart:
+        Path(a.chart).write_text(chart.svg(rep))
+        print(f"chart written to {a.chart}", file=sys.stderr)
+    return 0
+
+
+def text(rep) -> str:  # type: ignore[no-untyped-def]
+    from panelboard.evals import curve as cv
+
+    lines = [f"router evaluation: {rep.prompts} prompts, {len(rep.subjects)} subjects, split {rep.split} (data {rep.data})",
+             f"cheap: tier {rep.cheap.tier} ({rep.cheap.model}) stands for {rep.cheap.label}; "
+             f"strong: tier {rep.strong.tier} ({rep.strong.model}) stands for {rep.strong.label}",
+             f"cost: catalog prices of each tier's first hop, prompt tokens ~ UTF-8 bytes / 4, {rep.output_tokens} completion tokens each",
+             "", f"{'baseline':<22}{'strong share':>13}{'accuracy':>10}{'cost USD':>12}"]
+    rules = rep.rules.point
+    for name, p in (("all-cheap", rep.all_cheap), ("all-strong", rep.all_strong), ("oracle", rep.oracle),
+                    ("random at 50%", rep.random_half), ("rules (default)", rules)):
+        lines.append(f"{name:<22}{p.share:>13.1%}{p.accuracy:>10.1%}{p.cost_usd:>12.4f}")
+    lines.append(f"  rules: the classifier and intent map sent the prompts to tiers {rep.rules.tiers}; only {rep.strong.tier} counts as strong")
+    lines.append("")
+    head = f"{'strong share':<14}" + "".join(f"{c.name[:22]:>24}" for c in rep.curves) + f"{'random (expected)':>20}"
+    lines.append(head)
+    for s in SHARES:
+        exp = (1 - s) * rep.all_cheap.accuracy + s * rep.all_strong.accuracy
+        row = f"{s:<14.0%}" + "".join(f"{cv.at_share(c.points, s).accuracy:>24.1%}" for c in rep.curves) + f"{exp:>20.1%}"
+        lines.append(row)
+    lines.append("")
+    for c in rep.curves:
+        if c.operating is not None:
+            o = c.operating
+            lines.append(f"{c.name} at threshold {o.threshold:g}: {o.share:.1%} strong, accuracy {o.accuracy:.1%}, "
+                         f"${o.cost_usd:.4f} ({o.cost_usd / rep.all_strong.cost_usd:.0%} of all-strong)")
+    lines.append("")
+    lines.extend(rep.verdicts)
+    return "\n".join(lines)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from panelboard.evals import mmlu, train
+
+    try:
+        items = mmlu.split(mmlu.load(a.data), "train")
+    except mmlu.DataError as e:
+        print(e, file=sys.stderr)
+        return 2
+    model, notes = train.fit(items, dim=a.dim, l2=a.l2, epochs=a.epochs, source=f"{a.data} (train split)")
+    Path(a.out).write_bytes(msgspec.json.encode(model))
+    for n in notes:
+        print(n)
+    print(f"model written to {a.out} ({Path(a.out).stat().st_size / 1e6:.1f} MB)")
+    return 0
