@@ -8,6 +8,9 @@ from pathlib import Path
 
 import msgspec
 
+from panelboard.evals.replay import Report
+from panelboard.schemas.config import Config
+
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -45,7 +48,7 @@ def _shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strong", metavar="TIER", help="the pair's strong tier (default: the config's router.strong, else frontier)")
 
 
-def _pair(a: argparse.Namespace, cfg) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _pair(a: argparse.Namespace, cfg: Config) -> tuple[str, str]:
     cheap = a.cheap or (cfg.router.cheap if cfg.router else "cheap-fast")
     strong = a.strong or (cfg.router.strong if cfg.router else "frontier")
     for side, tier in (("--cheap", cheap), ("--strong", strong)):
@@ -81,7 +84,7 @@ def cmd_router(a: argparse.Namespace) -> int:
     return 0
 
 
-def text(rep) -> str:  # type: ignore[no-untyped-def]
+def text(rep: Report) -> str:
     from panelboard.evals import curve as cv
 
     lines = [f"router evaluation: {rep.prompts} prompts, {len(rep.subjects)} subjects, split {rep.split} (data {rep.data})",

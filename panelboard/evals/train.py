@@ -15,6 +15,7 @@ import numpy as np
 
 from panelboard.broker import difficulty
 from panelboard.evals.mmlu import Item
+from panelboard.evals.replay import request_of
 
 MIN_DF = 2  # a bucket seen in one training prompt only is noise
 
@@ -60,7 +61,7 @@ def idf_of(texts: Sequence[str], dim: int) -> dict[int, float]:
 
 def fit(items: Sequence[Item], *, dim: int = 1 << 18, l2: float = 1e-4, epochs: int = 300, lr: float = 0.05,
         source: str = "") -> tuple[difficulty.Model, list[str]]:
-    texts = [difficulty.text_of(_request(it.prompt)) for it in items]
+    texts = [difficulty.text_of(request_of(it.prompt)) for it in items]
     y = np.asarray([label(it) for it in items])
     idf = idf_of(texts, dim)
     X = Matrix(texts, idf, dim)
@@ -90,9 +91,3 @@ def fit(items: Sequence[Item], *, dim: int = 1 << 18, l2: float = 1e-4, epochs: 
              f"{y.mean():.1%} need the strong model; {len(idf)} features; final log-loss {loss:.4f}",
              f"suggested threshold {threshold:.4f} (half of the training prompts at or above it)"]
     return model, notes
-
-
-def _request(prompt: str):  # type: ignore[no-untyped-def]
-    from panelboard.evals.replay import request_of
-
-    return request_of(prompt)
