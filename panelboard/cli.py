@@ -460,6 +460,10 @@ def _main(argv: list[str] | None) -> int:
             price.add_argument("--model", metavar="M", help="price serverless at this catalog model (default: what your traffic paid)")
             r.add_argument("--capacity-tps", type=float, metavar="N", help="tokens/s one dedicated endpoint sustains, for its utilisation")
 
+    from panelboard.evals import cli as evals_cli
+
+    evals_cli.add_quality_report(rsub)  # report quality: shadow answers against live ones, from NATS
+
     p = sub.add_parser("submit", help="submit one job and print its result")
     _common(p)
     p.add_argument("prompt")
@@ -499,8 +503,6 @@ def _main(argv: list[str] | None) -> int:
     from panelboard import governance_cli
 
     governance_cli.add_parsers(sub)  # keys, teams
-
-    from panelboard.evals import cli as evals_cli
 
     evals_cli.add_parsers(sub)  # eval router, eval train
 

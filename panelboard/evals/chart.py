@@ -6,6 +6,7 @@ from __future__ import annotations
 from html import escape
 
 from panelboard.evals import curve as cv
+from panelboard.evals.quality import QualityReport
 from panelboard.evals.replay import Report
 
 W, H = 720, 480
@@ -71,3 +72,24 @@ def _thin(points: list[cv.Point], most: int = 400) -> list[cv.Point]:
         return points
     step = (len(points) - 1) / (most - 1)
     return [points[round(i * step)] for i in range(most)]
+
+
+def quality_svg(rep: QualityReport) -> str:
+    """Agreement per intent and tier pair, with its 95% interval, as horizontal bars."""
+    bar, gap, label_w, plot_w = 22, 10, 300, 360
+    h = TOP + len(rep.rows) * (bar + gap) + 40
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 80}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="10" y="22" font-size="14">Shadow agreement with the live tier, last {rep.days:g} days</text>']
+    for i, row in enumerate(rep.rows):
+        y0 = TOP + i * (bar + gap)
+        w = row.agreement * plot_w
+        lo, hi = max(0.0, row.agreement - row.margin_95), min(1.0, row.agreement + row.margin_95)
+        out.append(f'<text x="{label_w - 8}" y="{y0 + bar * 0.7:.1f}" text-anchor="end">'
+                   f'{escape(f"{row.intent}: {row.shadow_tier} vs {row.live_tier} ({row.jobs})")}</text>')
+        out.append(f'<rect x="{label_w}" y="{y0}" width="{w:.1f}" height="{bar}" fill="{COLOURS[0]}"/>')
+        out.append(f'<line x1="{label_w + lo * plot_w:.1f}" y1="{y0 + bar / 2}" x2="{label_w + hi * plot_w:.1f}" y2="{y0 + bar / 2}" '
+                   f'stroke="black"/>')
+        out.append(f'<text x="{label_w + plot_w + 6}" y="{y0 + bar * 0.7:.1f}">{row.agreement:.1%}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

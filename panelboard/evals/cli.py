@@ -129,3 +129,58 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(n)
     print(f"model written to {a.out} ({Path(a.out).stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def add_quality_report(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    text_ = "shadow answers beside the live answers of the same jobs: agreement, score spread and cost, per intent and tier pair"
+    r = rsub.add_parser("quality", help=text_, description=text_)
+    r.add_argument("--config", help="config file (default: $PANELBOARD_CONFIG or examples/mock.yaml)")
+    r.add_argument("--nats-url", help="the running stack's NATS (default: $PANELBOARD_NATS_URL, else the embedded one)")
+    r.add_argument("--days", type=float, default=1, help="the window: the last N days (default 1; answers live as long as results)")
+    r.add_argument("--evaluator", choices=["auto", "exact", "json", "similarity"], default="auto",
+                   help="how a pair is scored (default auto: json for jobs that asked for JSON, else exact)")
+    r.add_argument("--min-similarity", type=float, default=0.9, help="the similarity evaluator's agreement bar (default 0.9)")
+    r.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    r.add_argument("--chart", metavar="FILE.svg", help="also write agreement per intent and tier pair as an SVG bar chart")
+    r.set_defaults(fn=cmd_quality)
+
+
+def cmd_quality(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from panelboard.config import load
+    from panelboard.evals import chart, quality, shadow_read
+    from panelboard.transport.connection import connect, require_url
+
+    cfg = load(a.config)
+    url = require_url(a.nats_url, cfg)
+
+    async def go() -> quality.QualityReport:
+        nc = await connect(url, "report-quality")
+        try:
+            got, unmatched = await shadow_read.pairs(nc.jetstream(), a.days)
+        finally:
+            await nc.close()
+        return quality.report(got, unmatched, a.days, a.evaluator, a.min_similarity)
+
+    rep = asyncio.run(go())
+    if a.json:
+        print(msgspec.json.encode(rep).decode())
+    elif rep.empty:
+        print(rep.empty)
+    else:
+        print(f"{'intent':<16}{'live tier':<14}{'shadow tier':<14}{'jobs':>7}{'agree':>9}{'+/-95%':>8}{'sim p10/50/90':>16}"
+              f"{'live USD':>11}{'shadow USD':>12}{'cost':>7}")
+        for row in rep.rows:
+            ratio = f"{row.cost_ratio:.0%}" if row.cost_ratio is not None else "-"
+            print(f"{row.intent[:15]:<16}{row.live_tier[:13]:<14}{row.shadow_tier[:13]:<14}{row.jobs:>7}{row.agreement:>9.1%}"
+                  f"{row.margin_95:>8.1%}{f'{row.similarity_p10:.2f}/{row.similarity_p50:.2f}/{row.similarity_p90:.2f}':>16}"
+                  f"{row.live_usd:>11.4f}{row.shadow_usd:>12.4f}{ratio:>7}")
+        for n in rep.notes:
+            print(f"note: {n}")
+        for row in rep.rows:
+            print(f"verdict: {row.verdict}")
+    if a.chart and rep.rows:
+        Path(a.chart).write_text(chart.quality_svg(rep))
+        print(f"chart written to {a.chart}", file=sys.stderr)
+    return 0
