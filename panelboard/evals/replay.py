@@ -78,12 +78,12 @@ def rule_tiers(items: Sequence[Item], cfg: Config) -> list[str | None]:
     return out
 
 
-def model_scores(items: Sequence[Item], model: difficulty.Model) -> list[float]:
-    return [difficulty.score(model, request_of(it.prompt)) for it in items]
+def model_scores(items: Sequence[Item], model: difficulty.Scorer) -> list[float]:
+    return [model.score(request_of(it.prompt)) for it in items]
 
 
 def evaluate(items: Sequence[Item], cfg: Config, *, data: str, split: str, cheap: str, strong: str,
-             models: Sequence[tuple[str, difficulty.Model, float | None]] = (), output_tokens: int = 8,
+             models: Sequence[tuple[str, difficulty.Scorer, float | None]] = (), output_tokens: int = 8,
              goal_margin: float = 0.05, seed: int = 0) -> Report:
     if not items:
         raise ValueError("no prompts to evaluate (empty split?)")

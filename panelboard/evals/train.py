@@ -1,6 +1,7 @@
-"""Train the difficulty-aware router (broker/difficulty.py) on labelled prompts: a logistic
-regression over hashed TF-IDF word uni/bigrams and shape features, fitted by full-batch Adam
-with an L2 penalty. numpy does the arithmetic here only; the broker scores in pure Python.
+"""Train the difficulty-aware routers on labelled prompts:
+- logistic (broker/difficulty.py): hashed TF-IDF word uni/bigrams and shape features, fitted
+  by full-batch Adam with an L2 penalty; the broker scores it in pure Python;
+- knn (broker/knn.py): MiniLM static embeddings, k picked on validation subjects.
 
 The label is "the strong model is needed": the cheap model got the question wrong and the
 strong one right. Only the training split's subjects are ever read (cli.cmd_train).
@@ -8,13 +9,18 @@ strong one right. Only the training split's subjects are ever read (cli.cmd_trai
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from panelboard.broker import difficulty
-from panelboard.evals.mmlu import Item
+from panelboard.broker import knn as knn_mod
+from panelboard.broker.knn import KnnModel
+from panelboard.evals import curve as cv
+from panelboard.evals.mmlu import HELD_OUT_BUCKETS, Item
 from panelboard.evals.replay import request_of
 
 MIN_DF = 2  # a bucket seen in one training prompt only is noise
@@ -91,3 +97,61 @@ def fit(items: Sequence[Item], *, dim: int = 1 << 18, l2: float = 1e-4, epochs: 
              f"{y.mean():.1%} need the strong model; {len(idf)} features; final log-loss {loss:.4f}",
              f"suggested threshold {threshold:.4f} (half of the training prompts at or above it)"]
     return model, notes
+
+
+KS = (20, 50, 100, 200, 400)  # neighbour counts tried; picked on validation subjects inside the training split
+
+
+def static_table(cache: Path) -> np.ndarray:
+    """MiniLM's distilled token table, computed once (minutes on a CPU) and cached."""
+    from panelboard.evals.minilm import Encoder
+
+    f = cache / "minilm-static.npy"
+    if f.exists():
+        return np.load(f).astype(np.float32)
+    table = Encoder().static_table()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(f, table.astype(np.float16))
+    return table
+
+
+def fit_knn(items: Sequence[Item], cache: Path, source: str = "") -> tuple[KnnModel, list[str]]:
+    from panelboard.evals.minilm import load_tokenizer
+
+    tok = load_tokenizer()
+    table = static_table(cache)
+    texts = [difficulty.text_of(request_of(it.prompt)) for it in items]
+    ids = [tok.words(t[:knn_mod.SCAN_CHARS], knn_mod.MAX_TOKENS) for t in texts]
+    df = np.zeros(len(table))
+    for x in ids:
+        df[list(set(x))] += 1
+    idf = (np.log((len(items) + 1) / (df + 1)) + 1).astype(np.float32)
+    labels = np.asarray([label(it) for it in items], dtype=np.float32)
+    probe = KnnModel(table, idf, np.zeros((1, table.shape[1]), np.float32), np.zeros(1), 1, 0.5, tok.vocab)
+    emb = np.stack([probe.embed(t) for t in texts])
+    # k is chosen on a quarter of the training subjects (by hash), fitted on the rest: the
+    # held-out split stays unseen.
+    val = np.asarray([_bucket(it.subject) == 1 for it in items])
+    fit_rows, val_rows = np.nonzero(~val)[0], np.nonzero(val)[0]
+    val_items = [items[int(i)] for i in val_rows]
+    sims = emb[val_rows] @ emb[fit_rows].T
+    free = [(0.0, 1.0)] * len(val_rows)
+    best, areas = KS[0], {}
+    for k in KS:
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        scores = labels[fit_rows][top].mean(1)
+        areas[k] = cv.area_above_random(cv.trace(val_items, [float(s) for s in scores], free))
+        if areas[k] > areas[best]:
+            best = k
+    top = np.argpartition(-sims, best - 1, axis=1)[:, :best]
+    threshold = float(np.quantile(labels[fit_rows][top].mean(1), 0.5))
+    model = KnnModel(table, idf, emb, labels, best, threshold, tok.vocab, source)
+    notes = [f"knn over MiniLM static embeddings: {len(items)} training prompts, {len(val_rows)} of them "
+             f"({len({it.subject for it in val_items})} subjects) used to pick k",
+             "validation area above random by k: " + ", ".join(f"k={k}: {a * 100:+.2f} pts" for k, a in areas.items()),
+             f"k = {best}; suggested threshold {threshold:.4f} (half of the validation prompts at or above it)"]
+    return model, notes
+
+
+def _bucket(subject: str) -> int:
+    return int(hashlib.sha256(subject.encode()).hexdigest(), 16) % HELD_OUT_BUCKETS
