@@ -506,6 +506,10 @@ def _main(argv: list[str] | None) -> int:
 
     evals_cli.add_parsers(sub)  # eval router, eval train
 
+    from panelboard import drill
+
+    drill.add_parser(sub, _common, add_key_options)  # drill break-primary
+
     p = sub.add_parser("route", help="routing decisions: `route explain JOB.json`")
     rsub = p.add_subparsers(dest="route", required=True)
     r = rsub.add_parser("explain", help="print the route a job would take and why (intent, tier, chain, exclusions, health)")
