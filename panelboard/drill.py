@@ -10,13 +10,14 @@ fail. The mock is found from --mock-url, $PANELBOARD_MOCK_URL, or the mock.url f
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
 import sys
 import time
 from collections import Counter
-from typing import Literal
+from typing import Callable, Literal
 
 import httpx
 import msgspec
@@ -61,7 +62,7 @@ def summarise(tier: str, intent: str, mode: str, chain: list[tuple[str, str]], r
         if isinstance(r, Completed):
             answered[r.attempts[-1].hop if r.attempts else 0] += 1  # the last attempt is the one that answered
         else:
-            failed[r.error.__struct_config__.tag or type(r.error).__name__] += 1
+            failed[str(r.error.__struct_config__.tag or type(r.error).__name__)] += 1
     hops = []
     for i, (provider, model) in enumerate(chain):
         mine = [a for a in attempts if a.hop == i]
@@ -160,7 +161,7 @@ def text(d: Drill) -> str:
     return "\n".join(lines)
 
 
-def cmd_break_primary(a) -> int:  # type: ignore[no-untyped-def]
+def cmd_break_primary(a: argparse.Namespace) -> int:
     from panelboard.cli import resolve_key
     from panelboard.config import load
     from panelboard.transport.connection import require_url
@@ -183,7 +184,8 @@ def cmd_break_primary(a) -> int:  # type: ignore[no-untyped-def]
     return 0 if d.completed == d.jobs else 1
 
 
-def add_parser(sub, common, key_options) -> None:  # type: ignore[no-untyped-def]
+def add_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None],  # type: ignore[type-arg]
+               key_options: Callable[[argparse.ArgumentParser, str], None]) -> None:
     p = sub.add_parser("drill", help="fallback drills against the running stack: `drill break-primary TIER`")
     dsub = p.add_subparsers(dest="drill", required=True)
     r = dsub.add_parser("break-primary", help="make a tier's first hop fail on the mock provider, send jobs, print what each hop did")
