@@ -155,9 +155,10 @@ def add_quality_report(rsub: argparse._SubParsersAction) -> None:  # type: ignor
     r.add_argument("--config", help="config file (default: $PANELBOARD_CONFIG or examples/mock.yaml)")
     r.add_argument("--nats-url", help="the running stack's NATS (default: $PANELBOARD_NATS_URL, else the embedded one)")
     r.add_argument("--days", type=float, default=1, help="the window: the last N days (default 1; answers live as long as results)")
-    r.add_argument("--evaluator", choices=["auto", "exact", "json", "similarity"], default="auto",
-                   help="how a pair is scored (default auto: json for jobs that asked for JSON, else exact)")
-    r.add_argument("--min-similarity", type=float, default=0.9, help="the similarity evaluator's agreement bar (default 0.9)")
+    r.add_argument("--evaluator", choices=["auto", "exact", "json", "similarity", "embedding"], default="auto",
+                   help="how a pair is scored (default auto: json for jobs that asked for JSON, else exact; embedding: "
+                        "MiniLM cosine, needs `make install-evals`)")
+    r.add_argument("--min-similarity", type=float, default=0.9, help="the similarity/embedding evaluators' agreement bar (default 0.9)")
     r.add_argument("--json", action="store_true", help="print the report as one JSON object")
     r.add_argument("--chart", metavar="FILE.svg", help="also write agreement per intent and tier pair as an SVG bar chart")
     r.set_defaults(fn=cmd_quality)
@@ -172,6 +173,15 @@ def cmd_quality(a: argparse.Namespace) -> int:
 
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
+    embedder = None
+    if a.evaluator == "embedding":
+        try:
+            from panelboard.evals.minilm import Encoder, ModelMissing
+
+            embedder = Encoder()
+        except (ImportError, ModelMissing) as e:
+            print(f"the embedding evaluator needs numpy and MiniLM's weights: {e}", file=sys.stderr)
+            return 2
 
     async def go() -> quality.QualityReport:
         nc = await connect(url, "report-quality")
@@ -179,7 +189,7 @@ def cmd_quality(a: argparse.Namespace) -> int:
             got, unmatched = await shadow_read.pairs(nc.jetstream(), a.days)
         finally:
             await nc.close()
-        return quality.report(got, unmatched, a.days, a.evaluator, a.min_similarity)
+        return quality.report(got, unmatched, a.days, a.evaluator, a.min_similarity, embedder)
 
     rep = asyncio.run(go())
     if a.json:

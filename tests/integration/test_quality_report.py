@@ -9,6 +9,8 @@ import json
 import math
 import random
 
+import pytest
+
 from panelboard.clients import Client
 from panelboard.evals import quality
 from panelboard.schemas.chat import ChatResponse, Choice, ChoiceMessage
@@ -80,3 +82,14 @@ def test_exact_and_similarity_evaluators():
     assert not near.agree and 0.4 < near.similarity < 0.9
     rep = quality.report([_pair("a", "a"), _pair("a", "b")], unmatched=1, days=1)
     assert rep.rows[0].agreement == 0.5 and rep.rows[0].cost_ratio == 0.1 and "1 shadow answer(s)" in rep.notes[0]
+
+
+def test_embedding_evaluator_tells_a_paraphrase_from_another_answer():
+    minilm = pytest.importorskip("panelboard.evals.minilm")
+    try:
+        enc = minilm.Encoder()
+    except minilm.ModelMissing as e:
+        pytest.skip(str(e))
+    same = quality.score(_pair("The meeting is on Monday at 10am.", "The meeting takes place Monday at 10 am."), "embedding", 0.8, enc)
+    other = quality.score(_pair("The meeting is on Monday at 10am.", "Bananas are rich in potassium."), "embedding", 0.8, enc)
+    assert same.agree and not other.agree and same.similarity > other.similarity + 0.5
