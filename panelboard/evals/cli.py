@@ -159,6 +159,11 @@ def add_quality_report(rsub: argparse._SubParsersAction) -> None:  # type: ignor
                    help="how a pair is scored (default auto: json for jobs that asked for JSON, else exact; embedding: "
                         "MiniLM cosine, needs `make install-evals`)")
     r.add_argument("--min-similarity", type=float, default=0.9, help="the similarity/embedding evaluators' agreement bar (default 0.9)")
+    r.add_argument("--judge", metavar="TIER", help="also ask an LLM judge on this tier (a job per pair through the queue, "
+                                                  "feature `eval` in the ledger) to score each pair 0-10")
+    r.add_argument("--judge-max", type=int, default=200, help="judge at most this many pairs, newest first (default 200)")
+    r.add_argument("--team", default="default", help="the team the judge jobs run as (default: default)")
+    r.add_argument("--key-file", metavar="FILE", help="the virtual key the judge jobs run under (or set $PANELBOARD_KEY)")
     r.add_argument("--json", action="store_true", help="print the report as one JSON object")
     r.add_argument("--chart", metavar="FILE.svg", help="also write agreement per intent and tier pair as an SVG bar chart")
     r.set_defaults(fn=cmd_quality)
@@ -189,9 +194,25 @@ def cmd_quality(a: argparse.Namespace) -> int:
             got, unmatched = await shadow_read.pairs(nc.jetstream(), a.days)
         finally:
             await nc.close()
-        return quality.report(got, unmatched, a.days, a.evaluator, a.min_similarity, embedder)
+        judged: dict[str, tuple[float | None, float]] = {}
+        if a.judge and got:
+            from panelboard.cli import resolve_key
+            from panelboard.clients import Client
+            from panelboard.evals import judge
 
-    rep = asyncio.run(go())
+            async with Client(url, key=resolve_key(a), team=a.team) as c:
+                for j in await judge.judge(c, cfg, a.judge, got[-a.judge_max:]):
+                    judged[j.job_id] = (j.score, j.cost_usd)
+        return quality.report(got, unmatched, a.days, a.evaluator, a.min_similarity, embedder, judged)
+
+    if a.judge and a.judge not in cfg.tiers:
+        print(f"--judge {a.judge!r} is not a tier of the config (known: {', '.join(cfg.tiers)})", file=sys.stderr)
+        return 2
+    try:
+        rep = asyncio.run(go())
+    except ValueError as e:
+        print(f"report quality: {e}", file=sys.stderr)
+        return 2
     if a.json:
         print(msgspec.json.encode(rep).decode())
     elif rep.empty:

@@ -66,6 +66,10 @@ class Row(msgspec.Struct, frozen=True, kw_only=True):
     shadow_usd: float
     cost_ratio: float | None  # shadow / live
     verdict: str
+    judged: int = 0  # pairs an LLM judge scored (report quality --judge TIER)
+    judge_mean: float | None = None  # its mean score, 0..1
+    judge_agreement: float | None = None  # share it scored at or above 7 of 10
+    judge_usd: float = 0.0  # what the judge jobs cost (feature `eval`)
 
 
 class QualityReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,7 +173,9 @@ def _quantile(xs: Sequence[float], q: float) -> float:
 
 
 def report(pairs: Sequence[Pair], unmatched: int, days: float, evaluator: Evaluator = "auto", min_similarity: float = 0.9,
-           embedder: Embedder | None = None) -> QualityReport:
+           embedder: Embedder | None = None, judged: dict[str, tuple[float | None, float]] | None = None) -> QualityReport:
+    """`judged`: shadowed job id -> (judge score 0..1 or None, judge cost), for the pairs judged."""
+    judged = judged or {}
     groups: dict[tuple[str, str, str], list[tuple[Pair, Scored]]] = {}
     for p in pairs:
         key = (p.shadow.intent or "(none)", p.live_tier, p.shadow.tier)
@@ -189,7 +195,14 @@ def report(pairs: Sequence[Pair], unmatched: int, days: float, evaluator: Evalua
         cost = f" at {ratio:.0%} of the cost" if ratio is not None else ""
         verdict = (f"{intent} on {shadow_tier} agrees with {live_tier} on {share:.1%} (+/- {margin:.1%}) of {n:,} shadowed jobs{cost} "
                    f"({'/'.join(kinds)} match)")
+        verdicts = [judged[p.shadow.job_id] for p, _ in got if p.shadow.job_id in judged]
+        scores = [v for v, _ in verdicts if v is not None]
+        if scores:
+            verdict += f"; the judge scores {sum(scores) / len(scores) * 10:.1f}/10 on {len(scores)} of them"
         rows.append(Row(
+            judged=len(scores), judge_mean=round(sum(scores) / len(scores), 4) if scores else None,
+            judge_agreement=round(sum(v >= 0.7 for v in scores) / len(scores), 4) if scores else None,
+            judge_usd=round(sum(c for _, c in verdicts), 9),
             intent=intent, live_tier=live_tier, shadow_tier=shadow_tier, live_models=sorted({p.live_model for p, _ in got}),
             shadow_models=sorted({p.shadow.model for p, _ in got}), evaluator="/".join(kinds), jobs=n, agreed=agreed,
             agreement=round(share, 4), margin_95=round(margin, 4), similarity_p10=round(_quantile(sims, 0.1), 3),

@@ -93,3 +93,31 @@ def test_embedding_evaluator_tells_a_paraphrase_from_another_answer():
     same = quality.score(_pair("The meeting is on Monday at 10am.", "The meeting takes place Monday at 10 am."), "embedding", 0.8, enc)
     other = quality.score(_pair("The meeting is on Monday at 10am.", "Bananas are rich in potassium."), "embedding", 0.8, enc)
     assert same.agree and not other.agree and same.similarity > other.similarity + 0.5
+
+
+async def test_llm_judge_runs_as_jobs_through_the_queue_billed_as_eval(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(TEST_CONFIG.read_text().replace("shadow: {tier: claude, sample: 0.1}", "shadow: {tier: claude, sample: 1.0}"))
+    jobs = 10
+    with Stack(tmp_path / "stack", config=cfg, mock_args=["--latency-ms", "5"]) as s:
+        s.start(workers=1)
+        async with Client(s.nats_url) as c:
+            # live "9", shadow "9 (no: an disagrees)": exact match says no; the judge (tier fast,
+            # provider oa) reads the same scripted question and answers 9.
+            handles = [await c.submit(f"Q{i} [[mock-answer:9|differs-on:an]]", intent="mirrored", max_tokens=16) for i in range(jobs)]
+            for h in handles:
+                await h.result(timeout=120)
+            assert await _stored(c.js, jobs) == jobs
+        r = await asyncio.to_thread(run_cli, "report", "quality", "--config", str(cfg), "--nats-url", s.nats_url, "--judge", "fast", "--json")
+        assert r.returncode == 0, r.stderr
+        (row,) = json.loads(r.stdout)["rows"]
+        db_url = f"sqlite+aiosqlite:///{s.home / 'ledger.db'}"
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # the ledger writes in batches
+            u = await asyncio.to_thread(run_cli, "report", "usage", "--by", "feature", "--config", str(cfg), "--database-url", db_url, "--json")
+            evals = [g for g in json.loads(u.stdout)["rows"] if g["key"] == "eval"] if u.returncode == 0 else []
+            if (evals and evals[0]["requests"] == jobs) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    assert row["agreed"] == 0 and row["judged"] == jobs and row["judge_mean"] == 0.9 and row["judge_agreement"] == 1.0
+    assert row["judge_usd"] > 0 and evals and evals[0]["requests"] == jobs  # one judge job per pair, in the ledger as `eval`
