@@ -57,3 +57,17 @@ async def test_hard_prompts_of_the_pair_go_strong_easy_ones_stay_cheap(tmp_path)
     assert (hard.tier, hard.model) == ("claude", "an/claude")
     assert (easy.tier, easy.model) == ("fast", "oa/small")
     assert other.tier == "capped"  # outside the pair: the intent map alone decides
+
+
+async def test_a_knn_router_routes_in_the_broker_too(tmp_path):
+    from tests.unit.test_knn_router import tiny  # a 9-word vocabulary: "hard" prompts needed the strong tier
+
+    tiny(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(TEST_CONFIG.read_text() + f"\nrouter: {{kind: knn, model: {tmp_path / 'r.npz'}, cheap: fast, strong: claude}}\n")
+    with Stack(tmp_path / "stack", config=str(cfg), mock_args=["--latency-ms", "5"]) as s:
+        s.start(workers=1)
+        async with Client(s.nats_url) as c:
+            hard = await (await c.submit("hard hard", intent="fast", max_tokens=8)).result(timeout=120)
+            easy = await (await c.submit("easy", intent="claude", max_tokens=8)).result(timeout=120)
+    assert hard.tier == "claude" and easy.tier == "fast"  # both ways within the pair, at the model's own threshold
