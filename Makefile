@@ -33,5 +33,4 @@ test-loaded: $(BIN)/.installed  ## the fault tests with two CPU hogs beside them
 bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench.json
 	$(BIN)/python -m panelboard.loadgen.bench --out loadgen/out/bench.json
 
-
 .PHONY: install install-evals demo up test test-loaded bench
