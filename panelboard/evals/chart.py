@@ -3,6 +3,7 @@ plotting library in the install): share sent to the strong model against accurac
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from panelboard.evals import curve as cv
@@ -31,9 +32,9 @@ def svg(rep: Report) -> str:
         s = i / 10
         out.append(f'<line x1="{x(s):.1f}" y1="{TOP}" x2="{x(s):.1f}" y2="{H - BOTTOM}" stroke="#eee"/>')
         out.append(f'<text x="{x(s):.1f}" y="{H - BOTTOM + 16}" text-anchor="middle">{i * 10}%</text>')
-    steps = max(1, round((hi - lo) / 0.02))
-    for i in range(steps + 1):
-        a = lo + i * (hi - lo) / steps
+    first = math.ceil(lo * 50)  # ticks at whole multiples of 2 points, inside [lo, hi]
+    for t in range(first, math.floor(hi * 50) + 1):
+        a = t / 50
         out.append(f'<line x1="{LEFT}" y1="{y(a):.1f}" x2="{W - RIGHT}" y2="{y(a):.1f}" stroke="#eee"/>')
         out.append(f'<text x="{LEFT - 6}" y="{y(a) + 4:.1f}" text-anchor="end">{a:.0%}</text>')
     out.append(f'<text x="{(LEFT + W - RIGHT) / 2}" y="{H - 20}" text-anchor="middle">share of prompts sent to the strong model '
@@ -55,8 +56,9 @@ def svg(rep: Report) -> str:
             out.append(f'<circle cx="{x(c.operating.share):.1f}" cy="{y(c.operating.accuracy):.1f}" r="4" fill="{colour}"/>')
     marks = [(rep.all_cheap, "all-cheap"), (rep.all_strong, "all-strong"), (rep.oracle, "oracle"), (rep.rules.point, "rules (default)")]
     for p, name in marks:
+        below = p.share < 0.05  # all-cheap sits in the corner: its label goes under the point
         out.append(f'<rect x="{x(p.share) - 4:.1f}" y="{y(p.accuracy) - 4:.1f}" width="8" height="8" fill="black"/>')
-        out.append(f'<text x="{x(p.share) + 7:.1f}" y="{y(p.accuracy) - 6:.1f}">{escape(name)} {p.accuracy:.1%}</text>')
+        out.append(f'<text x="{x(p.share) + 7:.1f}" y="{y(p.accuracy) + (16 if below else -6):.1f}">{escape(name)} {p.accuracy:.1%}</text>')
     for i, (colour, dash, name) in enumerate(legend):
         ly = TOP + 10 + i * 20
         out.append(f'<line x1="{W - RIGHT + 12}" y1="{ly}" x2="{W - RIGHT + 36}" y2="{ly}" stroke="{colour}" stroke-width="2"'
