@@ -1,5 +1,5 @@
-"""`panelboard eval router` on RouteLLM's MMLU oracle: baselines reproduced from the CSVs, the
-random router within binomial error, and the curve arithmetic on prompts whose answer is known."""
+"""`panelboard eval router` on RouteLLM's MMLU oracle (../shared/data/routellm-mmlu): baselines
+reproduced from the CSVs, the random router within binomial error, the held-out split."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from panelboard.cli import main
 from panelboard.evals import curve as cv
 from panelboard.evals import mmlu
-from panelboard.evals.mmlu import Item
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("PANELBOARD_MMLU_DATA", ROOT.parent / "shared" / "data" / "routellm-mmlu"))
@@ -82,32 +81,3 @@ def test_held_out_split_is_subjects_no_training_sees(capsys):
 def test_bad_data_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "router", "--data", str(tmp_path)]) == 2
     assert "no mmlu_<subject>.csv files" in capsys.readouterr().err
-
-
-def items(*pairs: tuple[bool, bool]) -> list[Item]:
-    return [Item("s", f"q{i}", c, s) for i, (c, s) in enumerate(pairs)]
-
-
-FREE = [(0.0, 1.0)] * 4
-
-
-def test_a_perfect_scorer_traces_the_oracle():
-    its = items((True, True), (False, True), (True, False), (False, False))
-    scores = [0.1, 0.9, 0.0, 0.2]  # the one the strong model alone gets right scores highest
-    pts = cv.trace(its, scores, FREE)
-    assert pts[1].share == 0.25 and pts[1].accuracy == cv.oracle(its, FREE).accuracy == 0.75
-    assert pts[-1].accuracy == 0.5  # all-strong
-    assert cv.area_above_random(pts) > 0
-
-
-def test_ties_are_a_straight_line_not_a_lucky_order():
-    its = items((False, True), (True, False))
-    pts = cv.trace(its, [0.5, 0.5], FREE)  # indistinguishable: one segment from all-cheap to all-strong
-    assert [(p.share, p.accuracy) for p in pts] == [(0.0, 0.5), (1.0, 0.5)]
-    assert cv.at_share(pts, 0.5).accuracy == 0.5
-
-
-def test_goal_share_is_where_the_curve_crosses_the_target():
-    its = items((False, True), (False, True), (True, True), (True, True))
-    c = cv.curve("x", its, [0.9, 0.8, 0.1, 0.0], FREE, goal_margin=0.25)
-    assert c.share_for_goal == 0.25  # 0.75 accuracy reached after one of four prompts
