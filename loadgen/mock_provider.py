@@ -275,6 +275,20 @@ def reply_text(provider: str, model: str, completion_tokens: int) -> str:
     return (f"mock reply from {provider}/{model}: " + _FILLER)[: completion_tokens * 4]
 
 
+_ANSWER_RE = re.compile(r"\[\[mock-answer:([^\]|]*)(?:\|differs-on:([\w,-]+))?\]\]")
+
+
+def scripted_answer(prompt: str, provider: str) -> str | None:
+    """A prompt carrying `[[mock-answer:TEXT]]` is answered TEXT by every provider, and with
+    `|differs-on:p1,p2` those providers answer something else: answers that agree or differ
+    by prompt, for quality evaluations of a shadowed tier."""
+    m = _ANSWER_RE.search(prompt)
+    if m is None:
+        return None
+    differs = m.group(2) and provider in m.group(2).split(",")
+    return f"{m.group(1)} (no: {provider} disagrees)" if differs else m.group(1)
+
+
 def _error_message(api: Api, fault: str, provider: str, prompt_tokens: int) -> str:
     injected = f"mock fault {fault} injected for provider {provider}"
     if fault == "context":
@@ -454,7 +468,7 @@ class MockState:
                 resp.headers["retry-after-ms"] = str(round(s.retry_after_s * 1000))
             return resp
 
-        text = reply_text(name, req.model, completion_tokens)
+        text = scripted_answer(prompt, name) or reply_text(name, req.model, completion_tokens)
         if fault == "huge_body":
             text = (text + " ") * (HUGE_BODY_BYTES // (len(text) + 1) + 1)
         elif fault == "huge_usage":

@@ -469,6 +469,10 @@ def _main(argv: list[str] | None) -> int:
             price.add_argument("--model", metavar="M", help="price serverless at this catalog model (default: what your traffic paid)")
             r.add_argument("--capacity-tps", type=float, metavar="N", help="tokens/s one dedicated endpoint sustains, for its utilisation")
 
+    from panelboard.evals import cli as evals_cli
+
+    evals_cli.add_quality_report(rsub)  # report quality: shadow answers against live ones, from NATS
+
     p = sub.add_parser("submit", help="submit one job and print its result")
     _common(p)
     p.add_argument("prompt")
@@ -514,6 +518,11 @@ def _main(argv: list[str] | None) -> int:
     g.add_argument("--write", action="store_true", help="rewrite docs/asyncapi.json")
     g.add_argument("--check", action="store_true", help="exit 1 if docs/asyncapi.json differs from the code")
     p.set_defaults(fn=cmd_asyncapi)
+    evals_cli.add_parsers(sub)  # eval router, eval train
+
+    from panelboard import drill
+
+    drill.add_parser(sub, _common, add_key_options)  # drill break-primary
 
     p = sub.add_parser("route", help="routing decisions: `route explain JOB.json`")
     rsub = p.add_subparsers(dest="route", required=True)

@@ -174,6 +174,14 @@ def check(cfg: Config) -> list[str]:
             out.append(f"intents.{intent}: unknown tier {tier!r} (known: {', '.join(cfg.tiers)})")
     if cfg.default_intent is not None and cfg.default_intent not in cfg.intents:
         out.append(f"default_intent: {cfg.default_intent!r} is not in intents")
+    if cfg.router is not None:
+        for side in ("cheap", "strong"):
+            if getattr(cfg.router, side) not in cfg.tiers:
+                out.append(f"router.{side}: unknown tier {getattr(cfg.router, side)!r} (known: {', '.join(cfg.tiers)})")
+        if cfg.router.cheap == cfg.router.strong:
+            out.append("router.cheap and router.strong name the same tier; the router chooses between two tiers")
+        if not os.path.isfile(cfg.router.model):
+            out.append(f"router.model: no file {cfg.router.model!r} (relative to {os.getcwd()}); train one with `panelboard eval train`")
     from panelboard.broker import health, strategies  # here, not at the top: they import schemas, not us
 
     return out + health.check(cfg) + strategies.check(cfg)

@@ -167,6 +167,18 @@ class HealthSettings(Base):
     overrides: dict[str, HealthThresholds] = {}
 
 
+class RouterSettings(Base):
+    """Difficulty-aware choice within a tier pair (broker/difficulty.py), opt-in: a job whose
+    route is either tier of the pair goes to `strong` when the trained model's score is at or
+    above `threshold`, else to `cheap`. Train the model with `panelboard eval train`."""
+
+    model: str  # the trained model's JSON file (relative paths: from the working directory)
+    cheap: str
+    strong: str
+    kind: Literal["logistic", "knn"] = "logistic"  # logistic: lexical, pure Python (JSON); knn: MiniLM, numpy (.npz)
+    threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None  # None: the model's own
+
+
 class Config(Base):
     providers: dict[str, Provider]
     models: dict[str, Model]
@@ -176,6 +188,7 @@ class Config(Base):
     # A job with no intent and no default_intent is classified from its request
     # (broker/classify.py): "rules" by default; "off" rejects it with InvalidJob instead.
     classifier: Literal["rules", "off"] = "rules"
+    router: RouterSettings | None = None  # None: the intent map alone decides the tier
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
     governance: Governance = Governance()

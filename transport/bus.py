@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from panelboard.schemas import batch as B
-from panelboard.schemas import redact
+from panelboard.schemas import redact, shadow
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
 from panelboard.schemas.errors import JobError
@@ -139,6 +139,11 @@ async def read_attempts(js: JetStreamContext, team: str, job_id: str, run: int, 
         if a.run == run:
             out.append(a)
         seq = raw.seq + 1
+
+
+async def publish_shadow_answer(js: JetStreamContext, ans: shadow.ShadowAnswer) -> None:
+    headers = {wire.HDR_MSG_ID: shadow.msg_id(ans.team, ans.job_id, ans.run)}
+    await publish(js, shadow.subject(ans.team, ans.job_id), encode(ans), headers=headers)
 
 
 async def result_exists(js: JetStreamContext, team: str, job_id: str, run: int) -> bool:

@@ -6,7 +6,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from panelboard.schemas import wire
+from panelboard.schemas import shadow, wire
 from panelboard.schemas.batch import BATCHES_STREAM
 from panelboard.schemas.config import Config
 
@@ -49,6 +49,10 @@ def stream_configs(cfg: Config) -> list[StreamConfig]:
                      max_bytes=n.dead_max_bytes, max_msgs=n.dead_max_msgs, discard=DiscardPolicy.OLD, **common),
         # Failed attempts per job, so a chain-end Failed result can list every one of them.
         StreamConfig(name=wire.ATTEMPTS_STREAM, subjects=["pb.attempts.>"], max_age=DAY, allow_direct=True, **common),
+        # Shadow answers (schemas/shadow.py), kept as long as the live results they are compared
+        # with, and capped in size: a mirrored tier must not fill the disk.
+        StreamConfig(name=shadow.SHADOW_STREAM, subjects=["pb.shadow.>"], max_age=float(n.results_ttl_s), allow_direct=True,
+                     max_msgs=shadow.MAX_MSGS, max_bytes=shadow.MAX_BYTES, discard=DiscardPolicy.OLD, **common),
         # Batch manifests (schemas/batch.py), written while a batch is sent: kept twice as long
         # as results, so they outlive the results of a batch that took a long time to run.
         StreamConfig(name=BATCHES_STREAM, subjects=["pb.batch.>"], max_msgs_per_subject=1, max_age=2.0 * n.results_ttl_s,

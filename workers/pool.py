@@ -25,7 +25,7 @@ from panelboard.broker.pricing import call_cost
 from panelboard.transport import bus, logs
 from panelboard.transport.consumer import Consumer
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
-from panelboard.schemas import wire
+from panelboard.schemas import shadow, wire
 from panelboard.schemas.chat import Usage
 from panelboard.schemas.codec import decode_dispatch
 from panelboard.schemas.config import Config, Link, Model, RetryPolicy
@@ -174,6 +174,8 @@ class Pool:
         history = [*d.history, *earlier, this]
 
         if d.shadow:
+            if isinstance(decision, Succeed) and isinstance(outcome, Ok):  # kept beside the live answer (`report quality`)
+                await bus.publish_shadow_answer(self.js, shadow.answer_of(d, outcome.response, self.provider, hop.model, cost.cost_usd, now))
             await self._shadow_step(d, lease, decision, cost, this, attempt)
             return
 
