@@ -15,7 +15,6 @@ import asyncio
 import resource
 import subprocess
 import sys
-import time
 from typing import Any, Awaitable, Callable
 
 import httpx

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from panelboard.schemas.config import Config
-from panelboard.schemas.job import Attempt, Completed, Failed, Result
+from panelboard.schemas.job import Attempt, Completed, Result
 
 Mode = Literal["429", "500", "hang"]
 HANG_PAST_MS = 5_000  # a hang outlasts the provider's timeout by this much

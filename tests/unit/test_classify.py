@@ -11,14 +11,13 @@ of MB); the issue makes it optional, and it is left out.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from panelboard.broker.classify import CATEGORIES, classify, intent_for, label_for
+from panelboard.broker.classify import CATEGORIES, SCAN_CHARS, classify, intent_for, label_for
 from panelboard.config import DEFAULT_CONFIG, load
 from panelboard.schemas.chat import ChatRequest
 from panelboard.schemas.job import Job
@@ -108,15 +107,14 @@ def test_structure_counts_tools_and_enum_schemas():
     assert c.label == "classification" and 0 < c.confidence <= 1
 
 
-def test_it_is_fast_and_reads_only_the_start_of_a_huge_prompt():
-    rows = _rows()
-    reqs = [_request(r) for r in rows]
-    huge = req("Summarize this log:\n" + "x" * 2_000_000)
-    t0 = time.perf_counter()
-    for r in reqs:
-        classify(r, list(CATEGORIES))
-    classify(huge, list(CATEGORIES))
-    assert (time.perf_counter() - t0) / (len(reqs) + 1) < 0.005  # ~0.1 ms each measured
+def test_a_huge_prompt_is_classified_by_its_start_alone():
+    # Its cost is bounded by SCAN_CHARS, not by the prompt: what lies past the scanned start
+    # (here, words that would make it extraction) changes nothing. Speed: loadgen/router_bench.py.
+    start = "Summarize this log:\n" + "x" * SCAN_CHARS
+    plain = classify(req(start), list(CATEGORIES))
+    assert plain.label == "summarization"
+    for tail in ("y" * 2_000_000, " Extract the fields: name, date. Return {" * 50_000):
+        assert classify(req(start + tail), list(CATEGORIES)) == plain
 
 
 @pytest.mark.parametrize(
