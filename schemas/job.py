@@ -118,6 +118,9 @@ class CostRecord(msgspec.Struct, kw_only=True):
     run: int = 0
     shadow: bool = False
     reported_usage: Usage | None = None  # the provider's counts when implausible; the tokens above are clamped
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
+    reasoning_tokens: int = 0  # of completion_tokens
 
     @property
     def request_id(self) -> str:

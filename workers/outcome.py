@@ -43,7 +43,16 @@ class ClientError(msgspec.Struct):
     kind: Literal["bad_request", "context_length", "auth"] = "bad_request"
 
 
-Outcome = Ok | RateLimited | Timeout | ServerError | ClientError
+class Inexpressible(msgspec.Struct):
+    """The request asks for something this provider's API family cannot express (no call was
+    made): the job fails with invalid_job rather than have the field silently dropped."""
+
+    message: str
+    hint: str
+    latency_ms: float = 0.0
+
+
+Outcome = Ok | RateLimited | Timeout | ServerError | ClientError | Inexpressible
 
 
 def status_of(outcome: Outcome) -> int:
@@ -52,7 +61,7 @@ def status_of(outcome: Outcome) -> int:
             return 200
         case RateLimited():
             return 429
-        case Timeout():
+        case Timeout() | Inexpressible():
             return 0
         case ServerError(status=s) | ClientError(status=s):
             return s

@@ -33,7 +33,7 @@ from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
-from panelboard.workers.outcome import Ok, Outcome, status_of
+from panelboard.workers.outcome import Inexpressible, Ok, Outcome, status_of
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
 from panelboard.workers.usage import checked_usage
@@ -172,7 +172,7 @@ class Pool:
         history = [*d.history, *earlier, this]
 
         if d.shadow:
-            await self._shadow_step(d, lease, decision, cost, this, attempt)
+            await self._shadow_step(d, lease, decision, cost, this, attempt, billable=not isinstance(outcome, Inexpressible))
             return
 
         match decision:
@@ -203,7 +203,9 @@ class Pool:
                 await self._ack(lease)
                 log.info("job.fallback", job_id=job.id, provider=self.provider, to=d.route.chain[next_hop].provider, status=status)
             case Fail(error=error):
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
+                # A request the family cannot express was never sent: nothing to bill.
+                billed = () if isinstance(outcome, Inexpressible) else (bus.publish_cost(self.js, cost),)
+                await asyncio.gather(*billed, bus.publish_attempt(self.js, job.team, job.id, this))
                 await bus.fail_job(self.js, job.team, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
                 await self._ack(lease)
                 log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
@@ -222,12 +224,13 @@ class Pool:
         await self._ack(lease)
         log.warning("job.response_too_large", job_id=job.id, provider=self.provider, size_bytes=e.size, limit_bytes=e.limit)
 
-    async def _shadow_step(self, d: Dispatch, lease: Lease, decision, cost: CostRecord, this: Attempt, attempt: int) -> None:
+    async def _shadow_step(self, d: Dispatch, lease: Lease, decision, cost: CostRecord, this: Attempt, attempt: int, billable: bool = True) -> None:
         """A mirrored call: recorded and billed like any other, retried and forwarded along
         the shadow tier's chain, but it never answers the client and never dead-letters.
         Its end is an attempt record, which a redelivery finds (there is no result)."""
         job = d.job
-        await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this, shadow=True))
+        billed = (bus.publish_cost(self.js, cost),) if billable else ()
+        await asyncio.gather(*billed, bus.publish_attempt(self.js, job.team, job.id, this, shadow=True))
         match decision:
             case Retry(delay_s=delay):
                 for m in (lease.msg, *lease.twins):
@@ -290,10 +293,12 @@ class Pool:
         job = d.job
         usage = outcome.response.usage if isinstance(outcome, Ok) else None
         pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        cached, written, reasoning = (usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens) if usage else (0, 0, 0)
         return CostRecord(
             job_id=job.id, team=job.team, key_prefix=key_prefix(job.key), feature=job.feature, intent=job.intent,
             tier=d.route.tier, provider=self.provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
-            hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct),
+            hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct, cached, written),
+            cached_tokens=cached, cache_write_tokens=written, reasoning_tokens=reasoning,
             latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
             outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow, reported_usage=reported,
         )
