@@ -27,7 +27,7 @@ from nats.js.errors import NotFoundError
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
 from panelboard.transport.bus import _TRANSIENT
 from panelboard.schemas import wire
-from panelboard.schemas.chat import ChatRequest, ChatResponse, Message
+from panelboard.schemas.chat import MODELLED, ChatRequest, ChatResponse, Message
 from panelboard.schemas.codec import decode_result, encode
 from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Result
 
@@ -40,12 +40,15 @@ def new_id() -> str:
 
 
 def to_request(messages: MessagesLike | str, **params: Any) -> ChatRequest:
+    """A ChatRequest from messages and chat-completions fields (tools=..., response_format=...);
+    a field the schema does not model is passed through to OpenAI-family providers as is."""
     if isinstance(messages, ChatRequest):
         return messages
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    msgs = [m if isinstance(m, Message) else msgspec.convert(m, Message) for m in messages]
-    return ChatRequest(messages=msgs, **{k: v for k, v in params.items() if v is not None})
+    given = {k: v for k, v in params.items() if v is not None}
+    known = {k: given.pop(k) for k in list(given) if k in MODELLED}
+    return msgspec.convert({"messages": list(messages), **known, "passthrough": given}, ChatRequest, from_attributes=True)
 
 
 class JobHandle:
@@ -216,16 +219,18 @@ class Client:
         priority: str = "interactive",
         deadline: float | None = None,
         team: str | None = None,
+        **request: Any,
     ) -> JobHandle:
         """Enqueue a job. Idempotent by (team, job id): the same id twice is one job, one
         provider call, one result; with an explicit `job_id` a result already stored (by this
-        or any earlier process of the team) is returned without sending the job again."""
+        or any earlier process of the team) is returned without sending the job again.
+        `request`: chat-completions fields (tools, tool_choice, response_format, seed, ...)."""
         if job_id is not None:
             check_id("job id", job_id)
         job = Job(
             id=job_id or new_id(),
             client=self.client_id,
-            request=to_request(messages, max_tokens=max_tokens, temperature=temperature),
+            request=to_request(messages, max_tokens=max_tokens, temperature=temperature, **request),
             intent=intent,
             key=self.key,
             team=team or self.team,

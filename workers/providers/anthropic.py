@@ -34,6 +34,7 @@ API_VERSION = "2023-06-01"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                 "refusal": "content_filter", "pause_turn": "stop", "model_context_window_exceeded": "length"}
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; chat-completions does not
+EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}  # -> output_config.effort
 JSON_OBJECT_TOOL = "json_object"  # the answer tool's name for response_format json_object
 ROUTE_ELSEWHERE = "route this job to a tier whose providers speak the OpenAI API"
 
@@ -178,12 +179,14 @@ def _refuse_unexpressible(r: ChatRequest) -> None:
         raise _no(f"the fields {', '.join(sorted(r.passthrough))}")
     if r.n not in (None, 1):
         raise _no(f"n={r.n} (several choices)", "submit one job per answer you want")
-    for name in ("logprobs", "top_logprobs", "logit_bias", "seed", "presence_penalty", "frequency_penalty", "reasoning_effort", "metadata"):
+    for name in ("logprobs", "top_logprobs", "logit_bias", "seed", "presence_penalty", "frequency_penalty", "metadata"):
         value = getattr(r, name)
         if value not in (None, False, 0, 0.0):
             raise _no(f"{name}={str(value)[:60]}", f"drop {name}, or " + ROUTE_ELSEWHERE)
     if r.temperature is not None and r.temperature > 1:
         raise _no(f"temperature {r.temperature} (its range is 0..1)", "use a temperature from 0 to 1")
+    if r.reasoning_effort not in (None, *EFFORT):
+        raise _no(f"reasoning_effort {r.reasoning_effort!r}", f"use one of {', '.join(EFFORT)}")
     if r.service_tier not in (None, "auto", "default"):
         raise _no(f"service_tier {r.service_tier!r}", "use service_tier auto or default, or leave it out")
 
@@ -222,6 +225,8 @@ def encode_body(request: ChatRequest, model: Model, stream: bool = False) -> dic
         body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
     if request.user is not None:
         body["metadata"] = {"user_id": request.user}
+    if request.reasoning_effort is not None:
+        body["output_config"] = {"effort": EFFORT[request.reasoning_effort]}
     if request.service_tier is not None:
         body["service_tier"] = "auto" if request.service_tier == "auto" else "standard_only"
     tools = [_tool(t) for t in request.tools or ()]
