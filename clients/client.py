@@ -27,8 +27,8 @@ from nats.js.errors import NotFoundError
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
 from panelboard.transport.bus import _TRANSIENT
 from panelboard.schemas import wire
-from panelboard.schemas.chat import MODELLED, ChatRequest, ChatResponse, Message
-from panelboard.schemas.codec import decode_result, encode
+from panelboard.schemas.chat import MODELLED, ChatChunk, ChatRequest, ChatResponse, Message, as_chunk
+from panelboard.schemas.codec import decode_chunk, decode_result, encode
 from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
@@ -317,6 +317,21 @@ class Client:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
+    def stream(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120,
+               job_id: str | None = None, **kw: Any) -> "ChunkStream":
+        """Submit a job with `stream: true` and iterate over its chunks (ChatChunk, OpenAI's
+        chat.completion.chunk shape) as the provider writes them:
+
+            s = client.stream(messages, intent="agent-planning")
+            async for chunk in s:
+                print(chunk.choices[0].delta.content or "", end="")
+            s.result   # the terminal Completed (the assembled answer, as a plain job's)
+
+        A Failed result (before or after some chunks) raises its JobFailed subclass once the
+        chunks that came are yielded. A job id already answered yields its stored answer as one
+        chunk. The job still goes through admission, routing, pool caps and retries."""
+        return ChunkStream(self, messages, intent=intent, timeout=timeout, job_id=job_id or new_id(), **kw)
+
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job of this client's team that has not started. True: it was taken out of its
         queue before any broker or worker took it, it gets a Failed result of kind
@@ -396,4 +411,57 @@ class Client:
                 t.cancel()
 
 
-__all__ = ["Client", "Completed", "Failed", "JobHandle", "unwrap"]
+class ChunkStream:
+    """One streamed job (see Client.stream): iterate once; `result` is set when it ends."""
+
+    DRAIN_S = 5.0  # how long chunks the result counted may trail it (another route through a cluster)
+
+    def __init__(self, client: Client, messages: MessagesLike | str, *, intent: str | None, timeout: float | None, job_id: str, **kw: Any):
+        self.client, self.messages, self.intent, self.timeout, self.id, self.kw = client, messages, intent, timeout, job_id, kw
+        self.result: Result | None = None
+
+    def __aiter__(self) -> AsyncIterator[ChatChunk]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[ChatChunk]:
+        c = self.client
+        assert c.nc is not None, "connect the client first"
+        team = self.kw.get("team") or c.team
+        # Subscribed before the submit, so the first chunk cannot slip past. No callback: the
+        # read loop queues chunks in arrival order, ahead of the result that follows them.
+        sub = await c.nc.subscribe(wire.chunks(team, self.id))
+        # One pending read at a time, never cancelled while a chunk may be in it (a cancelled
+        # queue read can swallow its item).
+        nxt: asyncio.Future[Msg] = asyncio.ensure_future(sub.next_msg(timeout=None))
+        try:
+            await c.nc.flush()
+            h = await c.submit(self.messages, intent=self.intent, job_id=self.id, stream=True, **self.kw)
+            ended: asyncio.Future[Result] = asyncio.ensure_future(h.result(self.timeout))
+            got = 0
+            while True:
+                either: list[asyncio.Future[Any]] = [nxt, ended]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    break
+                got += 1
+                yield decode_chunk(nxt.result().data)
+                nxt = asyncio.ensure_future(sub.next_msg(timeout=None))
+            result = self.result = ended.result()
+            counted = result.chunks if isinstance(result, Completed) else None
+            while nxt.done() or sub.pending_msgs or (counted is not None and got < counted):
+                done, _ = await asyncio.wait({nxt}, timeout=self.DRAIN_S)
+                if not done:
+                    break
+                got += 1
+                yield decode_chunk(nxt.result().data)
+                nxt = asyncio.ensure_future(sub.next_msg(timeout=None))
+        finally:
+            nxt.cancel()
+            await sub.unsubscribe()
+        if isinstance(result, Failed):
+            raise exception_for(result)
+        if got == 0:  # answered before (a stored result): the whole answer as one chunk
+            yield as_chunk(result.response)
+
+
+__all__ = ["ChunkStream", "Client", "Completed", "Failed", "JobHandle", "unwrap"]

@@ -403,34 +403,38 @@ class MockState:
         batch, self._unwritten = self._unwritten, []
         return _encode_lines(batch) if batch else b""
 
-    async def serve(self, request: web.Request, api: Api) -> web.Response:
+    async def serve(self, request: web.Request, api: Api) -> web.StreamResponse:
         t0 = time.perf_counter()
         name = request.match_info["provider"]
         p = self.provider(name)
         rid = request.headers.get("x-pb-request-id") or uuid.uuid4().hex
+        images: list[str] = []
         p.requests += 1
         p.in_flight += 1
         p.max_in_flight = max(p.max_in_flight, p.in_flight)
-        model, fault, status, images = "", None, 499, []  # 499 stays if aiohttp cancels us on disconnect
+        model, fault, status = "", None, 499  # 499 stays if aiohttp cancels us on disconnect
         try:
             try:
                 body = await request.read()
                 req = _decode_openai(body) if api == "openai" else _decode_anthropic(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                resp = _error_body(api, 400, "invalid_request_error", f"invalid request body: {e}")
+                answer: web.Response | Stream = _error_body(api, 400, "invalid_request_error", f"invalid request body: {e}")
             else:
                 model = req.model
                 fault, delay_ms = self._plan(p, model)
                 if delay_ms > 0:
                     await asyncio.sleep(delay_ms / 1000)
-                resp, images = self._respond(api, name, p.settings, req, rid, fault)
-                if isinstance(resp, Stream):  # SSE: the status is 200 once the first byte is out
-                    resp = await resp.send(request, fault)
-            resp.headers["x-request-id"] = rid
+                answer, images = self._respond(api, name, p.settings, req, rid, fault)
+            headers = {"x-request-id": rid}
             if api == "anthropic":
-                resp.headers["request-id"] = rid
+                headers["request-id"] = rid
             if p.settings.ratelimit_remaining is not None:
-                resp.headers["x-ratelimit-remaining-requests"] = str(p.settings.ratelimit_remaining)
+                headers["x-ratelimit-remaining-requests"] = str(p.settings.ratelimit_remaining)
+            if isinstance(answer, Stream):  # SSE: the status is 200 once the first byte is out
+                resp: web.StreamResponse = await answer.send(request, fault, headers)
+            else:
+                resp = answer
+                resp.headers.update(headers)
             status = resp.status
             return resp
         except Exception:
@@ -521,15 +525,15 @@ class MockState:
             content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text is not None else []
             if ans.tool is not None:
                 content.append({"type": "tool_use", "id": f"toolu_{ans.tool[0]}", "name": ans.tool[1], "input": ans.tool[2]})
-            message = AnthropicResponse(
+            reply = AnthropicResponse(
                 id=f"msg_{rid}", model=req.model, content=content,
                 stop_reason="tool_use" if ans.tool else ("max_tokens" if capped else "end_turn"),
                 usage={"input_tokens": prompt_tokens - cached, "output_tokens": completion_tokens,
                        "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0},
             )
             if req.stream:
-                return Stream(api, anthropic_events(message, s.stream_chunks), s.chunk_delay_ms, s.after_chunks, s.hang_ms or 0), prompt.images
-            body = _encode(message)
+                return Stream(api, anthropic_events(reply, s.stream_chunks), s.chunk_delay_ms, s.after_chunks, s.hang_ms or 0), prompt.images
+            body = _encode(reply)
         return web.Response(body=body, content_type="application/json"), prompt.images
 
 
@@ -583,8 +587,8 @@ def create_app(cfg: MockConfig) -> web.Application:
     app = web.Application()
     app[STATE] = state
 
-    def provider_route(api: Api) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handle(request: web.Request) -> web.Response:
+    def provider_route(api: Api) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
             return await state.serve(request, api)
 
         return handle

@@ -89,8 +89,8 @@ class Stream:
     def __init__(self, api: str, events: list[Event], delay_ms: float, after: int, hang_ms: float):
         self.api, self.events, self.delay_ms, self.after, self.hang_ms = api, events, delay_ms, after, hang_ms
 
-    async def send(self, request: web.Request, fault: str | None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+    async def send(self, request: web.Request, fault: str | None, headers: dict[str, str]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache", **headers})
         await resp.prepare(request)
         for i, ev in enumerate(self.events):
             if i == self.after and fault in ("cut", "sse_error", "stall"):

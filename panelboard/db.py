@@ -75,6 +75,8 @@ costs = Table(
     Column("cached_tokens", BigInteger, nullable=False, server_default=text("0")),  # of prompt_tokens
     Column("cache_write_tokens", BigInteger, nullable=False, server_default=text("0")),  # of prompt_tokens
     Column("reasoning_tokens", BigInteger, nullable=False, server_default=text("0")),  # of completion_tokens
+    Column("ttft_ms", BigInteger),  # a streamed call's time to first chunk; NULL when not streamed
+    Column("usage_unknown", Boolean, nullable=False, server_default=text("false")),  # a broken stream's usage was not reported
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="cost_records_pkey"),
     # Every report reads a time window.
     Index("ix_cost_records_ts", "ts"),
@@ -100,7 +102,8 @@ def row(rec: CostRecord) -> dict[str, Any]:
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
         "cost_nano_usd": round(rec.cost_usd * NANO), "latency_ms": round(rec.latency_ms), "queue_ms": round(rec.queue_ms),
         "outcome": rec.outcome, "cached_tokens": rec.cached_tokens, "cache_write_tokens": rec.cache_write_tokens,
-        "reasoning_tokens": rec.reasoning_tokens,
+        "reasoning_tokens": rec.reasoning_tokens, "ttft_ms": None if rec.ttft_ms is None else round(rec.ttft_ms),
+        "usage_unknown": rec.usage_unknown,
     }
 
 

@@ -172,3 +172,88 @@ class ChatResponse(msgspec.Struct):
     @property
     def tool_calls(self) -> list[ToolCall]:
         return (self.choices[0].message.tool_calls or []) if self.choices else []
+
+
+# -- streaming: OpenAI chat.completion.chunk objects, whatever the provider ---------------------
+
+
+class FunctionDelta(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionDelta | None = None
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int = 0
+    delta: Delta = msgspec.field(default_factory=Delta)
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatChunk(msgspec.Struct):
+    id: str
+    model: str
+    choices: list[ChunkChoice]
+    created: int = 0
+    object: str = "chat.completion.chunk"
+    system_fingerprint: str | None = None
+    usage: Usage | None = None  # the last chunk of a stream asked with include_usage (choices empty)
+
+
+def assemble(chunks: list[ChatChunk]) -> ChatResponse:
+    """The completion a stream of chunks adds up to: content and tool-call arguments joined,
+    tool calls by index, the last finish reason and usage. Pure."""
+    first = chunks[0]
+    content: dict[int, list[str]] = {}
+    calls: dict[int, dict[int, list[Any]]] = {}  # choice -> tool index -> [id, name, [arguments]]
+    finish: dict[int, str | None] = {}
+    usage = Usage()
+    fingerprint = None
+    for c in chunks:
+        fingerprint = c.system_fingerprint or fingerprint
+        if c.usage is not None:
+            usage = c.usage
+        for ch in c.choices:
+            d = ch.delta
+            if d.content:
+                content.setdefault(ch.index, []).append(d.content)
+            for tc in d.tool_calls or ():
+                slot = calls.setdefault(ch.index, {}).setdefault(tc.index, ["", "", []])
+                slot[0] = tc.id or slot[0]
+                if tc.function is not None:
+                    slot[1] = tc.function.name or slot[1]
+                    slot[2].append(tc.function.arguments or "")
+            if ch.finish_reason is not None:
+                finish[ch.index] = ch.finish_reason
+    indexes = sorted({*content, *calls, *finish}) or [0]
+    choices = []
+    for i in indexes:
+        tcs = [ToolCall(id=s[0], function=FunctionCall(name=s[1], arguments="".join(s[2]))) for _, s in sorted(calls.get(i, {}).items())]
+        text = "".join(content.get(i, ()))
+        message = ChoiceMessage(content=text if text or not tcs else None, tool_calls=tcs or None)
+        choices.append(Choice(i, message, finish.get(i) or ("tool_calls" if tcs else "stop")))
+    return ChatResponse(id=first.id, model=first.model, created=first.created, choices=choices, usage=usage, system_fingerprint=fingerprint)
+
+
+def as_chunk(response: ChatResponse) -> ChatChunk:
+    """A whole answer as one chunk: what a stream of an already finished job yields."""
+    choices = [
+        ChunkChoice(c.index, Delta(role="assistant", content=c.message.content, refusal=c.message.refusal, tool_calls=[
+            ToolCallDelta(i, tc.id, tc.type, FunctionDelta(tc.function.name, tc.function.arguments)) for i, tc in enumerate(c.message.tool_calls or ())
+        ] or None), c.finish_reason)
+        for c in response.choices
+    ]
+    return ChatChunk(id=response.id, model=response.model, created=response.created, choices=choices, usage=response.usage)

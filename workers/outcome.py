@@ -7,13 +7,26 @@ from typing import Literal
 
 import msgspec
 
-from panelboard.schemas.chat import ChatResponse
+from panelboard.schemas.chat import ChatResponse, Usage
 
 
 class Ok(msgspec.Struct):
     response: ChatResponse
     latency_ms: float
     ratelimit_remaining: int | None = None
+    ttft_ms: float | None = None  # a stream: when its first chunk was forwarded
+    chunks: int | None = None  # a stream: how many chunks were forwarded
+
+
+class StreamBroken(msgspec.Struct):
+    """A stream that failed after its first chunk reached the client (cut, an SSE error event,
+    a stall): never retried, since the client already holds part of an answer."""
+
+    latency_ms: float
+    message: str
+    chunks: int
+    ttft_ms: float
+    usage: Usage | None = None  # what the stream reported before it broke; None: unknown
 
 
 class RateLimited(msgspec.Struct):
@@ -52,12 +65,12 @@ class Inexpressible(msgspec.Struct):
     latency_ms: float = 0.0
 
 
-Outcome = Ok | RateLimited | Timeout | ServerError | ClientError | Inexpressible
+Outcome = Ok | RateLimited | Timeout | ServerError | ClientError | Inexpressible | StreamBroken
 
 
 def status_of(outcome: Outcome) -> int:
     match outcome:
-        case Ok():
+        case Ok() | StreamBroken():
             return 200
         case RateLimited():
             return 429

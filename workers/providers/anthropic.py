@@ -29,6 +29,7 @@ from panelboard.schemas.chat import (
 )
 from panelboard.schemas.config import Model
 from panelboard.workers.providers.base import Adapter, Unsupported
+from panelboard.workers.providers.sse import Translator
 
 API_VERSION = "2023-06-01"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -302,3 +303,12 @@ class AnthropicAdapter(Adapter):
 
     def parse(self, body: bytes, request: ChatRequest) -> ChatResponse:
         return parse_response(body, request)
+
+    def stream_body(self, request: ChatRequest, model: Model) -> bytes:
+        return encode_request(request, model, stream=True)
+
+    def translator(self, request: ChatRequest) -> Translator:
+        from panelboard.workers.providers.anthropic_sse import EventReader  # it builds on this module
+
+
+        return EventReader(request)

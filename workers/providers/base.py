@@ -19,6 +19,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from panelboard.schemas.chat import ChatRequest, ChatResponse
 from panelboard.schemas.config import Model, Provider
+from panelboard.workers.providers.sse import Translator
 from panelboard.workers.outcome import ClientError, Inexpressible, Ok, Outcome, RateLimited, ServerError, Timeout
 
 _HARD_429 = (b"insufficient_quota", b"enforced_spend_limit_reached")
@@ -116,6 +117,14 @@ class Adapter(ABC):
 
     @abstractmethod
     def parse(self, body: bytes, request: ChatRequest) -> ChatResponse: ...
+
+    def stream_body(self, request: ChatRequest, model: Model) -> bytes:
+        """The body of a streaming call (see workers/stream.py)."""
+        raise Unsupported(self.family, "streaming", "submit the job without stream, or route it to a family that streams")
+
+    def translator(self, request: ChatRequest) -> "Translator":
+        """A stream's SSE events as OpenAI chunks."""
+        raise NotImplementedError
 
     def request(self, url: httpx.URL, body: bytes, request_id: str, timeout_s: float) -> httpx.Request:
         return httpx.Request(

@@ -9,12 +9,21 @@ from typing import Any
 
 import msgspec
 
-from panelboard.schemas.chat import ChatRequest, ChatResponse
+from panelboard.schemas.chat import ChatChunk, ChatRequest, ChatResponse
 from panelboard.schemas.config import Model
 from panelboard.workers.providers.base import Adapter
+from panelboard.workers.providers.sse import StreamError, Translator
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(ChatResponse).decode
+_decode_chunk = msgspec.json.Decoder(ChatChunk).decode
+
+
+class _ErrorEvent(msgspec.Struct):
+    error: dict[str, Any] | str
+
+
+_decode_error = msgspec.json.Decoder(_ErrorEvent).decode
 
 
 def body_of(request: ChatRequest, model: Model, stream: bool = False) -> dict[str, Any] | ChatRequest:
@@ -41,6 +50,29 @@ def parse_response(body: bytes) -> ChatResponse:
     return resp
 
 
+class ChunkReader(Translator):
+    """OpenAI chunks are already the shape we forward: decoded for the assembly, and sent on
+    as the provider wrote them."""
+
+    def feed(self, event: str, data: bytes) -> list[tuple[ChatChunk, bytes]]:
+        if data == b"[DONE]":
+            self.done = True
+            return []
+        if event == "error":
+            raise StreamError(data[:300].decode("utf-8", "replace"))
+        try:
+            chunk = _decode_chunk(data)
+        except msgspec.ValidationError:
+            try:
+                err = _decode_error(data).error
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                raise StreamError(f"unreadable stream event: {data[:200]!r}") from None
+            raise StreamError(str(err.get("message", err) if isinstance(err, dict) else err)[:300]) from None
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        return [(chunk, data)]
+
+
 class OpenAIAdapter(Adapter):
     family = "openai"
 
@@ -55,3 +87,9 @@ class OpenAIAdapter(Adapter):
 
     def parse(self, body: bytes, request: ChatRequest) -> ChatResponse:
         return parse_response(body)
+
+    def stream_body(self, request: ChatRequest, model: Model) -> bytes:
+        return encode_request(request, model, stream=True)
+
+    def translator(self, request: ChatRequest) -> Translator:
+        return ChunkReader()
