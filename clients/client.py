@@ -427,36 +427,36 @@ class ChunkStream:
         c = self.client
         assert c.nc is not None, "connect the client first"
         team = self.kw.get("team") or c.team
-        # Subscribed before the submit, so the first chunk cannot slip past. No callback: the
-        # read loop queues chunks in arrival order, ahead of the result that follows them.
-        sub = await c.nc.subscribe(wire.chunks(team, self.id))
-        # One pending read at a time, never cancelled while a chunk may be in it (a cancelled
-        # queue read can swallow its item).
-        nxt: asyncio.Future[Msg] = asyncio.ensure_future(sub.next_msg(timeout=None))
+        # Subscribed before the submit, so the first chunk cannot slip past. Chunks and the end
+        # of the job meet in one queue: one cheap get per chunk.
+        q: asyncio.Queue[Msg | None] = asyncio.Queue()
+        sub = await c.nc.subscribe(wire.chunks(team, self.id), cb=q.put)
+        ended: asyncio.Future[Result] | None = None
         try:
             await c.nc.flush()
             h = await c.submit(self.messages, intent=self.intent, job_id=self.id, stream=True, **self.kw)
-            ended: asyncio.Future[Result] = asyncio.ensure_future(h.result(self.timeout))
+            ended = asyncio.ensure_future(h.result(self.timeout))
+            ended.add_done_callback(lambda _: q.put_nowait(None))
             got = 0
-            while True:
-                either: list[asyncio.Future[Any]] = [nxt, ended]
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                if not nxt.done():
-                    break
+            while (msg := await q.get()) is not None:
                 got += 1
-                yield decode_chunk(nxt.result().data)
-                nxt = asyncio.ensure_future(sub.next_msg(timeout=None))
+                yield decode_chunk(msg.data)
             result = self.result = ended.result()
+            # Chunks published before the result may still be on their way to the queue (each
+            # subscription has its own task); a Completed result says how many there were.
             counted = result.chunks if isinstance(result, Completed) else None
-            while nxt.done() or sub.pending_msgs or (counted is not None and got < counted):
-                done, _ = await asyncio.wait({nxt}, timeout=self.DRAIN_S)
-                if not done:
+            give_up = asyncio.get_running_loop().time() + self.DRAIN_S
+            while q.qsize() or sub.pending_msgs or (counted is not None and got < counted):
+                try:
+                    msg = await asyncio.wait_for(q.get(), max(0.0, give_up - asyncio.get_running_loop().time()))
+                except asyncio.TimeoutError:
                     break
-                got += 1
-                yield decode_chunk(nxt.result().data)
-                nxt = asyncio.ensure_future(sub.next_msg(timeout=None))
+                if msg is not None:
+                    got += 1
+                    yield decode_chunk(msg.data)
         finally:
-            nxt.cancel()
+            if ended is not None and not ended.done():
+                ended.cancel()
             await sub.unsubscribe()
         if isinstance(result, Failed):
             raise exception_for(result)
