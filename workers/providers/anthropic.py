@@ -3,7 +3,8 @@
 Both ways: system prompts, content parts (text, images by URL or base64, PDF files), tools and
 tool calls (tool_use / tool_result blocks, ids kept), tool_choice, parallel_tool_calls,
 response_format (json_object and json_schema, as a forced "answer" tool whose input is the
-JSON answer), stop sequences, stop reasons and usage (cache reads and writes). What the Messages
+JSON answer), reasoning_effort (output_config.effort), stop sequences, stop reasons and usage
+(cache reads and writes). Streams: anthropic_sse.py. What the Messages
 API cannot express (n > 1, logprobs, penalties, a seed, audio, unmodelled fields...) raises
 Unsupported, so the job fails with invalid_job instead of losing the field.
 """
