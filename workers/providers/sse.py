@@ -30,7 +30,9 @@ async def events(raw: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
     """(event name, data) per SSE event; the name is "message" when the event has none."""
     buf = b""
     async for piece in raw:
-        buf += piece.replace(b"\r\n", b"\n") if b"\r" in piece else piece
+        buf += piece
+        if b"\r" in buf:  # CRLF line ends; a CR cut from its LF pairs up on the next piece
+            buf = buf.replace(b"\r\n", b"\n")
         while (end := buf.find(b"\n\n")) >= 0:
             block, buf = buf[:end], buf[end + 2:]
             name, data = "message", []
