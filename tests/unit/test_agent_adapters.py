@@ -168,3 +168,25 @@ def test_cached_and_cache_written_tokens_are_priced_apart():
     m = msgspec.structs.replace(MODEL, input_per_m=10, cached_input_per_m=1, cache_write_per_m=12.5)
     assert call_cost(m, 1_000_000, 0, cached_tokens=600_000, cache_write_tokens=100_000) == pytest.approx(3 + 0.6 + 1.25)
     assert call_cost(MODEL, 1_000_000, 1_000_000, cached_tokens=500_000) == pytest.approx(3)  # no cached price: input price
+
+
+def test_a_family_builds_its_url_per_request():
+    """The seam a new family fits: its URL (model in the path, api-version in the query) and
+    auth headers come from its own module; this Azure-shaped one is the whole of it."""
+    from panelboard.schemas.config import Provider
+    from panelboard.workers.providers.openai import OpenAIAdapter
+
+    class AzureLike(OpenAIAdapter):
+        family = "azure"
+
+        def auth(self, api_key: str) -> dict[str, str]:
+            return {"api-key": api_key}
+
+        def endpoint(self, model: Model, kind: str) -> str:
+            return f"{self.base}/openai/deployments/{model.model}/chat/completions?api-version=2024-10-21"
+
+    a = AzureLike(Provider(api="openai", base_url="https://x.example/"), "secret", transport=object())  # type: ignore[arg-type]
+    assert str(a.url(MODEL)) == "https://x.example/openai/deployments/upstream-id/chat/completions?api-version=2024-10-21"
+    assert a.headers["api-key"] == "secret" and "authorization" not in a.headers
+    other = msgspec.structs.replace(MODEL, model="other-id")
+    assert "/deployments/other-id/" in str(a.url(other))
