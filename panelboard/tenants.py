@@ -39,7 +39,7 @@ def permissions(team: str, t: Tenant) -> dict[str, dict[str, list[str]]]:
     return {
         "publish": {"allow": [f"pb.jobs.{team}.>", f"$JS.API.DIRECT.GET.PB_RESULTS.pb.results.{team}.>",
                               f"$JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.{team}.>"]},
-        "subscribe": {"allow": [f"pb.results.{team}.>", f"pb.rejects.{team}.>", f"pb.chunks.{team}.>", f"{inbox_prefix(team)}.>"]},
+        "subscribe": {"allow": [f"pb.results.{team}.>", f"pb.rejects.{team}.>", f"{inbox_prefix(team)}.>", f"pb.chunks.{team}.>"]},
     }
 
 
