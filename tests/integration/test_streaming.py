@@ -132,3 +132,20 @@ def test_the_sync_twin_streams(stack):
     with SyncClient(stack.nats_url) as c:
         text = "".join(ch.choices[0].delta.content or "" for ch in c.stream(STORY, intent="fast") if ch.choices)
         assert text == c.chat(STORY, intent="fast").text
+
+
+async def test_a_stream_that_stalls_after_its_first_chunks_ends_failed_at_the_idle_bound(stack, mock):
+    team = "st-stall"
+    mock.control(provider="oa", fault="stall", after_chunks=2, hang_ms=20_000)  # the hop's timeout is 5 s
+    try:
+        async with Client(stack.nats_url, team=team) as client:
+            s = client.stream(STORY, intent="fast")
+            got = []
+            with pytest.raises(JobFailed):
+                async for c in s:
+                    got.append(c)
+            assert len(got) == 2 and "no event within 5.0s" in s.result.error.message
+            [rec] = await cost_of(client, team, s.id)
+            assert rec.outcome == "StreamBroken" and 5000 <= rec.latency_ms < 15_000
+    finally:
+        mock.control(provider="oa", fault=None, hang_ms=None)
