@@ -106,7 +106,7 @@ def forbidden_fields(data: bytes) -> list[str]:
 
 
 class _Peek(msgspec.Struct):
-    request: dict[str, msgspec.Raw]
+    request: dict[str, msgspec.Raw] = {}
 
 
 _peek = msgspec.json.Decoder(_Peek).decode
@@ -167,7 +167,7 @@ def bound(job: Job, route: Route, cfg: Config) -> Job:
     """Under governance a job without max_tokens gets the smallest output cap of its chain:
     then no hop can answer at more length than its reservation assumed (a provider's own
     default can exceed the catalog's cap), and every hop accepts it."""
-    if job.request.output_cap() is not None:
+    if job.request.output_cap() is not None or job.embeddings is not None:
         return job
     cap = min(cfg.models[h.model].max_output_tokens for h in route.chain)
     return msgspec.structs.replace(job, request=msgspec.structs.replace(job.request, max_tokens=cap))

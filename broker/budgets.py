@@ -82,6 +82,8 @@ def prompt_tokens(job: Job, bytes_per_token: float = 1.0) -> int:
     tokenizer produces more. Tools, tool calls, response formats and passed-through fields are
     billed as prompt tokens too; an image part at IMAGE_TOKENS (its URL or base64 data is not
     what the model reads), audio and files by the bytes of their data."""
+    if job.embeddings is not None:
+        return math.ceil(job.embeddings.input_bytes() / bytes_per_token) + REQUEST_OVERHEAD_TOKENS
     req = job.request
     n = sum(len(m.text().encode()) for m in req.messages)
     images = 0
@@ -113,7 +115,7 @@ def estimate(job: Job, route: Route, cfg: Config, bytes_per_token: float = 1.0) 
     best: Estimate | None = None
     for hop in route.chain:
         m = cfg.models[hop.model]
-        out = (cap if (cap := job.request.output_cap()) is not None else m.max_output_tokens) * (job.request.n or 1)
+        out = 0 if job.embeddings is not None else (cap if (cap := job.request.output_cap()) is not None else m.max_output_tokens) * (job.request.n or 1)
         # Ceil to the nano-dollar: a reservation never falls short of the catalog price.
         # ($/M x tokens) x 1e9 / 1e6; rounded to 1e-3 nano first so float noise never adds one.
         cost = math.ceil(round((pt * m.input_per_m + out * m.output_per_m) * 1000, 3))

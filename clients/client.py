@@ -29,7 +29,8 @@ from panelboard.transport.bus import _TRANSIENT
 from panelboard.schemas import wire
 from panelboard.schemas.chat import MODELLED, ChatChunk, ChatRequest, ChatResponse, Message, as_chunk
 from panelboard.schemas.codec import decode_chunk, decode_result, encode
-from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Result
+from panelboard.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
+from panelboard.schemas.job import ID_RE, Completed, Embedded, Failed, Job, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
 PUBLISH_PATIENCE_S = 60.0  # how long a submit keeps retrying (same job id) while NATS is away
@@ -77,6 +78,8 @@ def unwrap(result: Result) -> ChatResponse:
     kind (UnknownIntentError, ChainExhaustedError, JobCancelledError, ...)."""
     if isinstance(result, Failed):
         raise exception_for(result)
+    if isinstance(result, Embedded):
+        raise PanelboardError(f"job {result.job_id} is an embeddings job: use Client.embed")
     return result.response
 
 
@@ -316,6 +319,23 @@ class Client:
     async def chat(self, messages: MessagesLike, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
+
+    async def embed(self, input: str | list[str], *, intent: str | None = None, job_id: str | None = None, timeout: float | None = 120,
+                    feature: str | None = None, metadata: dict[str, Any] | None = None, team: str | None = None,
+                    **request: Any) -> EmbeddingsResponse:
+        """An embeddings job (OpenAI's /v1/embeddings shape: `dimensions`, `encoding_format`...)
+        through the same queue: the response, or the JobFailed subclass of its error."""
+        if job_id is not None:
+            check_id("job id", job_id)
+        job = Job(id=job_id or new_id(), client=self.client_id, embeddings=EmbeddingsRequest(input=input, **request), intent=intent,
+                  key=self.key, team=team or self.team, feature=feature, metadata=metadata or {}, submitted_at=time.time())
+        h = await self.submit_job(job, reuse=job_id is not None)
+        r = await h.result(timeout)
+        if isinstance(r, Failed):
+            raise exception_for(r)
+        if not isinstance(r, Embedded):
+            raise PanelboardError(f"job {r.job_id} answered with a chat completion, not embeddings")
+        return r.response
 
     def stream(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120,
                job_id: str | None = None, **kw: Any) -> "ChunkStream":

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from panelboard.clients.client import Client, JobHandle, MessagesLike
 from panelboard.schemas.chat import ChatChunk, ChatResponse
+from panelboard.schemas.embeddings import EmbeddingsResponse
 from panelboard.schemas.job import Result
 
 T = TypeVar("T")
@@ -43,6 +44,9 @@ class SyncClient:
 
     def chat(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         return self._run(self._client.chat(messages, intent=intent, timeout=timeout, **kw))
+
+    def embed(self, input: str | list[str], **kw: Any) -> EmbeddingsResponse:
+        return self._run(self._client.embed(input, **kw))
 
     def stream(self, messages: MessagesLike | str, **kw: Any) -> Iterator[ChatChunk]:
         """Client.stream: each chunk as it comes; a Failed result raises its JobFailed subclass."""

@@ -4,6 +4,7 @@ One server plays any number of providers, told apart by the first path segment:
 
     POST /{provider}/v1/chat/completions   OpenAI chat completions
     POST /{provider}/v1/messages           Anthropic Messages
+    POST /{provider}/v1/embeddings         OpenAI embeddings
     POST /_mock/control                    script a provider's faults and latency
     GET  /_mock/log   GET /_mock/stats   POST /_mock/reset   GET /_mock/health
 
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import functools
 import re
 import signal
+import struct
 import time
 import uuid
 import zlib
@@ -162,6 +165,26 @@ class OpenAIRequest(msgspec.Struct):
     response_format: dict[str, Any] | None = None
 
 
+class EmbeddingsRequest(msgspec.Struct):
+    model: str
+    input: str | list[str | int | list[int]]
+    dimensions: Annotated[int, Meta(ge=1, le=4096)] = 8
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def embeddings(req: EmbeddingsRequest) -> dict[str, Any]:
+    """Deterministic vectors: each value from a hash of the input and its position."""
+    items = [req.input] if isinstance(req.input, str) else req.input
+    data, tokens = [], 0
+    for i, item in enumerate(items):
+        text = item if isinstance(item, str) else " ".join(map(str, item if isinstance(item, list) else [item]))
+        tokens += max(1, (len(text) + 3) // 4) if isinstance(item, str) else (len(item) if isinstance(item, list) else 1)
+        vec = [zlib.crc32(f"{text}:{j}".encode()) % 2001 / 1000 - 1 for j in range(req.dimensions)]
+        value: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if req.encoding_format == "base64" else vec
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 class AnthropicMessage(msgspec.Struct):
     role: Literal["user", "assistant"]
     content: str | list[Part]
@@ -275,6 +298,7 @@ _encode_lines = msgspec.json.Encoder().encode_lines
 _decode_openai = msgspec.json.Decoder(OpenAIRequest).decode
 _decode_anthropic = msgspec.json.Decoder(AnthropicRequest).decode
 _decode_control = msgspec.json.Decoder(Control).decode
+_decode_embeddings = msgspec.json.Decoder(EmbeddingsRequest).decode
 
 
 @functools.lru_cache(maxsize=4096)
@@ -446,6 +470,36 @@ class MockState:
             latency_ms = (time.perf_counter() - t0) * 1000
             self.record(LogEntry(time.time(), name, api, rid, model, status, latency_ms, fault, images))
 
+    async def serve_embeddings(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI /v1/embeddings: a vector per input, from a hash of it (`dimensions`, default
+        8), float or base64; the same faults and latency as chat."""
+        t0 = time.perf_counter()
+        name = request.match_info["provider"]
+        p = self.provider(name)
+        rid = request.headers.get("x-pb-request-id") or uuid.uuid4().hex
+        p.requests += 1
+        model, fault, status = "", None, 499
+        try:
+            try:
+                req = _decode_embeddings(await request.read())
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                resp = _error_body("openai", 400, "invalid_request_error", f"invalid request body: {e}")
+            else:
+                model = req.model
+                fault, delay_ms = self._plan(p, model)
+                if delay_ms > 0:
+                    await asyncio.sleep(delay_ms / 1000)
+                if fault is not None and (spec := _ERRORS.get(fault)) is not None:
+                    resp = _error_body("openai", spec.openai_status, spec.openai_type, _error_message("openai", fault, name, 1), spec.openai_code)
+                else:
+                    resp = web.Response(body=_encode(embeddings(req)), content_type="application/json")
+            resp.headers["x-request-id"] = rid
+            status = resp.status
+            return resp
+        finally:
+            p.status_counts[status] += 1
+            self.record(LogEntry(time.time(), name, "openai", rid, model, status, (time.perf_counter() - t0) * 1000, fault))
+
     @staticmethod
     def _plan(p: _Provider, model: str) -> tuple[Fault | None, float]:
         """The fault this request gets (the model name wins over scripted faults) and how
@@ -610,6 +664,7 @@ def create_app(cfg: MockConfig) -> web.Application:
         [
             web.post("/{provider}/v1/chat/completions", provider_route("openai")),
             web.post("/{provider}/v1/messages", provider_route("anthropic")),
+            web.post("/{provider}/v1/embeddings", state.serve_embeddings),
             web.post("/_mock/control", _control),
             web.get("/_mock/log", log),
             web.get("/_mock/stats", stats),

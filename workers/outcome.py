@@ -8,10 +8,11 @@ from typing import Literal
 import msgspec
 
 from panelboard.schemas.chat import ChatResponse, Usage
+from panelboard.schemas.embeddings import EmbeddingsResponse
 
 
 class Ok(msgspec.Struct):
-    response: ChatResponse
+    response: ChatResponse | EmbeddingsResponse
     latency_ms: float
     ratelimit_remaining: int | None = None
     ttft_ms: float | None = None  # a stream: when its first chunk was forwarded

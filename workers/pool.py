@@ -31,7 +31,8 @@ from panelboard.schemas.chat import Usage
 from panelboard.schemas.codec import decode_dispatch
 from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
-from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
+from panelboard.schemas.embeddings import EmbeddingsResponse
+from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Embedded, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
 from panelboard.workers.outcome import Inexpressible, Ok, Outcome, StreamBroken, status_of
 from panelboard.workers.pressure import pause_s
@@ -151,7 +152,9 @@ class Pool:
 
         queue_ms = (now - (d.admitted_at or now)) * 1000
         rid = request_id(job.id, job.run, d.hop, attempt, d.shadow)
-        if job.request.stream and not d.shadow:  # a mirror never streams to the client
+        if job.embeddings is not None:
+            outcome = await self.adapter.embed(job.embeddings, model, rid, timeout_s)
+        elif job.request.stream and not d.shadow:  # a mirror never streams to the client
             outcome = await stream_call(self.adapter, self.js._nc, job, model, rid, timeout_s)
         else:
             outcome = await self.adapter.call(job.request, model, rid, timeout_s)
@@ -183,11 +186,18 @@ class Pool:
         match decision:
             case Succeed():
                 assert isinstance(outcome, Ok)
-                result = Completed(
-                    job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
-                    cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
-                    metadata=job.metadata, reported_usage=reported, chunks=outcome.chunks, ttft_ms=outcome.ttft_ms,
-                )
+                result: Completed | Embedded
+                if isinstance(outcome.response, EmbeddingsResponse):
+                    result = Embedded(
+                        job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
+                        cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2), metadata=job.metadata,
+                    )
+                else:
+                    result = Completed(
+                        job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
+                        cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
+                        metadata=job.metadata, reported_usage=reported, chunks=outcome.chunks, ttft_ms=outcome.ttft_ms,
+                    )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)
                 try:

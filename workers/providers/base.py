@@ -14,14 +14,20 @@ import time
 from abc import ABC, abstractmethod
 from email.utils import parsedate_to_datetime
 
+from collections.abc import Callable
+
 import httpx
+import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from panelboard.schemas.chat import ChatRequest, ChatResponse
+from panelboard.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from panelboard.schemas.config import Model, Provider
 from panelboard.workers.providers.sse import Translator
 from panelboard.workers.outcome import ClientError, Inexpressible, Ok, Outcome, RateLimited, ServerError, Timeout
 
+_encode = msgspec.json.Encoder().encode
+_decode_embeddings = msgspec.json.Decoder(EmbeddingsResponse).decode
 _HARD_429 = (b"insufficient_quota", b"enforced_spend_limit_reached")
 _CONTEXT = (b"context_length_exceeded", b"prompt is too long", b"maximum context length")
 
@@ -140,7 +146,20 @@ class Adapter(ABC):
             body = self.encode(request, model)
         except Unsupported as e:
             return self.inexpressible(e)
-        req = self.request(self.url(model), body, request_id, timeout_s)
+        return await self._post(self.url(model), body, request_id, timeout_s, lambda raw: self.parse(raw, request))
+
+    async def embed(self, request: EmbeddingsRequest, model: Model, request_id: str, timeout_s: float) -> Outcome:
+        """An embeddings call (OpenAI's /embeddings shape); families without one refuse it."""
+        try:
+            url = self.url(model, "embeddings")
+        except Unsupported as e:
+            return self.inexpressible(e)
+        body = _encode(msgspec.structs.replace(request, model=model.model))
+        return await self._post(url, body, request_id, timeout_s, _decode_embeddings)
+
+    async def _post(self, url: httpx.URL, body: bytes, request_id: str, timeout_s: float,
+                    parse: Callable[[bytes], ChatResponse | EmbeddingsResponse]) -> Outcome:
+        req = self.request(url, body, request_id, timeout_s)
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
@@ -154,7 +173,7 @@ class Adapter(ABC):
         if r.status_code != 200:
             return classify_error(r.status_code, r.headers, body, latency_ms)
         try:
-            response = self.parse(body, request)
+            response = parse(body)
         except Exception as e:  # a body we cannot read is the provider's fault: retriable
             return ServerError(502, latency_ms, f"unparseable response body: {type(e).__name__}: {str(e)[:200]}")
         return Ok(response, latency_ms, ratelimit_remaining(r.headers))
