@@ -320,7 +320,7 @@ class Client:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
-    async def embed(self, input: str | list[str], *, intent: str | None = None, job_id: str | None = None, timeout: float | None = 120,
+    async def embed(self, input: str | list[str | int | list[int]], *, intent: str | None = None, job_id: str | None = None, timeout: float | None = 120,
                     feature: str | None = None, metadata: dict[str, Any] | None = None, team: str | None = None,
                     **request: Any) -> EmbeddingsResponse:
         """An embeddings job (OpenAI's /v1/embeddings shape: `dimensions`, `encoding_format`...)
@@ -480,7 +480,7 @@ class ChunkStream:
             await sub.unsubscribe()
         if isinstance(result, Failed):
             raise exception_for(result)
-        if got == 0:  # answered before (a stored result): the whole answer as one chunk
+        if got == 0 and isinstance(result, Completed):  # answered before (a stored result): the whole answer as one chunk
             yield as_chunk(result.response)
 
 

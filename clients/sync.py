@@ -45,7 +45,7 @@ class SyncClient:
     def chat(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         return self._run(self._client.chat(messages, intent=intent, timeout=timeout, **kw))
 
-    def embed(self, input: str | list[str], **kw: Any) -> EmbeddingsResponse:
+    def embed(self, input: str | list[str | int | list[int]], **kw: Any) -> EmbeddingsResponse:
         return self._run(self._client.embed(input, **kw))
 
     def stream(self, messages: MessagesLike | str, **kw: Any) -> Iterator[ChatChunk]:
