@@ -54,8 +54,10 @@ def validate(job: Job, header_id: str | None, team: str) -> InvalidJob | None:
     if header_id is not None and not wire.submit_msg_id_fits(header_id, team, job.id):
         return InvalidJob(message=f"Nats-Msg-Id {header_id[:200]!r} does not name job {job.id!r} of team {team!r}",
                           hint="send no Nats-Msg-Id, or <team>.<job id>.<nonce> with a nonce unique to this submit")
-    if not job.request.messages:
-        return InvalidJob(message="the request has no messages", hint="send at least one message")
+    if job.embeddings is not None and job.request.messages:
+        return InvalidJob(message="the job has both a chat request and an embeddings request", hint="send one job per request: `request` or `embeddings`")
+    if not job.request.messages and job.embeddings is None:
+        return InvalidJob(message="the request has no messages", hint="send at least one message (or, for embeddings, `embeddings: {\"input\": ...}`)")
     return None
 
 
@@ -100,7 +102,7 @@ class Broker:
         early: InvalidJob | PromptTooLarge | None = admission.screen(msg.data, self.cfg.governance)
         if early is None:
             try:
-                job = decode_job(msg.data)
+                job = admission.with_passthrough(decode_job(msg.data), msg.data)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
                 early = InvalidJob(
                     message=f"the job could not be decoded: {e}",

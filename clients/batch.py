@@ -46,7 +46,8 @@ from panelboard.schemas import batch as B
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_result, encode
 from panelboard.schemas.config import Config
-from panelboard.schemas.job import ID_RE, Completed, Job
+from panelboard.schemas.embeddings import EmbeddingsRequest
+from panelboard.schemas.job import ID_RE, Completed, Embedded, Job
 
 CHECKPOINT_LINES = 4096  # at most; a small window checkpoints every 8 windows
 CHECKPOINT_S = 1.0
@@ -339,7 +340,8 @@ async def submit(
                     errors.write(_malformed_record(line_no, raw, str(e)))
                     s.finish(line_no)
                     continue
-                job = Job(id=B.job_id(batch_id, custom_id), client=client, request=request, intent=line_intent or intent, key=key,
+                kind: dict[str, Any] = {"embeddings": request} if isinstance(request, EmbeddingsRequest) else {"request": request}
+                job = Job(id=B.job_id(batch_id, custom_id), client=client, **kind, intent=line_intent or intent, key=key,
                           team=team, feature=feature, metadata={"batch_id": batch_id, "custom_id": custom_id}, priority="batch",
                           deadline=deadline, submitted_at=time.time())
                 if (size := len(encode(job))) > max_bytes:  # would crash the publish, or be refused unread
@@ -521,7 +523,7 @@ def openai_line(result: Any, batch_id: str) -> tuple[bool, bytes]:
     """One result as a line of OpenAI's batch output (ok) or error file."""
     custom_id = result.metadata.get("custom_id") if result.metadata.get("batch_id") == batch_id else None
     base = {"id": f"batch_req_{result.job_id}", "custom_id": custom_id}
-    if isinstance(result, Completed):
+    if isinstance(result, (Completed, Embedded)):
         line = {**base, "response": {"status_code": 200, "request_id": result.job_id, "body": result.response}, "error": None}
         return True, encode(line) + b"\n"
     err = result.error

@@ -28,15 +28,17 @@ jobs keep `client: batch-<batch>` as an informational label.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from panelboard.schemas.chat import ChatRequest, ContentPart, Message
+from panelboard.schemas.embeddings import EmbeddingsRequest
 
 BATCHES_STREAM = "PB_BATCHES"
 CLIENT_PREFIX = "batch-"
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
+EMBEDDINGS_URLS = ("/v1/embeddings", "/embeddings")
 MAX_BATCH_ID = 100  # the client id "batch-<id>" must stay within the 128 characters of an id
 
 
@@ -127,7 +129,7 @@ class Line(msgspec.Struct):
     custom_id: str
     method: str | None = None
     url: str | None = None
-    body: OpenAIBody | None = None
+    body: dict[str, Any] | None = None  # an OpenAIBody, or an EmbeddingsRequest for url /v1/embeddings
     params: AnthropicParams | None = None
     intent: str | None = None
 
@@ -143,7 +145,7 @@ def _text_blocks(blocks: list[TextBlock], where: str) -> list[ContentPart]:
     for b in blocks:
         if b.type != "text" or b.text is None:
             raise LineError(f"{where}: only text content blocks are supported (got a {b.type!r} block)")
-    return [ContentPart(text=b.text) for b in blocks]
+    return [ContentPart(type="text", text=b.text) for b in blocks]
 
 
 def anthropic_request(p: AnthropicParams) -> ChatRequest:
@@ -167,7 +169,17 @@ def openai_request(b: OpenAIBody) -> ChatRequest:
     return ChatRequest(**fields)
 
 
-def parse_line(raw: bytes) -> tuple[str, ChatRequest, str | None]:
+T = TypeVar("T")
+
+
+def _body(body: dict[str, Any], kind: type[T]) -> T:
+    try:
+        return msgspec.convert(body, kind)
+    except msgspec.ValidationError as e:
+        raise LineError(f"invalid batch line: {e}".replace("- at `$", "- at `$.body")) from None
+
+
+def parse_line(raw: bytes) -> tuple[str, ChatRequest | EmbeddingsRequest, str | None]:
     """(custom_id, request, intent override) of one line, or LineError saying what is wrong."""
     try:
         line = _decode_line(raw)
@@ -180,11 +192,13 @@ def parse_line(raw: bytes) -> tuple[str, ChatRequest, str | None]:
     if (line.body is None) == (line.params is None):
         raise LineError("a line needs either `body` (OpenAI Batch API) or `params` (Anthropic Message Batches)")
     if line.body is not None:
-        if line.url is not None and line.url not in CHAT_URLS:
-            raise LineError(f"url {line.url!r} is not supported: batch lines go to /v1/chat/completions")
+        if line.url is not None and line.url not in CHAT_URLS + EMBEDDINGS_URLS:
+            raise LineError(f"url {line.url!r} is not supported: batch lines go to /v1/chat/completions or /v1/embeddings")
         if line.method is not None and line.method.upper() != "POST":
             raise LineError(f"method {line.method!r} is not supported: use POST")
-        req = openai_request(line.body)
+        if line.url in EMBEDDINGS_URLS:
+            return line.custom_id, _body(line.body, EmbeddingsRequest), line.intent
+        req = openai_request(_body(line.body, OpenAIBody))
     else:
         assert line.params is not None
         req = anthropic_request(line.params)

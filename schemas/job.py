@@ -8,6 +8,7 @@ from typing import Any, Literal
 import msgspec
 
 from panelboard.schemas.chat import ChatRequest, ChatResponse, Usage
+from panelboard.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from panelboard.schemas.errors import JobError
 
 # Ids become subject tokens (pb.results.<team>.<job>): no dots, spaces or wildcards.
@@ -19,9 +20,14 @@ def request_id(job_id: str, run: int, hop: int, attempt: int, shadow: bool = Fal
     return base + ":s" if shadow else base
 
 
+def _no_chat() -> ChatRequest:
+    return ChatRequest(messages=[])
+
+
 class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
-    request: ChatRequest
+    request: ChatRequest = msgspec.field(default_factory=_no_chat)  # a chat job's request
+    embeddings: EmbeddingsRequest | None = None  # an embeddings job's request (then no chat request)
     client: str | None = None  # informational (which process sent it); results are addressed by team and id
     intent: str | None = None
     key: str | None = None
@@ -84,6 +90,10 @@ class Completed(msgspec.Struct, tag="completed", kw_only=True):
     # The provider's own usage when it was implausible (see workers/usage.py); response.usage
     # then holds the clamped counts that were billed.
     reported_usage: Usage | None = None
+    # A streamed job: the chunks sent on pb.chunks.<team>.<job> before this result, and when
+    # the first one left the worker (ms from the start of the provider call).
+    chunks: int | None = None
+    ttft_ms: float | None = None
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):
@@ -93,7 +103,22 @@ class Failed(msgspec.Struct, tag="failed", kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)  # the job's metadata, echoed back
 
 
-Result = Completed | Failed
+class Embedded(msgspec.Struct, tag="embedded", kw_only=True):
+    """The terminal result of an embeddings job."""
+
+    job_id: str
+    response: EmbeddingsResponse
+    tier: str
+    provider: str
+    model: str
+    cost_usd: float
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    latency_ms: float = 0.0
+    queue_ms: float = 0.0
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Result = Completed | Embedded | Failed
 
 
 class CostRecord(msgspec.Struct, kw_only=True):
@@ -118,6 +143,11 @@ class CostRecord(msgspec.Struct, kw_only=True):
     run: int = 0
     shadow: bool = False
     reported_usage: Usage | None = None  # the provider's counts when implausible; the tokens above are clamped
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
+    reasoning_tokens: int = 0  # of completion_tokens
+    ttft_ms: float | None = None  # a streamed call: time to its first forwarded chunk
+    usage_unknown: bool = False  # a stream broken before the provider reported its usage: the counts are what was known
 
     @property
     def request_id(self) -> str:

@@ -90,7 +90,7 @@ async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Res
     of a batch is in the index (a crash between the two redoes both, deduped)."""
     if not result.metadata or (batch_id := B.batch_of(job_id, result.metadata)) is None:
         return
-    kind = "completed" if isinstance(result, Completed) else result.error.__struct_config__.tag
+    kind = result.error.__struct_config__.tag if isinstance(result, Failed) else "completed"
     await publish(js, B.done_subject(batch_id, team, job_id), encode(B.Done(kind=kind, subject=subject)),
                   headers={wire.HDR_MSG_ID: msg_id + ":done"})
 

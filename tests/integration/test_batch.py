@@ -20,9 +20,10 @@ import pytest
 from panelboard.clients import batch
 from panelboard.clients.batch import openai_line
 from panelboard.schemas import batch as B
+from panelboard.schemas.embeddings import EmbeddingsRequest
 from panelboard.schemas import wire
 from panelboard.schemas.errors import Cancelled, DeadlineExceeded, UnknownIntent
-from panelboard.schemas.job import ID_RE, Completed, Failed
+from panelboard.schemas.job import ID_RE, Completed, Failed, Result
 from tests.conftest import TEST_CONFIG, run_cli
 
 OPENAI_KEYS = {"id", "custom_id", "response", "error"}
@@ -55,6 +56,11 @@ async def result_counts(js, batch_id: str, team: str = "default") -> tuple[int, 
 # -- the line formats, without a stack ----------------------------------------------------
 
 
+def test_an_embeddings_line_becomes_an_embeddings_request():
+    cid, req, _ = B.parse_line(b'{"custom_id": "e1", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": ["a", "b"], "dimensions": 4}}')
+    assert cid == "e1" and isinstance(req, EmbeddingsRequest) and (req.input, req.dimensions) == (["a", "b"], 4)
+
+
 def test_both_line_formats_become_the_same_chat_request():
     cid, req, intent = B.parse_line(openai_line_of("o1", "hi", max_tokens=None, max_completion_tokens=7, temperature=0.2).encode())
     assert (cid, intent, req.max_tokens, req.temperature, req.messages[0].content) == ("o1", None, 7, 0.2, "hi")
@@ -69,7 +75,8 @@ def test_both_line_formats_become_the_same_chat_request():
 @pytest.mark.parametrize("line, says", [
     ('{"custom_id": "x", "body": {"messages": [{"role": "user", "content": "hi"}]', "not JSON"),
     ('{"body": {"messages": [{"role": "user", "content": "hi"}]}}', "custom_id"),
-    ('{"custom_id": "x", "url": "/v1/embeddings", "body": {"messages": [{"role": "user", "content": "hi"}]}}', "/v1/embeddings"),
+    ('{"custom_id": "x", "url": "/v1/completions", "body": {"messages": [{"role": "user", "content": "hi"}]}}', "/v1/completions"),
+    ('{"custom_id": "x", "url": "/v1/embeddings", "body": {"messages": [{"role": "user", "content": "hi"}]}}', "input"),
     ('{"custom_id": "x", "method": "GET", "body": {"messages": [{"role": "user", "content": "hi"}]}}', "POST"),
     ('{"custom_id": "x", "params": {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]}}', "image"),
     ('{"custom_id": "x"}', "either `body`"),
@@ -102,7 +109,7 @@ def test_failures_are_written_as_openai_batch_error_lines():
 
 
 async def test_openai_and_anthropic_files_run_and_bad_lines_are_reported_by_number(stack, mock, client, tmp_path):
-    # Given a file mixing both formats, a line with an unknown intent, and malformed lines
+    # Given a file mixing both formats and an embeddings line, a line with an unknown intent, and malformed lines
     lines = [openai_line_of(f"oa-{i}", f"Extract the total from invoice {i}") for i in range(6)]
     lines += [anthropic_line_of(f"an-{i}", f"Summarise note {i}") for i in range(4)]
     lines.insert(3, "{not json")
@@ -120,22 +127,25 @@ async def test_openai_and_anthropic_files_run_and_bad_lines_are_reported_by_numb
     # Then the bad lines are reported by line number, and the good ones ran
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["submit"]["requests"] == 11 and report["submit"]["malformed"] == 3
+    assert report["submit"]["requests"] == 12 and report["submit"]["malformed"] == 2
     bad = jsonl(tmp_path / "requests.errors.jsonl")
-    assert [(b["line"], b["custom_id"]) for b in bad] == [(4, None), (8, "emb"), (15, "img")]
-    assert "/v1/embeddings" in bad[1]["error"] and "image" in bad[2]["error"]
+    assert [(b["line"], b["custom_id"]) for b in bad] == [(4, None), (15, "img")]
+    assert "image" in bad[1]["error"]
     st = report["batch"]
-    assert st["status"] == "completed" and st["request_counts"] == {"total": 11, "completed": 10, "failed": 1}
+    assert st["status"] == "completed" and st["request_counts"] == {"total": 12, "completed": 11, "failed": 1}
 
     # And the results file is OpenAI's batch output, keyed by custom_id; the failure has its own file
     res = bcli(stack, "results", batch_id, "-o", str(tmp_path / "out.jsonl"))
     assert res.returncode == 0, res.stderr
     done, failed = jsonl(tmp_path / "out.jsonl"), jsonl(tmp_path / "out.errors.jsonl")
-    assert sorted(r["custom_id"] for r in done) == sorted([f"oa-{i}" for i in range(6)] + [f"an-{i}" for i in range(4)])
+    assert sorted(r["custom_id"] for r in done) == sorted([f"oa-{i}" for i in range(6)] + [f"an-{i}" for i in range(4)] + ["emb"])
     for r in done:
         assert set(r) == OPENAI_KEYS and r["error"] is None and r["id"] == f"batch_req_{r['response']['request_id']}"
         assert r["response"]["status_code"] == 200 and r["response"]["request_id"] == B.job_id(batch_id, r["custom_id"])
         body = r["response"]["body"]
+        if r["custom_id"] == "emb":  # an embeddings line runs as an embeddings job
+            assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 8 and body["usage"]["prompt_tokens"] > 0
+            continue
         assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] and body["usage"]["total_tokens"] > 0
     assert len(failed) == 1 and set(failed[0]) == OPENAI_KEYS and failed[0]["custom_id"] == "lost"
     assert failed[0]["response"]["body"]["error"]["code"] == "unknown_intent"
@@ -223,7 +233,7 @@ async def test_cancel_takes_queued_jobs_out_and_they_are_never_called(stack, moc
     # And no cancelled job ever reached the provider; every completed one, once
     results = {}
     for subject, data in await read_results(client.js, batch_id):
-        r = msgspec.json.decode(data, type=Completed | Failed)
+        r = msgspec.json.decode(data, type=Result)
         results[r.metadata["custom_id"]] = r
     calls = Counter(e["request_id"].split(":")[0] for e in mock.log("capped"))
     for cid, r in results.items():
@@ -243,7 +253,7 @@ async def read_results(js, batch_id: str, team: str = "default") -> list[tuple[s
 
     out = []
     for subject, data in await read_all(js, wire.RESULTS_STREAM, wire.results_of(team)):
-        r = msgspec.json.decode(data, type=Completed | Failed)
+        r = msgspec.json.decode(data, type=Result)
         if B.batch_of(r.job_id, r.metadata) == batch_id:
             out.append((subject, data))
     return out

@@ -68,13 +68,24 @@ async def team(stack: Stack, name: str) -> Conn:
     return await Conn().open(stack.nats_url, name, PASSWORDS[name], tenants.inbox_prefix(name))
 
 
+async def test_a_team_reads_its_own_streamed_chunks(tenant_stack):
+    a = await team(tenant_stack, "team-a")
+    try:
+        await a.nc.subscribe(wire.chunks("team-a", "job-1"))
+        await a.nc.flush()
+        assert not await a.violation('subscription to "pb.chunks.team-a')
+    finally:
+        await a.nc.close()
+
+
 async def test_team_a_cannot_subscribe_to_team_b_results(tenant_stack):
     a = await team(tenant_stack, "team-a")
     try:
         await a.nc.subscribe("pb.results.team-b.>")
         await a.nc.flush()
         assert await a.violation('subscription to "pb.results.team-b.>"')
-        for subject in ("pb.results.>", "pb.costs.>", "pb.dead.>", "pb.dispatch.>", "_INBOX.>", "_INBOX_team-b.>", ">"):
+        for subject in ("pb.results.>", "pb.costs.>", "pb.dead.>", "pb.dispatch.>", "_INBOX.>", "_INBOX_team-b.>", ">",
+                        "pb.chunks.team-b.>", "pb.chunks.>"):
             await a.nc.subscribe(subject)
             await a.nc.flush()
             assert await a.violation(f'subscription to "{subject}"'), subject
