@@ -18,7 +18,7 @@ from panelboard.schemas import redact, shadow
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
 from panelboard.schemas.errors import JobError
-from panelboard.schemas.job import ID_RE, Attempt, Completed, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
+from panelboard.schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
 
 
 PUBLISH_PATIENCE_S = 30.0

@@ -23,7 +23,7 @@ from panelboard.schemas import batch as B
 from panelboard.schemas.embeddings import EmbeddingsRequest
 from panelboard.schemas import wire
 from panelboard.schemas.errors import Cancelled, DeadlineExceeded, UnknownIntent
-from panelboard.schemas.job import ID_RE, Completed, Failed, Result
+from panelboard.schemas.job import ID_RE, Failed, Result
 from tests.conftest import TEST_CONFIG, run_cli
 
 OPENAI_KEYS = {"id", "custom_id", "response", "error"}

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from panelboard.schemas.chat import ChatChunk, ChatRequest, ChunkChoice, Delta, FunctionDelta, ToolCallDelta, Usage
+from panelboard.schemas.chat import ChatChunk, ChatRequest, ChunkChoice, Delta, FunctionDelta, ToolCallDelta
 from panelboard.workers.providers.anthropic import _Usage, answer_tool, finish_reason, usage_of
 from panelboard.workers.providers.sse import StreamError, Translator
 
