@@ -237,9 +237,11 @@ class Client:
         )
         return await self.submit_job(job, reuse=job_id is not None)
 
-    async def submit_job(self, job: Job, *, reuse: bool = False) -> JobHandle:
+    async def submit_job(self, job: Job, *, reuse: bool = False, payload: bytes | None = None) -> JobHandle:
         """Publish a Job. `reuse`: first look for a stored result of this job id (skipped for
-        fresh ids: nothing can be stored under a random id, and it costs a round trip)."""
+        fresh ids: nothing can be stored under a random id, and it costs a round trip).
+        `payload`: the job already encoded, sent instead of `encode(job)` (the HTTP ingress
+        passes a request's JSON through as the caller sent it, fields the Struct lacks included)."""
         check_id("job id", job.id)
         check_id("team", job.team)
         await self._listen(job.team)
@@ -255,7 +257,7 @@ class Client:
         # Nats-Msg-Id (unique to this call) is safe, the stream drops the duplicate. While the
         # server restarts (or a cluster elects a leader) we keep retrying for publish_patience_s.
         headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, new_id()[:16])}
-        data = encode(job)
+        data = encode(job) if payload is None else payload
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.publish_patience_s
         delay = 0.1
