@@ -29,10 +29,14 @@ class HttpError:
     anthropic_type: str
     headers: dict[str, str] = field(default_factory=dict)
     param: str | None = None
+    anthropic_code: str | None = None  # error.details.error_code, which picks the anthropic SDK's subclass
 
     def body(self, api: Api) -> bytes:
         if api == "anthropic":
-            return msgspec.json.encode({"type": "error", "error": {"type": self.anthropic_type, "message": self.message}})
+            err: dict[str, object] = {"type": self.anthropic_type, "message": self.message}
+            if self.anthropic_code:
+                err["details"] = {"error_code": self.anthropic_code}
+            return msgspec.json.encode({"type": "error", "error": err})
         return msgspec.json.encode({"error": {"message": self.message, "type": self.openai_type, "param": self.param, "code": self.code}})
 
 
@@ -78,11 +82,11 @@ def for_job_error(err: e._Err, api: Api) -> HttpError:
         case e.UnknownIntent():
             return bad_request(text, param="model", code="unknown_intent")
         case e.OverBudget():
-            # OpenAI answers a spent quota with 429 `insufficient_quota` (RateLimitError, which
-            # the SDK must not retry); Anthropic with 402 billing_error.
-            if api == "anthropic":
-                return HttpError(402, text, "insufficient_quota", "insufficient_quota", "billing_error", NO_RETRY)
-            return HttpError(429, text, "insufficient_quota", "insufficient_quota", "rate_limit_error", NO_RETRY)
+            # A spent budget is OpenAI's 429 `insufficient_quota` and Anthropic's 429
+            # `enforced_spend_limit_reached` (RateLimitError, EnforcedSpendLimitReachedError):
+            # neither SDK may retry it.
+            return HttpError(429, text, "insufficient_quota", "insufficient_quota", "rate_limit_error", NO_RETRY,
+                             anthropic_code="enforced_spend_limit_reached")
         case e.RateLimited():
             wait = max(err.retry_after_s, 0.0)
             headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(int(wait * 1000))}
