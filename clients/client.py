@@ -314,7 +314,7 @@ class Client:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, team: str | None = None) -> bool:
         """Cancel a job of this client's team that has not started. True: it was taken out of its
         queue before any broker or worker took it, it gets a Failed result of kind
         `cancelled`, and no provider is called for it. False: a broker or worker already has
@@ -322,7 +322,8 @@ class Client:
         the queues once, so it takes longer the deeper they are. See clients/cancel.py."""
         from panelboard.clients.cancel import cancel_queued
 
-        rep = await cancel_queued(self.js, lambda j: j.team == self.team and j.id == job_id,
+        team = team or self.team  # another team's job: for a client that submits for several (the HTTP ingress)
+        rep = await cancel_queued(self.js, lambda j: j.team == team and j.id == job_id,
                                   prefilter=job_id.encode(), reason="Client.cancel", keep_ids=True)
         return job_id in rep.ids
 

@@ -135,6 +135,9 @@ class Ingress:
         request["pb_key"] = prefix_of(key) or ("-" if key is None else "other")
         try:
             return await self.client.submit_job(job, reuse=opts.job_id is not None, payload=msgspec.json.encode(wire_job))
+        except asyncio.CancelledError:  # the caller went away mid-publish: the job may be queued
+            self.cancel_later(job.id, team)
+            raise
         except Exception as e:  # the SDK's own refusals (over max_payload) and a NATS that is away
             from panelboard.clients.errors import JobFailed
 
@@ -155,12 +158,12 @@ class Ingress:
             return gateway_timeout(f"job {h.id} has no result after {self.wait_s(opts):.0f}s; it is still queued or running: "
                                    f"send the same request again with x-pb-job-id: {h.id} to get its result")
         except asyncio.CancelledError:
-            self.cancel_later(h.id)
+            self.cancel_later(h.id, h.team)
             raise
 
-    def cancel_later(self, job_id: str) -> None:
+    def cancel_later(self, job_id: str, team: str) -> None:
         async def go() -> None:
-            done = await self.client.cancel(job_id)
+            done = await self.client.cancel(job_id, team)
             log.info("ingress.caller_gone", job_id=job_id, cancelled=done)
 
         t = asyncio.ensure_future(go())
