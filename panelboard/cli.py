@@ -28,8 +28,9 @@ def cmd_up(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     with stack:
-        stack.start(workers=a.workers)
+        stack.start(workers=a.workers, ingress=True)
         print(f"panelboard is up: NATS {stack.nats_url}" + (f", mock provider {stack.mock_url}" if stack.mock_url else ""))
+        print(f"HTTP ingress {stack.ingress_url}: OpenAI(base_url=\"{stack.ingress_url}/v1\"), Anthropic(base_url=\"{stack.ingress_url}\")")
         print(f"logs in {stack.home / 'logs'}; try: panelboard submit --intent extraction 'Extract the date from: due 2026-12-01'")
         print("cost records go to the ledger: panelboard report usage --days 1 (or savings, breakeven, shadow)")
         print("Ctrl-C stops everything.")
