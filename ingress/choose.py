@@ -68,7 +68,7 @@ def choose(cfg: Config, model: str | None, intent_header: str | None) -> Choice 
                      code="model_not_found")
 
 
-def options(cfg: Config, model: str | None, headers: dict[str, str], now: float | None = None) -> Options | HttpError:
+def options(cfg: Config, model: str | None, headers: dict[str, str]) -> Options | HttpError:
     """Read the x-pb-* headers (lower-cased names) beside `model`."""
     choice = choose(cfg, model, headers.get("x-pb-intent"))
     if isinstance(choice, HttpError):

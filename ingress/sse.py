@@ -51,7 +51,8 @@ class Relay:
         """Yields chunk bytes as they come, then the Result (or the ingress's error)."""
         while True:
             get = asyncio.ensure_future(self.chunks.get())
-            done, _ = await asyncio.wait({get, result}, return_when=asyncio.FIRST_COMPLETED)
+            either: set[asyncio.Future[Any]] = {get, result}
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if get in done:
                 yield get.result()
                 continue

@@ -1,0 +1,106 @@
+"""Closed-loop HTTP benchmark: N callers each send POST /v1/chat/completions, wait for the
+answer, and send the next, for a fixed time; the same for the mock called directly.
+
+    python -m panelboard.loadgen.http_bench --concurrency 1,16,64,2048 --seconds 10 --latency-ms 200
+    python -m panelboard.loadgen.http_bench --url http://127.0.0.1:8787/v1 --model bench   # any OpenAI-compatible gateway
+
+Without --url it starts the embedded stack (nats-server, broker, worker, mock with the given
+latency, `loadgen/bench.yaml`) and `panelboard serve`, and measures: the mock directly
+(the floor), then panelboard HTTP ingress -> PB_JOBS -> broker -> PB_DISPATCH -> worker -> mock.
+Prints one JSON object per run: requests/s, p50/p99 latency, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH_CONFIG = Path(__file__).with_name("bench.yaml")
+BODY = {"messages": [{"role": "user", "content": "Extract the date: due 2026-12-01"}], "max_tokens": 16}
+
+
+async def closed_loop(url: str, model: str, concurrency: int, seconds: float, api_key: str = "x") -> dict[str, Any]:
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    body = json.dumps({**BODY, "model": model}).encode()
+    headers = {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
+    conn = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = start + seconds
+
+        async def caller() -> None:
+            while loop.time() < end:
+                t0 = loop.time()
+                try:
+                    async with http.post(url + "/chat/completions", data=body, headers=headers) as r:
+                        await r.read()
+                        if r.status != 200:
+                            errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+                            continue
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                    continue
+                lat.append(loop.time() - t0)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = loop.time() - start
+    lat.sort()
+
+    def pct(p: float) -> float | None:
+        return round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
+
+    return {"concurrency": concurrency, "ok": len(lat), "errors": errors, "seconds": round(elapsed, 2),
+            "req_per_s": round(len(lat) / elapsed, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+
+
+async def run(targets: list[tuple[str, str, str]], levels: list[int], seconds: float) -> list[dict[str, Any]]:
+    out = []
+    for name, url, model in targets:
+        for c in levels:
+            await closed_loop(url, model, min(c, 16), 1.0)  # warm the connections and the path
+            r = {"target": name, **await closed_loop(url, model, c, seconds)}
+            print(json.dumps(r), flush=True)
+            out.append(r)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m panelboard.loadgen.http_bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--concurrency", default="1,16,64,2048", help="comma-separated callers in flight")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--latency-ms", type=float, default=200.0, help="the mock's latency (embedded stack only)")
+    ap.add_argument("--ingress-workers", type=int, default=1, help="panelboard serve --workers (embedded stack only)")
+    ap.add_argument("--url", help="an OpenAI-compatible base URL to measure instead of the embedded stack (ends in /v1)")
+    ap.add_argument("--model", default="bench")
+    ap.add_argument("--no-direct", action="store_true", help="skip the mock-direct baseline")
+    a = ap.parse_args(argv)
+    levels = [int(x) for x in a.concurrency.split(",")]
+    if a.url:
+        asyncio.run(run([("url", a.url.rstrip("/"), a.model)], levels, a.seconds))
+        return 0
+    from panelboard.runtime import run as run_loop
+    from panelboard.stack import Stack
+
+    with tempfile.TemporaryDirectory(prefix="panelboard-http-bench-") as tmp:
+        with Stack(Path(tmp), config=BENCH_CONFIG, mock_args=["--latency-ms", str(a.latency_ms)]) as stack:
+            stack.start(workers=1, ledger=False)
+            stack.start_ingress(workers=a.ingress_workers)
+            targets = [] if a.no_direct else [("mock-direct", f"{stack.mock_url}/bench/v1", "bench-model")]
+            targets.append(("panelboard-http", f"{stack.ingress_url}/v1", a.model))
+            print(f"# mock {stack.mock_url} latency {a.latency_ms} ms; ingress {stack.ingress_url} x{a.ingress_workers}", file=sys.stderr)
+            run_loop(run(targets, levels, a.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
