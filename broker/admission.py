@@ -31,7 +31,7 @@ from panelboard.broker import budgets, ratelimit
 from panelboard.broker.governance_store import Admitted, Store, Throttled
 from panelboard.schemas.redact import PREFIX_LEN
 from panelboard.transport import logs
-from panelboard.schemas.chat import ChatRequest
+from panelboard.schemas.chat import MODELLED, ChatRequest
 from panelboard.schemas.config import Config, Governance
 from panelboard.schemas.errors import InvalidJob, JobError, PromptTooLarge
 from panelboard.schemas.job import ID_RE, Job, Route
@@ -100,7 +100,29 @@ def forbidden_fields(data: bytes) -> list[str]:
     req = raw.get("request")
     if isinstance(req, dict):
         found += [f"request.{k}" for k in req if k in FORBIDDEN]
+        if isinstance(extra := req.get("passthrough"), dict):  # sent on to OpenAI-family providers as is
+            found += [f"request.passthrough.{k}" for k in extra if k in FORBIDDEN]
     return found
+
+
+class _Peek(msgspec.Struct):
+    request: dict[str, msgspec.Raw]
+
+
+_peek = msgspec.json.Decoder(_Peek).decode
+
+
+def with_passthrough(job: Job, data: bytes) -> Job:
+    """The job with every request field the schema does not model (`prediction`, `audio`,
+    `modalities`, a provider's own extension...) kept in request.passthrough, so it reaches
+    OpenAI-family providers unchanged instead of being dropped by the typed decoder. The keys
+    are peeked at without decoding their values (~1 us for a typical job)."""
+    unknown = [k for k in _peek(data).request if k not in MODELLED]
+    if not unknown:
+        return job
+    raw = msgspec.json.decode(data)["request"]
+    extra = {**job.request.passthrough, **{k: raw[k] for k in unknown}}
+    return msgspec.structs.replace(job, request=msgspec.structs.replace(job.request, passthrough=extra))
 
 
 def refuse_fields(found: list[str]) -> InvalidJob:
@@ -120,9 +142,12 @@ def check_fields(job: Job) -> InvalidJob | None:
 
 def check_request(req: ChatRequest) -> InvalidJob | None:
     """Bounds msgspec's types cannot express. Pure."""
-    if req.max_tokens is not None and not 1 <= req.max_tokens <= MAX_TOKENS:
-        return InvalidJob(message=f"max_tokens is {req.max_tokens}, outside 1..{MAX_TOKENS:,}",
-                          hint="set max_tokens to the longest answer you want (at least 1), or leave it out to get the model's own cap")
+    for name in ("max_tokens", "max_completion_tokens"):
+        if (v := getattr(req, name)) is not None and not 1 <= v <= MAX_TOKENS:
+            return InvalidJob(message=f"{name} is {v}, outside 1..{MAX_TOKENS:,}",
+                              hint=f"set {name} to the longest answer you want (at least 1), or leave it out to get the model's own cap")
+    if req.n is not None and not 1 <= req.n <= 128:
+        return InvalidJob(message=f"n is {req.n}, outside 1..128", hint="ask for 1 to 128 choices, or leave n out for one")
     if req.temperature is not None and not (math.isfinite(req.temperature) and 0 <= req.temperature <= 2):
         return InvalidJob(message=f"temperature is {req.temperature}, outside 0..2", hint="use a temperature from 0 (focused) to 2 (random), or leave it out")
     if req.top_p is not None and not (math.isfinite(req.top_p) and 0 <= req.top_p <= 1):
@@ -142,7 +167,7 @@ def bound(job: Job, route: Route, cfg: Config) -> Job:
     """Under governance a job without max_tokens gets the smallest output cap of its chain:
     then no hop can answer at more length than its reservation assumed (a provider's own
     default can exceed the catalog's cap), and every hop accepts it."""
-    if job.request.max_tokens is not None:
+    if job.request.output_cap() is not None:
         return job
     cap = min(cfg.models[h.model].max_output_tokens for h in route.chain)
     return msgspec.structs.replace(job, request=msgspec.structs.replace(job.request, max_tokens=cap))

@@ -30,6 +30,10 @@ from panelboard.schemas.job import Job, Route
 NANO = 1_000_000_000
 Period = Literal["none", "daily", "monthly"]
 PERIODS: tuple[Period, ...] = ("none", "daily", "monthly")
+# An image's tokens follow from its pixels, which admission never fetches: the most gpt-4o's high
+# detail (8 tiles x 170 + 85) or Anthropic (~1,600 at 1.15 megapixels) charge for one. (Mini models
+# count more tokens per tile at a price cut to match, so the dollars stay near this bound.)
+IMAGE_TOKENS = 1_600
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message, as chat templates add them
 REQUEST_OVERHEAD_TOKENS = 3
 
@@ -75,14 +79,30 @@ class Estimate:
 
 def prompt_tokens(job: Job, bytes_per_token: float = 1.0) -> int:
     """An upper bound on the prompt's tokens: at 1.0 byte per token, no byte-level BPE
-    tokenizer produces more. Tools and response formats are billed as prompt tokens too."""
+    tokenizer produces more. Tools, tool calls, response formats and passed-through fields are
+    billed as prompt tokens too; an image part at IMAGE_TOKENS (its URL or base64 data is not
+    what the model reads), audio and files by the bytes of their data."""
     req = job.request
     n = sum(len(m.text().encode()) for m in req.messages)
+    images = 0
+    for m in req.messages:
+        if m.tool_calls:
+            n += len(_encode(m.tool_calls))
+        if isinstance(m.content, list):
+            for p in m.content:
+                if p.image_url is not None:
+                    images += 1
+                elif p.input_audio is not None:
+                    n += len(p.input_audio.data)
+                elif p.file is not None:
+                    n += len(p.file.file_data or "")
+    if req.passthrough:
+        n += len(_encode(req.passthrough))
     if req.tools:
         n += len(_encode(req.tools))
     if req.response_format:
         n += len(_encode(req.response_format))
-    return math.ceil(n / bytes_per_token) + MESSAGE_OVERHEAD_TOKENS * len(req.messages) + REQUEST_OVERHEAD_TOKENS
+    return math.ceil(n / bytes_per_token) + IMAGE_TOKENS * images + MESSAGE_OVERHEAD_TOKENS * len(req.messages) + REQUEST_OVERHEAD_TOKENS
 
 
 def estimate(job: Job, route: Route, cfg: Config, bytes_per_token: float = 1.0) -> Estimate:
@@ -93,7 +113,7 @@ def estimate(job: Job, route: Route, cfg: Config, bytes_per_token: float = 1.0) 
     best: Estimate | None = None
     for hop in route.chain:
         m = cfg.models[hop.model]
-        out = job.request.max_tokens if job.request.max_tokens is not None else m.max_output_tokens
+        out = (cap if (cap := job.request.output_cap()) is not None else m.max_output_tokens) * (job.request.n or 1)
         # Ceil to the nano-dollar: a reservation never falls short of the catalog price.
         # ($/M x tokens) x 1e9 / 1e6; rounded to 1e-3 nano first so float noise never adds one.
         cost = math.ceil(round((pt * m.input_per_m + out * m.output_per_m) * 1000, 3))

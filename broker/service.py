@@ -90,7 +90,7 @@ class Broker:
         early: InvalidJob | PromptTooLarge | None = admission.screen(msg.data, self.cfg.governance)
         if early is None:
             try:
-                job = decode_job(msg.data)
+                job = admission.with_passthrough(decode_job(msg.data), msg.data)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
                 early = InvalidJob(
                     message=f"the job could not be decoded: {e}",

@@ -27,8 +27,8 @@ from nats.js.errors import NotFoundError
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
 from panelboard.transport.bus import _TRANSIENT
 from panelboard.schemas import wire
-from panelboard.schemas.chat import ChatRequest, ChatResponse, Message
-from panelboard.schemas.codec import decode_result, encode
+from panelboard.schemas.chat import MODELLED, ChatChunk, ChatRequest, ChatResponse, Message, as_chunk
+from panelboard.schemas.codec import decode_chunk, decode_result, encode
 from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
@@ -40,12 +40,15 @@ def new_id() -> str:
 
 
 def to_request(messages: MessagesLike | str, **params: Any) -> ChatRequest:
+    """A ChatRequest from messages and chat-completions fields (tools=..., response_format=...);
+    a field the schema does not model is passed through to OpenAI-family providers as is."""
     if isinstance(messages, ChatRequest):
         return messages
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    msgs = [m if isinstance(m, Message) else msgspec.convert(m, Message) for m in messages]
-    return ChatRequest(messages=msgs, **{k: v for k, v in params.items() if v is not None})
+    given = {k: v for k, v in params.items() if v is not None}
+    known = {k: given.pop(k) for k in list(given) if k in MODELLED}
+    return msgspec.convert({"messages": list(messages), **known, "passthrough": given}, ChatRequest, from_attributes=True)
 
 
 class JobHandle:
@@ -216,16 +219,18 @@ class Client:
         priority: str = "interactive",
         deadline: float | None = None,
         team: str | None = None,
+        **request: Any,
     ) -> JobHandle:
         """Enqueue a job. Idempotent by (team, job id): the same id twice is one job, one
         provider call, one result; with an explicit `job_id` a result already stored (by this
-        or any earlier process of the team) is returned without sending the job again."""
+        or any earlier process of the team) is returned without sending the job again.
+        `request`: chat-completions fields (tools, tool_choice, response_format, seed, ...)."""
         if job_id is not None:
             check_id("job id", job_id)
         job = Job(
             id=job_id or new_id(),
             client=self.client_id,
-            request=to_request(messages, max_tokens=max_tokens, temperature=temperature),
+            request=to_request(messages, max_tokens=max_tokens, temperature=temperature, **request),
             intent=intent,
             key=self.key,
             team=team or self.team,
@@ -314,6 +319,21 @@ class Client:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
+    def stream(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120,
+               job_id: str | None = None, **kw: Any) -> "ChunkStream":
+        """Submit a job with `stream: true` and iterate over its chunks (ChatChunk, OpenAI's
+        chat.completion.chunk shape) as the provider writes them:
+
+            s = client.stream(messages, intent="agent-planning")
+            async for chunk in s:
+                print(chunk.choices[0].delta.content or "", end="")
+            s.result   # the terminal Completed (the assembled answer, as a plain job's)
+
+        A Failed result (before or after some chunks) raises its JobFailed subclass once the
+        chunks that came are yielded. A job id already answered yields its stored answer as one
+        chunk. The job still goes through admission, routing, pool caps and retries."""
+        return ChunkStream(self, messages, intent=intent, timeout=timeout, job_id=job_id or new_id(), **kw)
+
     async def cancel(self, job_id: str, team: str | None = None) -> bool:
         """Cancel a job of this client's team that has not started. True: it was taken out of its
         queue before any broker or worker took it, it gets a Failed result of kind
@@ -394,4 +414,57 @@ class Client:
                 t.cancel()
 
 
-__all__ = ["Client", "Completed", "Failed", "JobHandle", "unwrap"]
+class ChunkStream:
+    """One streamed job (see Client.stream): iterate once; `result` is set when it ends."""
+
+    DRAIN_S = 5.0  # how long chunks the result counted may trail it (another route through a cluster)
+
+    def __init__(self, client: Client, messages: MessagesLike | str, *, intent: str | None, timeout: float | None, job_id: str, **kw: Any):
+        self.client, self.messages, self.intent, self.timeout, self.id, self.kw = client, messages, intent, timeout, job_id, kw
+        self.result: Result | None = None
+
+    def __aiter__(self) -> AsyncIterator[ChatChunk]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[ChatChunk]:
+        c = self.client
+        assert c.nc is not None, "connect the client first"
+        team = self.kw.get("team") or c.team
+        # Subscribed before the submit, so the first chunk cannot slip past. Chunks and the end
+        # of the job meet in one queue: one cheap get per chunk.
+        q: asyncio.Queue[Msg | None] = asyncio.Queue()
+        sub = await c.nc.subscribe(wire.chunks(team, self.id), cb=q.put)
+        ended: asyncio.Future[Result] | None = None
+        try:
+            await c.nc.flush()
+            h = await c.submit(self.messages, intent=self.intent, job_id=self.id, stream=True, **self.kw)
+            ended = asyncio.ensure_future(h.result(self.timeout))
+            ended.add_done_callback(lambda _: q.put_nowait(None))
+            got = 0
+            while (msg := await q.get()) is not None:
+                got += 1
+                yield decode_chunk(msg.data)
+            result = self.result = ended.result()
+            # Chunks published before the result may still be on their way to the queue (each
+            # subscription has its own task); a Completed result says how many there were.
+            counted = result.chunks if isinstance(result, Completed) else None
+            give_up = asyncio.get_running_loop().time() + self.DRAIN_S
+            while q.qsize() or sub.pending_msgs or (counted is not None and got < counted):
+                try:
+                    msg = await asyncio.wait_for(q.get(), max(0.0, give_up - asyncio.get_running_loop().time()))
+                except asyncio.TimeoutError:
+                    break
+                if msg is not None:
+                    got += 1
+                    yield decode_chunk(msg.data)
+        finally:
+            if ended is not None and not ended.done():
+                ended.cancel()
+            await sub.unsubscribe()
+        if isinstance(result, Failed):
+            raise exception_for(result)
+        if got == 0:  # answered before (a stored result): the whole answer as one chunk
+            yield as_chunk(result.response)
+
+
+__all__ = ["ChunkStream", "Client", "Completed", "Failed", "JobHandle", "unwrap"]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from panelboard.clients.client import Client, JobHandle, MessagesLike
-from panelboard.schemas.chat import ChatResponse
+from panelboard.schemas.chat import ChatChunk, ChatResponse
 from panelboard.schemas.job import Result
 
 T = TypeVar("T")
@@ -43,6 +43,10 @@ class SyncClient:
 
     def chat(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         return self._run(self._client.chat(messages, intent=intent, timeout=timeout, **kw))
+
+    def stream(self, messages: MessagesLike | str, **kw: Any) -> Iterator[ChatChunk]:
+        """Client.stream: each chunk as it comes; a Failed result raises its JobFailed subclass."""
+        return self._iter(self._client.stream(messages, **kw).__aiter__())
 
     def submit(self, messages: MessagesLike | str, **kw: Any) -> str:
         return self._run(self._client.submit(messages, **kw)).id

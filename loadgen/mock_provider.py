@@ -9,7 +9,10 @@ One server plays any number of providers, told apart by the first path segment:
 
 Everything is deterministic: usage and text follow from the prompt, jitter comes from a
 seeded RNG per provider, and faults come either from the model name (`fault-429`,
-`slow-250`, ...) or from `/_mock/control` (`every` N-th request of a provider). Each
+`slow-250`, ...) or from `/_mock/control` (`every` N-th request of a provider). Tool calls,
+images and JSON answers follow loadgen/mock_answers.py; `stream: true` answers Server-Sent
+Events (loadgen/mock_sse.py: chunk count, delay, cut / error / stall mid-stream).
+`cached-N` and `reasoning-N` in a model name add those usage details. Each
 served request is logged once, with the id the caller sent in `x-pb-request-id`.
 """
 
@@ -28,14 +31,18 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from random import Random
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
+from panelboard.loadgen.mock_answers import IMAGE_TOKENS, answer, read_anthropic, read_openai
+from panelboard.loadgen.mock_sse import Stream, anthropic_events, openai_chunks
+
 Api = Literal["openai", "anthropic"]
-Fault = Literal["429", "500", "503", "529", "timeout", "malformed", "400", "context", "quota", "huge_body", "huge_usage"]
+Fault = Literal["429", "500", "503", "529", "timeout", "malformed", "400", "context", "quota", "huge_body", "huge_usage",
+                "cut", "sse_error", "stall"]  # the last three hit streams only, after `after_chunks` events
 
 # --- configuration ------------------------------------------------------------------
 
@@ -56,6 +63,10 @@ class ProviderSettings(Base):
     every: Annotated[int, Meta(ge=1)] = 1  # the fault hits every N-th request
     retry_after_s: Annotated[float, Meta(ge=0)] = 1.0  # sent with 429s
     ratelimit_remaining: int | None = None  # sent as x-ratelimit-remaining-requests
+    stream: bool = True  # false: refuse `stream: true` with a 400
+    stream_chunks: Annotated[int, Meta(ge=1)] = 8  # content pieces per streamed answer
+    chunk_delay_ms: Annotated[float, Meta(ge=0)] = 0.0  # between two SSE events
+    after_chunks: Annotated[int, Meta(ge=0)] = 3  # events sent before a cut / sse_error / stall
 
 
 class MockConfig(Base):
@@ -81,12 +92,16 @@ class Control(msgspec.Struct, forbid_unknown_fields=True):
     jitter_ms: float | None | UnsetType = UNSET
     hang_ms: int | None | UnsetType = UNSET
     ratelimit_remaining: int | None | UnsetType = UNSET
+    stream: bool | UnsetType = UNSET
+    stream_chunks: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    chunk_delay_ms: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
+    after_chunks: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
 
 
 # --- introspection ------------------------------------------------------------------
 
 
-class LogEntry(msgspec.Struct):
+class LogEntry(msgspec.Struct, omit_defaults=True):
     ts: float  # time.time() when the response was ready
     provider: str
     api: Api
@@ -95,6 +110,7 @@ class LogEntry(msgspec.Struct):
     status: int  # 499: the client went away before the answer
     latency_ms: float
     fault: Fault | None
+    images: list[str] = []  # the image URLs of the request (base64 ones as data: URLs)
 
 
 class Stats(msgspec.Struct):
@@ -107,14 +123,31 @@ class Stats(msgspec.Struct):
 # --- request wire formats: only the fields the mock reads -----------------------------
 
 
-class TextPart(msgspec.Struct):
+class Part(msgspec.Struct):
+    """An OpenAI content part or an Anthropic content block."""
+
     type: str = "text"
     text: str = ""  # images, tool calls and the like count as no text
+    image_url: dict[str, Any] | None = None  # OpenAI: {"url": ...}
+    source: dict[str, Any] | None = None  # Anthropic image: {"type": "base64" | "url", ...}
+    id: str | None = None  # Anthropic tool_use
+    name: str | None = None
+    input: Any = None
+    tool_use_id: str | None = None  # Anthropic tool_result
+    content: str | list[Part] | None = None
+
+
+class OpenAIToolCall(msgspec.Struct):
+    id: str
+    function: dict[str, Any]
+    type: str = "function"
 
 
 class OpenAIMessage(msgspec.Struct):
     role: str
-    content: str | list[TextPart] | None = None
+    content: str | list[Part] | None = None
+    tool_calls: list[OpenAIToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class OpenAIRequest(msgspec.Struct):
@@ -123,33 +156,35 @@ class OpenAIRequest(msgspec.Struct):
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class AnthropicMessage(msgspec.Struct):
-    role: str
-    content: str | list[TextPart]
+    role: Literal["user", "assistant"]
+    content: str | list[Part]
 
 
 class AnthropicRequest(msgspec.Struct):
     model: str
     messages: list[AnthropicMessage]
     max_tokens: Annotated[int, Meta(ge=1)]  # required by the real API, so here too
-    system: str | list[TextPart] | None = None
+    system: str | list[Part] | None = None
     stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
 
 
 # --- response wire formats ----------------------------------------------------------
 
 
-class Usage(msgspec.Struct):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 class ChatMessage(msgspec.Struct):
     role: str
-    content: str
+    content: str | None
+    tool_calls: list[OpenAIToolCall] | None = None
+    refusal: None = None
 
 
 class Choice(msgspec.Struct):
@@ -164,26 +199,17 @@ class ChatCompletion(msgspec.Struct):
     created: int
     model: str
     choices: list[Choice]
-    usage: Usage
+    usage: dict[str, Any]
     object: str = "chat.completion"
-
-
-class TextBlock(msgspec.Struct):
-    text: str
-    type: str = "text"
-
-
-class AnthropicUsage(msgspec.Struct):
-    input_tokens: int
-    output_tokens: int
+    system_fingerprint: str = "fp_mock"
 
 
 class AnthropicResponse(msgspec.Struct):
     id: str
     model: str
-    content: list[TextBlock]
+    content: list[dict[str, Any]]
     stop_reason: str
-    usage: AnthropicUsage
+    usage: dict[str, int]
     type: str = "message"
     role: str = "assistant"
     stop_sequence: None = None
@@ -233,7 +259,10 @@ _ERRORS: dict[str, _ErrorSpec] = {
     "quota": _ErrorSpec(429, "insufficient_quota", "insufficient_quota", 400, "invalid_request_error"),
 }
 
-_FAULT_RE = re.compile(r"fault-(429|500|503|529|timeout|malformed|400|context|quota|huge_body|huge_usage)")
+_FAULT_RE = re.compile(r"fault-(429|500|503|529|timeout|malformed|400|context|quota|huge_body|huge_usage|cut|sse_error|stall)")
+# Usage details a model name asks for, e.g. `m-cached-64-reasoning-32`.
+_CACHED_RE = re.compile(r"cached-(\d+)")
+_REASONING_RE = re.compile(r"reasoning-(\d+)")
 # A misbehaving provider: a 200 whose body is too big to pass on, or whose usage is absurd.
 HUGE_BODY_BYTES = 1_500_000
 HUGE_USAGE_TOKENS = 3_000_000_000
@@ -256,10 +285,11 @@ def model_directives(model: str) -> tuple[Fault | None, float]:
     return fault, slow  # type: ignore[return-value]
 
 
-def _text(content: str | list[TextPart] | None) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    return "".join(part.text for part in content)
+@functools.lru_cache(maxsize=4096)
+def usage_directives(model: str) -> tuple[int, int]:
+    """(cached prompt tokens, reasoning tokens) a model name asks the usage to report."""
+    cached = int(m.group(1)) if (m := _CACHED_RE.search(model)) else 0
+    return cached, int(m.group(1)) if (m := _REASONING_RE.search(model)) else 0
 
 
 def token_counts(prompt: str, max_tokens: int | None) -> tuple[int, int, bool]:
@@ -373,11 +403,12 @@ class MockState:
         batch, self._unwritten = self._unwritten, []
         return _encode_lines(batch) if batch else b""
 
-    async def serve(self, request: web.Request, api: Api) -> web.Response:
+    async def serve(self, request: web.Request, api: Api) -> web.StreamResponse:
         t0 = time.perf_counter()
         name = request.match_info["provider"]
         p = self.provider(name)
         rid = request.headers.get("x-pb-request-id") or uuid.uuid4().hex
+        images: list[str] = []
         p.requests += 1
         p.in_flight += 1
         p.max_in_flight = max(p.max_in_flight, p.in_flight)
@@ -387,18 +418,23 @@ class MockState:
                 body = await request.read()
                 req = _decode_openai(body) if api == "openai" else _decode_anthropic(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                resp = _error_body(api, 400, "invalid_request_error", f"invalid request body: {e}")
+                answer: web.Response | Stream = _error_body(api, 400, "invalid_request_error", f"invalid request body: {e}")
             else:
                 model = req.model
                 fault, delay_ms = self._plan(p, model)
                 if delay_ms > 0:
                     await asyncio.sleep(delay_ms / 1000)
-                resp = self._respond(api, name, p.settings, req, rid, fault)
-            resp.headers["x-request-id"] = rid
+                answer, images = self._respond(api, name, p.settings, req, rid, fault)
+            headers = {"x-request-id": rid}
             if api == "anthropic":
-                resp.headers["request-id"] = rid
+                headers["request-id"] = rid
             if p.settings.ratelimit_remaining is not None:
-                resp.headers["x-ratelimit-remaining-requests"] = str(p.settings.ratelimit_remaining)
+                headers["x-ratelimit-remaining-requests"] = str(p.settings.ratelimit_remaining)
+            if isinstance(answer, Stream):  # SSE: the status is 200 once the first byte is out
+                resp: web.StreamResponse = await answer.send(request, fault, headers)
+            else:
+                resp = answer
+                resp.headers.update(headers)
             status = resp.status
             return resp
         except Exception:
@@ -408,7 +444,7 @@ class MockState:
             p.in_flight -= 1
             p.status_counts[status] += 1
             latency_ms = (time.perf_counter() - t0) * 1000
-            self.record(LogEntry(time.time(), name, api, rid, model, status, latency_ms, fault))
+            self.record(LogEntry(time.time(), name, api, rid, model, status, latency_ms, fault, images))
 
     @staticmethod
     def _plan(p: _Provider, model: str) -> tuple[Fault | None, float]:
@@ -430,19 +466,23 @@ class MockState:
     @staticmethod
     def _respond(
         api: Api, name: str, s: ProviderSettings, req: OpenAIRequest | AnthropicRequest, rid: str, fault: Fault | None
-    ) -> web.Response:
-        if req.stream:
-            return _error_body(api, 400, "invalid_request_error", "the mock provider does not stream")
+    ) -> tuple[web.Response | Stream, list[str]]:
+        """The answer, and the image URLs the request carried (for the log)."""
         if isinstance(req, OpenAIRequest):
-            prompt = "".join(_text(m.content) for m in req.messages)
+            prompt = read_openai(req)
             cap = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         else:
-            prompt = _text(req.system) + "".join(_text(m.content) for m in req.messages)
+            prompt = read_anthropic(req)
             cap = req.max_tokens
-        prompt_tokens, completion_tokens, capped = token_counts(prompt, cap)
+        prompt_tokens, completion_tokens, capped = token_counts(prompt.text, cap)
+        prompt_tokens += IMAGE_TOKENS * len(prompt.images)
+        if prompt.bad is not None:
+            return _error_body(api, 400, "invalid_request_error", prompt.bad), prompt.images
+        if req.stream and not s.stream:
+            return _error_body(api, 400, "invalid_request_error", f"mock provider {name} is set not to stream"), prompt.images
 
         if fault == "malformed":
-            return web.Response(body=_MALFORMED, content_type="application/json")
+            return web.Response(body=_MALFORMED, content_type="application/json"), prompt.images
         if fault is not None and (spec := _ERRORS.get(fault)) is not None:
             message = _error_message(api, fault, name, prompt_tokens)
             if api == "openai":
@@ -452,34 +492,49 @@ class MockState:
             if fault == "429":
                 resp.headers["retry-after"] = str(max(0, round(s.retry_after_s)))
                 resp.headers["retry-after-ms"] = str(round(s.retry_after_s * 1000))
-            return resp
+            return resp, prompt.images
 
-        text = reply_text(name, req.model, completion_tokens)
-        if fault == "huge_body":
+        ans = answer(prompt, reply_text(name, req.model, completion_tokens), rid)
+        text = ans.text
+        if ans.tool is not None or text != reply_text(name, req.model, completion_tokens):
+            shown = text if ans.tool is None else _encode(ans.tool[2]).decode()
+            completion_tokens, capped = max(1, (len(shown or "") + 3) // 4), False
+        if fault == "huge_body" and text is not None:
             text = (text + " ") * (HUGE_BODY_BYTES // (len(text) + 1) + 1)
         elif fault == "huge_usage":
             completion_tokens = HUGE_USAGE_TOKENS
+        cached, reasoning = usage_directives(req.model)
+        cached = min(cached, prompt_tokens)
+        completion_tokens += reasoning
         if isinstance(req, OpenAIRequest):
-            body = _encode(
-                ChatCompletion(
-                    id=f"chatcmpl-{rid}",
-                    created=int(time.time()),
-                    model=req.model,
-                    choices=[Choice(0, ChatMessage("assistant", text), "length" if capped else "stop")],
-                    usage=Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens),
-                )
+            calls = None if ans.tool is None else [OpenAIToolCall(f"call_{ans.tool[0]}", {"name": ans.tool[1], "arguments": _encode(ans.tool[2]).decode()})]
+            usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+            if cached or reasoning:
+                usage["prompt_tokens_details"] = {"cached_tokens": cached}
+                usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+            finish = "tool_calls" if calls else ("length" if capped else "stop")
+            completion = ChatCompletion(
+                id=f"chatcmpl-{rid}", created=int(time.time()), model=req.model,
+                choices=[Choice(0, ChatMessage("assistant", text, calls), finish)], usage=usage,
             )
+            if req.stream:
+                events = openai_chunks(completion, bool((req.stream_options or {}).get("include_usage")), s.stream_chunks)
+                return Stream(api, events, s.chunk_delay_ms, s.after_chunks, s.hang_ms or 0), prompt.images
+            body = _encode(completion)
         else:
-            body = _encode(
-                AnthropicResponse(
-                    id=f"msg_{rid}",
-                    model=req.model,
-                    content=[TextBlock(text)],
-                    stop_reason="max_tokens" if capped else "end_turn",
-                    usage=AnthropicUsage(prompt_tokens, completion_tokens),
-                )
+            content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text is not None else []
+            if ans.tool is not None:
+                content.append({"type": "tool_use", "id": f"toolu_{ans.tool[0]}", "name": ans.tool[1], "input": ans.tool[2]})
+            reply = AnthropicResponse(
+                id=f"msg_{rid}", model=req.model, content=content,
+                stop_reason="tool_use" if ans.tool else ("max_tokens" if capped else "end_turn"),
+                usage={"input_tokens": prompt_tokens - cached, "output_tokens": completion_tokens,
+                       "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0},
             )
-        return web.Response(body=body, content_type="application/json")
+            if req.stream:
+                return Stream(api, anthropic_events(reply, s.stream_chunks), s.chunk_delay_ms, s.after_chunks, s.hang_ms or 0), prompt.images
+            body = _encode(reply)
+        return web.Response(body=body, content_type="application/json"), prompt.images
 
 
 # --- HTTP app -----------------------------------------------------------------------
@@ -532,8 +587,8 @@ def create_app(cfg: MockConfig) -> web.Application:
     app = web.Application()
     app[STATE] = state
 
-    def provider_route(api: Api) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handle(request: web.Request) -> web.Response:
+    def provider_route(api: Api) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
             return await state.serve(request, api)
 
         return handle

@@ -72,6 +72,11 @@ costs = Table(
     Column("latency_ms", BigInteger, nullable=False),  # the provider call; 0 for a lost call
     Column("queue_ms", BigInteger, nullable=False),  # admission to the start of the call
     Column("outcome", String(32), nullable=False),  # ok, RateLimited, ServerError, Timeout, ..., lost
+    Column("cached_tokens", BigInteger, nullable=False, server_default=text("0")),  # of prompt_tokens
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default=text("0")),  # of prompt_tokens
+    Column("reasoning_tokens", BigInteger, nullable=False, server_default=text("0")),  # of completion_tokens
+    Column("ttft_ms", BigInteger),  # a streamed call's time to first chunk; NULL when not streamed
+    Column("usage_unknown", Boolean, nullable=False, server_default=text("false")),  # a broken stream's usage was not reported
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="cost_records_pkey"),
     # Every report reads a time window.
     Index("ix_cost_records_ts", "ts"),
@@ -96,7 +101,9 @@ def row(rec: CostRecord) -> dict[str, Any]:
         "provider": rec.provider, "model": rec.model, "quantization": rec.quantization,
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
         "cost_nano_usd": round(rec.cost_usd * NANO), "latency_ms": round(rec.latency_ms), "queue_ms": round(rec.queue_ms),
-        "outcome": rec.outcome,
+        "outcome": rec.outcome, "cached_tokens": rec.cached_tokens, "cache_write_tokens": rec.cache_write_tokens,
+        "reasoning_tokens": rec.reasoning_tokens, "ttft_ms": None if rec.ttft_ms is None else round(rec.ttft_ms),
+        "usage_unknown": rec.usage_unknown,
     }
 
 

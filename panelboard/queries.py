@@ -19,9 +19,14 @@ c = costs.c
 DAY_S = 86_400
 
 
-def latency_bucket(outcome: ColumnElement[Any], latency_ms: ColumnElement[Any]) -> ColumnElement[int]:
+def ms_bucket(ms: ColumnElement[Any]) -> ColumnElement[int]:
     """Milliseconds to 1 ms under a second, 10 ms under 10 s, 100 ms beyond (<= 1% error),
-    in integer arithmetic that both databases do alike; failed calls are counted apart."""
+    in integer arithmetic that both databases do alike."""
+    return case((ms < 1000, ms), (ms < 10_000, ms // 10 * 10), else_=ms // 100 * 100)
+
+
+def latency_bucket(outcome: ColumnElement[Any], latency_ms: ColumnElement[Any]) -> ColumnElement[int]:
+    """A call's latency bucket (ms_bucket); failed calls are counted apart."""
     return case(
         (outcome != "ok", r.NOT_OK),
         (latency_ms < 1000, latency_ms),
@@ -56,19 +61,25 @@ async def usage(engine: AsyncEngine, by: r.Dimension, days: float, now: float | 
     # again for GROUP BY (a third of the time at 10M rows).
     rows = (
         select(_dimension(by).label("key"), latency_bucket(c.outcome, c.latency_ms).label("bucket"),
-               c.prompt_tokens, c.completion_tokens, c.cost_nano_usd)
+               c.prompt_tokens, c.completion_tokens, c.cost_nano_usd, c.cached_tokens, c.reasoning_tokens)
         .where(_since(days, now), c.shadow == false())
         .subquery()
     )
     stmt = (
         select(rows.c.key, rows.c.bucket, func.count(), func.sum(rows.c.prompt_tokens), func.sum(rows.c.completion_tokens),
-               func.sum(rows.c.cost_nano_usd))
+               func.sum(rows.c.cost_nano_usd), func.sum(rows.c.cached_tokens), func.sum(rows.c.reasoning_tokens))
         .group_by(rows.c.key, rows.c.bucket)
     )
     groups = [r.UsageGroup(*row) for row in await _rows(engine, stmt)]
+    firsts = (
+        select(_dimension(by).label("key"), ms_bucket(c.ttft_ms).label("bucket"))
+        .where(_since(days, now), c.shadow == false(), c.ttft_ms.is_not(None))
+        .subquery()
+    )
+    ttft = [r.TtftGroup(*row) for row in await _rows(engine, select(firsts.c.key, firsts.c.bucket, func.count()).group_by(firsts.c.key, firsts.c.bucket))]
     shadow_stmt = select(func.count(), func.coalesce(func.sum(c.cost_nano_usd), 0)).where(_since(days, now), c.shadow == true())
     (n_shadow, shadow_nano), = await _rows(engine, shadow_stmt)
-    return r.usage(by, days, groups, n_shadow, shadow_nano)
+    return r.usage(by, days, groups, n_shadow, shadow_nano, ttft)
 
 
 def _token_groups_stmt(days: float, now: float) -> Any:

@@ -25,8 +25,10 @@ class Table(msgspec.Struct):
 
 def usage_table(rep: r.UsageReport) -> Table:
     cols: list[tuple[str, Kind]] = [(rep.by, "str"), ("requests", "int"), ("prompt tok", "int"), ("completion tok", "int"),
-                                    ("cost USD", "usd"), ("p50 ms", "ms"), ("p95 ms", "ms"), ("failed", "rate")]
-    rows = [[u.key, u.requests, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.p50_ms, u.p95_ms, u.failure_rate]
+                                    ("cost USD", "usd"), ("p50 ms", "ms"), ("p95 ms", "ms"), ("failed", "rate"),
+                                    ("cached tok", "int"), ("reasoning tok", "int"), ("ttft p50 ms", "ms"), ("ttft p95 ms", "ms")]
+    rows = [[u.key, u.requests, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.p50_ms, u.p95_ms, u.failure_rate,
+             u.cached_tokens, u.reasoning_tokens, u.ttft_p50_ms, u.ttft_p95_ms]
             for u in rep.rows + ([rep.total] if rep.total else [])]
     return Table(f"usage by {rep.by}, last {rep.days:g} days", cols, rows, rep.notes, rep.empty)
 

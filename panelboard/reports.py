@@ -58,6 +58,16 @@ class UsageGroup(msgspec.Struct, array_like=True):
     prompt_tokens: int
     completion_tokens: int
     cost_nano_usd: int
+    cached_tokens: int = 0  # of prompt_tokens
+    reasoning_tokens: int = 0  # of completion_tokens
+
+
+class TtftGroup(msgspec.Struct, array_like=True):
+    """A query row: streamed calls of one key whose first chunk came in one bucket (ms)."""
+
+    key: str | int | None
+    bucket: int
+    requests: int
 
 
 class UsageRow(msgspec.Struct):
@@ -69,6 +79,11 @@ class UsageRow(msgspec.Struct):
     p50_ms: int | None  # latency of successful calls
     p95_ms: int | None
     failure_rate: float
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    streamed: int = 0  # calls that streamed a first chunk
+    ttft_p50_ms: int | None = None  # time to first chunk of streamed calls
+    ttft_p95_ms: int | None = None
 
 
 class UsageReport(msgspec.Struct):
@@ -80,8 +95,11 @@ class UsageReport(msgspec.Struct):
     empty: str | None = None
 
 
-def _usage_row(key: str, groups: list[UsageGroup]) -> UsageRow:
+def _usage_row(key: str, groups: list[UsageGroup], ttft: list[TtftGroup] = []) -> UsageRow:
     requests = sum(g.requests for g in groups)
+    first: dict[int, int] = {}
+    for t in ttft:
+        first[t.bucket] = first.get(t.bucket, 0) + t.requests
     hist: dict[int, int] = {}
     for g in groups:
         if g.bucket != NOT_OK:
@@ -93,21 +111,29 @@ def _usage_row(key: str, groups: list[UsageGroup]) -> UsageRow:
         cost_usd=usd(sum(g.cost_nano_usd for g in groups)),
         p50_ms=percentile(hist, 0.50), p95_ms=percentile(hist, 0.95),
         failure_rate=round(failed / requests, 4) if requests else 0.0,
+        cached_tokens=sum(g.cached_tokens for g in groups), reasoning_tokens=sum(g.reasoning_tokens for g in groups),
+        streamed=sum(first.values()), ttft_p50_ms=percentile(first, 0.50), ttft_p95_ms=percentile(first, 0.95),
     )
 
 
-def usage(by: Dimension, days: float, groups: list[UsageGroup], shadow_calls: int = 0, shadow_nano_usd: int = 0) -> UsageReport:
+def usage(by: Dimension, days: float, groups: list[UsageGroup], shadow_calls: int = 0, shadow_nano_usd: int = 0,
+          ttft: list[TtftGroup] = []) -> UsageReport:
     if not groups:
         return UsageReport(by=by, days=days, rows=[], total=None, notes=[], empty=f"the ledger has no cost records in the last {days:g} days")
     per_key: dict[str, list[UsageGroup]] = {}
     for g in groups:
         per_key.setdefault(_label(by, g.key), []).append(g)
-    rows = [_usage_row(k, gs) for k, gs in per_key.items()]
+    firsts: dict[str, list[TtftGroup]] = {}
+    for t in ttft:
+        firsts.setdefault(_label(by, t.key), []).append(t)
+    rows = [_usage_row(k, gs, firsts.get(k, [])) for k, gs in per_key.items()]
     rows.sort(key=(lambda r: r.key) if by == "day" else (lambda r: (-r.cost_usd, r.key)))
     notes = ["requests are provider calls (a retried job counts each call); latency percentiles are over successful calls"]
     if shadow_calls:
         notes.append(f"not counted above: {shadow_calls} shadow call(s) costing ${usd(shadow_nano_usd):.6f} (see `panelboard report shadow`)")
-    return UsageReport(by=by, days=days, rows=rows, total=_usage_row("total", groups), notes=notes)
+    if ttft:
+        notes.append("ttft: time from the start of a streamed call to its first chunk leaving the worker")
+    return UsageReport(by=by, days=days, rows=rows, total=_usage_row("total", groups, ttft), notes=notes)
 
 
 # -- savings -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ A team's user may
                $JS.API.DIRECT.GET.PB_RESULTS.pb.results.<team>.>   read its stored results
                $JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.<team>.>   and its refused publishes
     subscribe  pb.results.<team>.>   pb.rejects.<team>.>           the same, live
+               pb.chunks.<team>.>                                  its streamed jobs' chunks
                _INBOX_<team>.>                                     replies to its own requests
 So the subject of a job authenticates its team: the broker takes the team from it, and claims
 the job id under it; nobody else can publish, claim or read under that team. Everything else
@@ -38,7 +39,7 @@ def permissions(team: str, t: Tenant) -> dict[str, dict[str, list[str]]]:
     return {
         "publish": {"allow": [f"pb.jobs.{team}.>", f"$JS.API.DIRECT.GET.PB_RESULTS.pb.results.{team}.>",
                               f"$JS.API.DIRECT.GET.PB_RESULTS.pb.rejects.{team}.>"]},
-        "subscribe": {"allow": [f"pb.results.{team}.>", f"pb.rejects.{team}.>", f"{inbox_prefix(team)}.>"]},
+        "subscribe": {"allow": [f"pb.results.{team}.>", f"pb.rejects.{team}.>", f"pb.chunks.{team}.>", f"{inbox_prefix(team)}.>"]},
     }
 
 

@@ -143,7 +143,7 @@ def _text_blocks(blocks: list[TextBlock], where: str) -> list[ContentPart]:
     for b in blocks:
         if b.type != "text" or b.text is None:
             raise LineError(f"{where}: only text content blocks are supported (got a {b.type!r} block)")
-    return [ContentPart(text=b.text) for b in blocks]
+    return [ContentPart(type="text", text=b.text) for b in blocks]
 
 
 def anthropic_request(p: AnthropicParams) -> ChatRequest:

@@ -33,6 +33,11 @@ class Model(Base):
     model: str  # the provider's own model id
     input_per_m: float  # USD per million prompt tokens
     output_per_m: float  # USD per million completion tokens
+    # USD per million prompt tokens read from the provider's prompt cache (OpenAI: half or a
+    # tenth of input; Anthropic: a tenth) and written to it (Anthropic: 1.25 x input). None:
+    # the input price.
+    cached_input_per_m: float | None = None
+    cache_write_per_m: float | None = None
     quantization: str | None = None  # e.g. fp8, fp4: cheap hosts often serve quantized builds
     context_window: int = 128_000
     max_output_tokens: int = 4_096

@@ -84,6 +84,10 @@ class Completed(msgspec.Struct, tag="completed", kw_only=True):
     # The provider's own usage when it was implausible (see workers/usage.py); response.usage
     # then holds the clamped counts that were billed.
     reported_usage: Usage | None = None
+    # A streamed job: the chunks sent on pb.chunks.<team>.<job> before this result, and when
+    # the first one left the worker (ms from the start of the provider call).
+    chunks: int | None = None
+    ttft_ms: float | None = None
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):
@@ -118,6 +122,11 @@ class CostRecord(msgspec.Struct, kw_only=True):
     run: int = 0
     shadow: bool = False
     reported_usage: Usage | None = None  # the provider's counts when implausible; the tokens above are clamped
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
+    reasoning_tokens: int = 0  # of completion_tokens
+    ttft_ms: float | None = None  # a streamed call: time to its first forwarded chunk
+    usage_unknown: bool = False  # a stream broken before the provider reported its usage: the counts are what was known
 
     @property
     def request_id(self) -> str:

@@ -11,6 +11,7 @@ ATTEMPTS_STREAM = "PB_ATTEMPTS"
 CLAIMS_STREAM = "PB_CLAIMS"
 
 HDR_MSG_ID = "Nats-Msg-Id"  # JetStream dedupe of a publish retried after a timeout
+HDR_CHUNK = "Pb-Chunk"  # a streamed chunk's index within its job's stream: 0, 1, 2...
 HDR_EXPECT_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"  # "0": create only if absent
 
 

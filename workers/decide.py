@@ -13,9 +13,9 @@ import re
 import msgspec
 
 from panelboard.schemas.config import Link, RetryPolicy
-from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, JobError, PromptTooLarge, ProviderError
+from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, InvalidJob, JobError, PromptTooLarge, ProviderError
 from panelboard.schemas.job import Attempt
-from panelboard.workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout, status_of
+from panelboard.workers.outcome import ClientError, Inexpressible, Ok, Outcome, StreamBroken, RateLimited, ServerError, Timeout, status_of
 
 _TIMEOUT_RE = re.compile(r"^timeout>(\d+)ms$")
 
@@ -147,6 +147,14 @@ def decide(
     match outcome:
         case Ok():
             return Succeed()
+        case Inexpressible(message=message, hint=hint):
+            return Fail(InvalidJob(message=message, hint=hint))
+        case StreamBroken(chunks=n, message=message):
+            return Fail(ProviderError(
+                message=f"{provider}'s stream broke after {n} chunk(s) had reached the client: {message}",
+                hint="part of the answer was already streamed, so it is not retried: submit the job again (its cost record holds the usage known)",
+                provider=provider, status=200,
+            ))
         case _ if past_deadline:  # the call was cut short to the deadline: nothing may follow it
             return Fail(
                 DeadlineExceeded(

@@ -7,13 +7,26 @@ from typing import Literal
 
 import msgspec
 
-from panelboard.schemas.chat import ChatResponse
+from panelboard.schemas.chat import ChatResponse, Usage
 
 
 class Ok(msgspec.Struct):
     response: ChatResponse
     latency_ms: float
     ratelimit_remaining: int | None = None
+    ttft_ms: float | None = None  # a stream: when its first chunk was forwarded
+    chunks: int | None = None  # a stream: how many chunks were forwarded
+
+
+class StreamBroken(msgspec.Struct):
+    """A stream that failed after its first chunk reached the client (cut, an SSE error event,
+    a stall): never retried, since the client already holds part of an answer."""
+
+    latency_ms: float
+    message: str
+    chunks: int
+    ttft_ms: float
+    usage: Usage | None = None  # what the stream reported before it broke; None: unknown
 
 
 class RateLimited(msgspec.Struct):
@@ -43,16 +56,25 @@ class ClientError(msgspec.Struct):
     kind: Literal["bad_request", "context_length", "auth"] = "bad_request"
 
 
-Outcome = Ok | RateLimited | Timeout | ServerError | ClientError
+class Inexpressible(msgspec.Struct):
+    """The request asks for something this provider's API family cannot express (no call was
+    made): the job fails with invalid_job rather than have the field silently dropped."""
+
+    message: str
+    hint: str
+    latency_ms: float = 0.0
+
+
+Outcome = Ok | RateLimited | Timeout | ServerError | ClientError | Inexpressible | StreamBroken
 
 
 def status_of(outcome: Outcome) -> int:
     match outcome:
-        case Ok():
+        case Ok() | StreamBroken():
             return 200
         case RateLimited():
             return 429
-        case Timeout():
+        case Timeout() | Inexpressible():
             return 0
         case ServerError(status=s) | ClientError(status=s):
             return s

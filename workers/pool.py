@@ -33,9 +33,10 @@ from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
-from panelboard.workers.outcome import Ok, Outcome, status_of
+from panelboard.workers.outcome import Inexpressible, Ok, Outcome, StreamBroken, status_of
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
+from panelboard.workers.stream import stream_call
 from panelboard.workers.usage import checked_usage
 
 log = logs.get("worker")
@@ -149,7 +150,11 @@ class Pool:
             return
 
         queue_ms = (now - (d.admitted_at or now)) * 1000
-        outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
+        rid = request_id(job.id, job.run, d.hop, attempt, d.shadow)
+        if job.request.stream and not d.shadow:  # a mirror never streams to the client
+            outcome = await stream_call(self.adapter, self.js._nc, job, model, rid, timeout_s)
+        else:
+            outcome = await self.adapter.call(job.request, model, rid, timeout_s)
         self.calls += 1
         reported = None
         if isinstance(outcome, Ok):
@@ -172,7 +177,7 @@ class Pool:
         history = [*d.history, *earlier, this]
 
         if d.shadow:
-            await self._shadow_step(d, lease, decision, cost, this, attempt)
+            await self._shadow_step(d, lease, decision, cost, this, attempt, billable=not isinstance(outcome, Inexpressible))
             return
 
         match decision:
@@ -181,7 +186,7 @@ class Pool:
                 result = Completed(
                     job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                     cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
-                    metadata=job.metadata, reported_usage=reported,
+                    metadata=job.metadata, reported_usage=reported, chunks=outcome.chunks, ttft_ms=outcome.ttft_ms,
                 )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)
@@ -203,7 +208,9 @@ class Pool:
                 await self._ack(lease)
                 log.info("job.fallback", job_id=job.id, provider=self.provider, to=d.route.chain[next_hop].provider, status=status)
             case Fail(error=error):
-                await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
+                # A request the family cannot express was never sent: nothing to bill.
+                billed = () if isinstance(outcome, Inexpressible) else (bus.publish_cost(self.js, cost),)
+                await asyncio.gather(*billed, bus.publish_attempt(self.js, job.team, job.id, this))
                 await bus.fail_job(self.js, job.team, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
                 await self._ack(lease)
                 log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
@@ -222,12 +229,13 @@ class Pool:
         await self._ack(lease)
         log.warning("job.response_too_large", job_id=job.id, provider=self.provider, size_bytes=e.size, limit_bytes=e.limit)
 
-    async def _shadow_step(self, d: Dispatch, lease: Lease, decision, cost: CostRecord, this: Attempt, attempt: int) -> None:
+    async def _shadow_step(self, d: Dispatch, lease: Lease, decision, cost: CostRecord, this: Attempt, attempt: int, billable: bool = True) -> None:
         """A mirrored call: recorded and billed like any other, retried and forwarded along
         the shadow tier's chain, but it never answers the client and never dead-letters.
         Its end is an attempt record, which a redelivery finds (there is no result)."""
         job = d.job
-        await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this, shadow=True))
+        billed = (bus.publish_cost(self.js, cost),) if billable else ()
+        await asyncio.gather(*billed, bus.publish_attempt(self.js, job.team, job.id, this, shadow=True))
         match decision:
             case Retry(delay_s=delay):
                 for m in (lease.msg, *lease.twins):
@@ -288,14 +296,18 @@ class Pool:
     def _cost(self, d: Dispatch, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float, reported: Usage | None = None) -> CostRecord:
         """One record per provider call; `outcome=None` is a call lost with its worker."""
         job = d.job
-        usage = outcome.response.usage if isinstance(outcome, Ok) else None
+        usage = outcome.response.usage if isinstance(outcome, Ok) else (outcome.usage if isinstance(outcome, StreamBroken) else None)
         pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        cached, written, reasoning = (usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens) if usage else (0, 0, 0)
+        ttft = outcome.ttft_ms if isinstance(outcome, (Ok, StreamBroken)) else None
         return CostRecord(
             job_id=job.id, team=job.team, key_prefix=key_prefix(job.key), feature=job.feature, intent=job.intent,
             tier=d.route.tier, provider=self.provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
-            hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct),
+            hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct, cached, written),
+            cached_tokens=cached, cache_write_tokens=written, reasoning_tokens=reasoning,
             latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
-            outcome="ok" if usage else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow, reported_usage=reported,
+            outcome="ok" if isinstance(outcome, Ok) else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow, reported_usage=reported,
+            ttft_ms=ttft, usage_unknown=isinstance(outcome, StreamBroken) and usage is None,
         )
 
     async def _safe(self, lease: Lease) -> None:

@@ -4,6 +4,8 @@ the provider's own figures travel beside it, flagged, in the cost record and the
 
 from __future__ import annotations
 
+import msgspec
+
 from panelboard.schemas.chat import Usage
 from panelboard.schemas.config import Model
 
@@ -14,4 +16,4 @@ def checked_usage(usage: Usage, model: Model) -> tuple[Usage, Usage | None]:
     pt, ct = (min(max(n, 0), bound) for n in (usage.prompt_tokens, usage.completion_tokens))
     if (pt, ct) == (usage.prompt_tokens, usage.completion_tokens):
         return usage, None
-    return Usage(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct), usage
+    return msgspec.structs.replace(usage, prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct), usage

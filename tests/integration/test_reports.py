@@ -250,3 +250,25 @@ def test_report_errors_say_what_to_do(capsys, tmp_path):
     assert rc == 2 and "use sqlite+aiosqlite:///" in err
     rc, _, err = cli(capsys, "report", "breakeven", "--hourly", "6.49", "--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db")
     assert rc == 2 and "pass --per-million USD or --model NAME" in err
+
+
+async def test_usage_reports_cached_and_reasoning_tokens_and_time_to_first_token(sqlite_db, postgres_db):
+    for engine in (sqlite_db, postgres_db):
+        await _ttft_case(engine)
+
+
+async def _ttft_case(engine) -> None:
+    def rec(job: str, ttft: float | None, cached: int, reasoning: int) -> CostRecord:
+        return CostRecord(job_id=job, team="t", key_prefix=None, feature=None, intent="agent", tier="frontier", provider="x",
+                          model="m", quantization=None, hop=0, attempt=0, prompt_tokens=100, completion_tokens=50, cost_usd=0.001,
+                          latency_ms=900, queue_ms=0, outcome="ok", ts=NOW - 60, cached_tokens=cached, reasoning_tokens=reasoning,
+                          ttft_ms=ttft)
+
+    # Given three streamed calls (first chunks after 40, 60 and 2,345 ms) and one plain call
+    await db.insert_costs(engine, map(db.row, [rec("a", 40.2, 64, 10), rec("b", 60, 0, 0), rec("c", 2345, 32, 5), rec("d", None, 0, 0)]))
+    rep = await queries.usage(engine, "intent", 30, NOW)
+    [row] = rep.rows
+    # Then the tokens add up and the percentiles are over the streamed calls only
+    assert (row.cached_tokens, row.reasoning_tokens, row.streamed) == (96, 15, 3)
+    assert (row.ttft_p50_ms, row.ttft_p95_ms) == (60, 2340)
+    assert "ttft" in " ".join(rep.notes)

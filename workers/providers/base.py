@@ -1,7 +1,10 @@
 """The seam every provider family fits: `Adapter.call(request, model, request_id, timeout) -> Outcome`.
 
-An adapter is two pure functions (encode a ChatRequest, parse a response) around one pooled
-httpx transport. Foreign exceptions are mapped to Outcomes here and nowhere else.
+An adapter is a few pure pieces around one pooled httpx transport: the URL and headers of a
+request (built per request: a family may put the model in the path or a version in the query),
+how to encode a ChatRequest (raising `Unsupported` for what the family cannot express), and how
+to parse an answer. A new family is one module here, its wire in the mock, and its tests.
+Foreign exceptions are mapped to Outcomes here and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from httpx_aiohttp import AiohttpTransport
 
 from panelboard.schemas.chat import ChatRequest, ChatResponse
 from panelboard.schemas.config import Model, Provider
-from panelboard.workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout
+from panelboard.workers.providers.sse import Translator
+from panelboard.workers.outcome import ClientError, Inexpressible, Ok, Outcome, RateLimited, ServerError, Timeout
 
 _HARD_429 = (b"insufficient_quota", b"enforced_spend_limit_reached")
 _CONTEXT = (b"context_length_exceeded", b"prompt is too long", b"maximum context length")
@@ -64,6 +68,14 @@ def classify_error(status: int, headers: httpx.Headers, body: bytes, latency_ms:
     return ClientError(status, latency_ms, message)
 
 
+class Unsupported(Exception):
+    """A request field (or value) a family's API cannot express: the job fails with invalid_job."""
+
+    def __init__(self, family: str, what: str, hint: str):
+        super().__init__(f"{what}: the {family} API has no way to express it")
+        self.hint = hint
+
+
 def make_transport(provider: Provider) -> httpx.AsyncBaseTransport:
     """One pooled transport per provider. The aiohttp transport keeps httpx's API without the
     default transport's collapse at hundreds of requests in flight (55 req/s at 512 in flight,
@@ -79,25 +91,56 @@ class Adapter(ABC):
         # layers cost 0.1 ms CPU per call (0.25 -> 0.15 ms, measured) and we use none of them.
         self.transport = transport or make_transport(provider)
         self.headers = {"content-type": "application/json", **provider.headers, **self.static_headers, **(self.auth(api_key) if api_key else {})}
-        self.url = httpx.URL(provider.base_url.rstrip("/") + self.path)
+        self.base = provider.base_url.rstrip("/")
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
-    path: str
+    family: str
     static_headers: dict[str, str] = {}
 
     @abstractmethod
     def auth(self, api_key: str) -> dict[str, str]: ...
 
     @abstractmethod
-    def encode(self, request: ChatRequest, model: Model) -> bytes: ...
+    def endpoint(self, model: Model, kind: str) -> str:
+        """The URL of one request (`kind`: chat or embeddings), from the provider's base URL:
+        the place for a model id in the path or an api-version in the query."""
+
+    def url(self, model: Model, kind: str = "chat") -> httpx.URL:
+        key = (model.model, kind)
+        if (u := self._urls.get(key)) is None:
+            u = self._urls[key] = httpx.URL(self.endpoint(model, kind))
+        return u
 
     @abstractmethod
-    def parse(self, body: bytes) -> ChatResponse: ...
+    def encode(self, request: ChatRequest, model: Model) -> bytes:
+        """The request body; raises Unsupported for what the family cannot express."""
 
-    async def call(self, request: ChatRequest, model: Model, request_id: str, timeout_s: float) -> Outcome:
-        req = httpx.Request(
-            "POST", self.url, headers={**self.headers, "x-pb-request-id": request_id}, content=self.encode(request, model),
+    @abstractmethod
+    def parse(self, body: bytes, request: ChatRequest) -> ChatResponse: ...
+
+    def stream_body(self, request: ChatRequest, model: Model) -> bytes:
+        """The body of a streaming call (see workers/stream.py)."""
+        raise Unsupported(self.family, "streaming", "submit the job without stream, or route it to a family that streams")
+
+    def translator(self, request: ChatRequest) -> "Translator":
+        """A stream's SSE events as OpenAI chunks."""
+        raise NotImplementedError
+
+    def request(self, url: httpx.URL, body: bytes, request_id: str, timeout_s: float) -> httpx.Request:
+        return httpx.Request(
+            "POST", url, headers={**self.headers, "x-pb-request-id": request_id}, content=body,
             extensions={"timeout": {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}},
         )
+
+    def inexpressible(self, e: Unsupported) -> Inexpressible:
+        return Inexpressible(str(e), e.hint)
+
+    async def call(self, request: ChatRequest, model: Model, request_id: str, timeout_s: float) -> Outcome:
+        try:
+            body = self.encode(request, model)
+        except Unsupported as e:
+            return self.inexpressible(e)
+        req = self.request(self.url(model), body, request_id, timeout_s)
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
@@ -111,7 +154,7 @@ class Adapter(ABC):
         if r.status_code != 200:
             return classify_error(r.status_code, r.headers, body, latency_ms)
         try:
-            response = self.parse(body)
+            response = self.parse(body, request)
         except Exception as e:  # a body we cannot read is the provider's fault: retriable
             return ServerError(502, latency_ms, f"unparseable response body: {type(e).__name__}: {str(e)[:200]}")
         return Ok(response, latency_ms, ratelimit_remaining(r.headers))
