@@ -4,17 +4,11 @@ sends them, over real HTTP to `panelboard serve` in front of the session's stack
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-
 import anthropic
 import httpx
-import msgspec
-import nats
 import pytest
 from anthropic.types import Message
 
-from panelboard.schemas import wire
 
 MSG = [{"role": "user", "content": "Extract the date from: due 2026-12-01"}]
 
@@ -53,29 +47,13 @@ def test_stream_events_come_in_anthropics_order(ingress):
     assert set(names[2:-3]) == {"content_block_delta"}
 
 
-async def test_chunks_on_the_job_subject_become_text_deltas(ingress, stack, mock):
-    """As in the OpenAI relay test: the test publishes the chunks a streaming worker would."""
-    job_id = "asse-" + uuid.uuid4().hex[:10]
-    nc = await nats.connect(stack.nats_url)
-    try:
-        async with anthropic.AsyncAnthropic(base_url=ingress, api_key="x", max_retries=0) as c:
-            async def read() -> list[str]:
-                async with c.messages.stream(model="capped", max_tokens=8, messages=MSG, extra_headers={"x-pb-job-id": job_id}) as s:
-                    return [t async for t in s.text_stream]
-
-            task = asyncio.ensure_future(read())
-            deadline = time.monotonic() + 30
-            while mock.stats()["in_flight"].get("capped", 0) == 0:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
-            for w in ("alpha ", "beta"):
-                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                         "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
-                await nc.publish(wire.chunks("default", job_id), msgspec.json.encode(chunk))
-            got = await task
-    finally:
-        await nc.close()
-    assert got == ["alpha ", "beta"]
+async def test_a_real_stream_arrives_as_text_deltas(ingress):
+    async with anthropic.AsyncAnthropic(base_url=ingress, api_key="x", max_retries=0) as c:
+        async with c.messages.stream(model="claude", max_tokens=32, messages=MSG) as s:
+            deltas = [t async for t in s.text_stream]
+            final = await s.get_final_message()
+    assert len(deltas) > 2 and "".join(deltas) == final.content[0].text
+    assert final.content[0].text.startswith("mock reply from an/claude-test") and final.usage.output_tokens == 32
 
 
 def test_anthropic_errors_are_anthropics_json(ingress):
