@@ -60,3 +60,17 @@ def test_anthropic_errors_are_anthropics_json(ingress):
     r = httpx.post(ingress + "/v1/messages", json={"model": "fast", "messages": MSG})  # no max_tokens
     assert r.status_code == 400 and r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in r.json()["error"]["message"]
+
+
+def test_tools_through_the_messages_api_come_back_as_tool_use(ingress):
+    tools = [{"name": "get_weather", "description": "weather of a city",
+              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    with anthropic.Anthropic(base_url=ingress, api_key="x", max_retries=0) as c:
+        m = c.messages.create(model="claude", max_tokens=64, tools=tools, messages=[{"role": "user", "content": "What is the weather in Oslo?"}])
+        use = next(b for b in m.content if b.type == "tool_use")
+        assert m.stop_reason == "tool_use" and use.name == "get_weather" and isinstance(use.input, dict)
+        final = c.messages.create(model="claude", max_tokens=64, tools=tools, messages=[
+            {"role": "user", "content": "What is the weather in Oslo?"},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}])
+    assert final.content[0].type == "text" and final.stop_reason in ("end_turn", "max_tokens")

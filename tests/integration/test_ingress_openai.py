@@ -196,3 +196,18 @@ def client_result(stack):
             return c.result(job_id, timeout=30)
 
     return get
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather of a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_a_tool_call_turn_and_its_answer_round_trip(oai):
+    msgs = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    r = oai.chat.completions.create(model="fast", messages=msgs, tools=TOOLS, tool_choice="auto", max_tokens=32)
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    msgs += [r.choices[0].message.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": call.id, "content": "sunny, 12 C"}]
+    final = oai.chat.completions.create(model="fast", messages=msgs, tools=TOOLS, max_tokens=32)
+    assert final.choices[0].message.content and final.choices[0].finish_reason in ("stop", "length")
