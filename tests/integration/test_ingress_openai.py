@@ -4,6 +4,7 @@ real HTTP, in front of the session's real nats-server, broker, worker and mock p
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -211,3 +212,18 @@ def test_a_tool_call_turn_and_its_answer_round_trip(oai):
              {"role": "tool", "tool_call_id": call.id, "content": "sunny, 12 C"}]
     final = oai.chat.completions.create(model="fast", messages=msgs, tools=TOOLS, max_tokens=32)
     assert final.choices[0].message.content and final.choices[0].finish_reason in ("stop", "length")
+
+
+def test_workers_share_one_port(stack):
+    main_url = stack.ingress_url
+    try:
+        url = stack.start_ingress("ingress-pair", 2)
+        for _ in range(40):  # a new connection each: the kernel spreads them over the processes
+            r = httpx.get(url + "/v1/models", headers={"connection": "close"})
+            assert r.status_code == 200
+        log = (stack.home / "logs" / "ingress-pair.log").read_text().splitlines()
+        pids = {json.loads(ln)["pid"] for ln in log if '"path": "/v1/models"' in ln}
+        assert len(pids) == 2
+    finally:
+        stack.stop_proc("ingress-pair")
+        stack.ingress_url = main_url
