@@ -298,10 +298,12 @@ class Client:
             return None
         return decode_result(raw.data)
 
-    async def result(self, job_id: str, timeout: float | None = None, team: str | None = None) -> Result:
+    async def result(self, job_id: str, timeout: float | None = None, team: str | None = None, *, stored: bool = True) -> Result:
+        """`stored=False`: do not look in the results stream first, for a job this client
+        has just submitted under a fresh id (its result can only arrive live; saves a round trip)."""
         key = (team or self.team, job_id)
         fut = self._future(key)
-        if not fut.done():
+        if stored and not fut.done():
             stored = await self.lookup(job_id, key[0])
             if stored is not None and not fut.done():
                 fut.set_result(stored)

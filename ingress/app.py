@@ -153,7 +153,8 @@ class Ingress:
         """The job's Result; if the caller goes away first, the job is cancelled should it
         still be queued (no provider call, no charge) and the handler's cancel goes on."""
         try:
-            return await h.result(self.wait_s(opts))
+            # A fresh id's result can only come live: no stored-result lookup (one round trip less).
+            return await self.client.result(h.id, self.wait_s(opts), h.team, stored=opts.job_id is not None)
         except ResultTimeout:
             return gateway_timeout(f"job {h.id} has no result after {self.wait_s(opts):.0f}s; it is still queued or running: "
                                    f"send the same request again with x-pb-job-id: {h.id} to get its result")
