@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import socket
 import subprocess
 import sys
@@ -147,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                                  {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream}))
             if a.litellm:
                 cfg = Path(tmp) / "litellm.yaml"
+                master = "sk-" + secrets.token_hex(32)  # the proxy refuses to start without one
                 cfg.write_text("model_list:\n  - model_name: bench\n    litellm_params: {model: openai/bench-model, "
-                               f"api_base: '{upstream}', api_key: x}}\n")
+                               f"api_base: '{upstream}', api_key: x}}\ngeneral_settings: {{master_key: {master}}}\n")
                 with _gateway([a.litellm, "--config", str(cfg)], lambda p: ["--port", str(p)]) as url:
-                    run_loop(run([("litellm", url + "/v1", "bench")], levels, a.seconds))
+                    run_loop(run([("litellm", url + "/v1", "bench")], levels, a.seconds, {"authorization": f"Bearer {master}"}))
     return 0
 
 
