@@ -105,3 +105,16 @@ def test_each_job_error_has_its_status(err, status):
         assert got.headers["retry-after"] == "3" and "x-should-retry" not in got.headers
     elif status >= 500 or isinstance(err, e.OverBudget):
         assert got.headers["x-should-retry"] == "false"
+
+
+def test_a_catalog_model_in_the_request_pins_the_route_to_it_alone():
+    from panelboard.broker.routing import resolve
+    from panelboard.schemas.chat import ChatRequest, Message
+    from panelboard.schemas.job import Job
+
+    def job(model):
+        return Job(id="j", intent="extraction", request=ChatRequest(messages=[Message(role="user", content="x")], model=model))
+
+    pinned = resolve(job("deepinfra/llama-3.3-70b"), CFG)
+    assert pinned.tier == "cheap-fast" and [h.model for h in pinned.chain] == ["deepinfra/llama-3.3-70b"]
+    assert len(resolve(job("gpt-4o"), CFG).chain) == 3  # not a catalog id: the intent's whole chain
