@@ -9,6 +9,7 @@ without asking the queue: a body over the limit, JSON that is not a request, bad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class Ingress:
         await self.client.connect()
 
     async def stop(self, _app: web.Application) -> None:
-        if self.cancels:
+        if self.cancels:  # give cancels of callers that went away up to 10 s to reach the queue
             await asyncio.wait(self.cancels, timeout=10)
         await self.client.close()
         await self.teams.close()
@@ -166,6 +167,10 @@ class Ingress:
         async def go() -> None:
             done = await self.client.cancel(job_id, team)
             log.info("ingress.caller_gone", job_id=job_id, cancelled=done)
+            # Its result (cancelled, or the answer of a job that had started) still comes: read
+            # it, so the client's table of awaited jobs lets go of it.
+            with contextlib.suppress(ResultTimeout):
+                await self.client.result(job_id, self.s.result_wait_s, team)
 
         t = asyncio.ensure_future(go())
         self.cancels.add(t)
