@@ -21,7 +21,7 @@ from aiohttp import web
 from panelboard.broker.keys import prefix_of
 from panelboard.clients import Client
 from panelboard.clients.client import JobHandle, new_id
-from panelboard.clients.errors import ResultTimeout
+from panelboard.clients.errors import JobFailed, ResultTimeout
 from panelboard.ingress import anthropic_shape, choose, openai_shape
 from panelboard.ingress.errors import Api, HttpError, bad_request, for_job_error, gateway_timeout, not_implemented, too_large
 from panelboard.ingress.keys import KeyTeams
@@ -139,11 +139,9 @@ class Ingress:
         except asyncio.CancelledError:  # the caller went away mid-publish: the job may be queued
             self.cancel_later(job.id, team)
             raise
-        except Exception as e:  # the SDK's own refusals (over max_payload) and a NATS that is away
-            from panelboard.clients.errors import JobFailed
-
-            if isinstance(e, JobFailed):
-                return for_job_error(e.error, api)
+        except JobFailed as e:  # the SDK's own refusal: over the server's max_payload
+            return for_job_error(e.error, api)
+        except Exception as e:  # a NATS that is away past the publish patience
             log.warning("ingress.submit_failed", job_id=job.id, error=type(e).__name__)
             return HttpError(503, "the queue is not reachable right now; retry shortly", "api_error", "unavailable", "overloaded_error")
 
