@@ -35,7 +35,17 @@ def routes(cfg: Config) -> dict[str, Route]:
     return {name: tier_route(cfg, name) for name in cfg.tiers}
 
 
+def pinned_route(cfg: Config, model: str) -> Route:
+    """A request whose `model` is a catalog id runs on that model alone (no fallback): the
+    tier named in cost records is the first tier whose chain holds it, else `pinned`. A key's
+    `--models` allow-list applies to it as to any chain."""
+    tier = next((name for name, t in cfg.tiers.items() if any(link.model == model for link in t.fallbacks)), "pinned")
+    return Route(tier=tier, chain=(Hop(model=model, provider=cfg.models[model].provider),))
+
+
 def resolve(job: Job, cfg: Config, table: dict[str, Route] | None = None) -> Route | JobError:
+    if job.request.model is not None and job.request.model in cfg.models:
+        return pinned_route(cfg, job.request.model)
     intent = job.intent or cfg.default_intent
     if intent is None:
         return InvalidJob(

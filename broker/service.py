@@ -199,7 +199,8 @@ class Broker:
     def shadow_route(self, live: Route, sampled: bool = False) -> Route | None:
         """The candidate route to mirror this job to, for the tier's sampled share of jobs
         (`sampled`: the draw was made before)."""
-        rule = self.cfg.tiers[live.tier].shadow
+        tier = self.cfg.tiers.get(live.tier)  # a pinned model outside every tier has none
+        rule = tier.shadow if tier is not None else None
         if rule is None or (not sampled and self.rng.random() >= rule.sample):
             return None
         return self.table[rule.tier]

@@ -487,8 +487,14 @@ async def status(js: JetStreamContext, batch_id: str) -> dict[str, Any] | None:
         "object": "batch",
         "endpoint": "/v1/chat/completions",
         "input_file": info.input if info else None,
+        # OpenAI's Batch fields (openai.types.Batch validates this object): the input is the
+        # file's name, the output and errors are what `panelboard batch results` writes.
+        "input_file_id": info.input if info else "",
+        "completion_window": f"{round((info.deadline - info.created_at) / 3600)}h" if info and info.deadline else "none",
+        "output_file_id": None,
+        "error_file_id": None,
         "status": state,
-        "created_at": int(info.created_at) if info else None,
+        "created_at": int(info.created_at) if info else int(t.last_ts),
         "expires_at": int(info.deadline) if info and info.deadline else None,
         "cancelling_at": int(cancel.requested_at) if cancel else None,
         "cancelled_at": int(done_at) if state == "cancelled" and done_at else None,

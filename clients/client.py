@@ -250,9 +250,11 @@ class Client:
         )
         return await self.submit_job(job, reuse=job_id is not None)
 
-    async def submit_job(self, job: Job, *, reuse: bool = False) -> JobHandle:
+    async def submit_job(self, job: Job, *, reuse: bool = False, payload: bytes | None = None) -> JobHandle:
         """Publish a Job. `reuse`: first look for a stored result of this job id (skipped for
-        fresh ids: nothing can be stored under a random id, and it costs a round trip)."""
+        fresh ids: nothing can be stored under a random id, and it costs a round trip).
+        `payload`: the job already encoded, sent instead of `encode(job)` (the HTTP ingress
+        passes a request's JSON through as the caller sent it, fields the Struct lacks included)."""
         check_id("job id", job.id)
         check_id("team", job.team)
         await self._listen(job.team)
@@ -268,7 +270,7 @@ class Client:
         # Nats-Msg-Id (unique to this call) is safe, the stream drops the duplicate. While the
         # server restarts (or a cluster elects a leader) we keep retrying for publish_patience_s.
         headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, new_id()[:16])}
-        data = encode(job)
+        data = encode(job) if payload is None else payload
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.publish_patience_s
         delay = 0.1
@@ -305,10 +307,12 @@ class Client:
             return None
         return decode_result(raw.data)
 
-    async def result(self, job_id: str, timeout: float | None = None, team: str | None = None) -> Result:
+    async def result(self, job_id: str, timeout: float | None = None, team: str | None = None, *, stored: bool = True) -> Result:
+        """`stored=False`: do not look in the results stream first, for a job this client
+        has just submitted under a fresh id (its result can only arrive live; saves a round trip)."""
         key = (team or self.team, job_id)
         fut = self._future(key)
-        if not fut.done() and key not in self._watched:
+        if stored and not fut.done() and key not in self._watched:
             stored = await self.lookup(job_id, key[0])
             if stored is not None and not fut.done():
                 fut.set_result(stored)
@@ -359,7 +363,7 @@ class Client:
         chunk. The job still goes through admission, routing, pool caps and retries."""
         return ChunkStream(self, messages, intent=intent, timeout=timeout, job_id=job_id or new_id(), **kw)
 
-    async def cancel(self, job_id: str, timeout: float = 60.0) -> bool:
+    async def cancel(self, job_id: str, team: str | None = None, timeout: float = 60.0) -> bool:
         """Cancel a job of this client's team that has not started. True: it was taken out of its
         queue before any broker or worker took it, it gets a Failed result of kind
         `cancelled`, and no provider is called for it. False: a broker or worker already has
@@ -367,10 +371,11 @@ class Client:
 
         A request on pb.control.<team>.cancel, answered by a broker, which does the work (it
         reads the queues once, so it takes longer the deeper they are; see broker/cancel.py).
-        Raises ControlError when no broker answers within `timeout`, or it refuses."""
+        Raises ControlError when no broker answers within `timeout`, or it refuses. `team`:
+        another team's job, for a client that submits for several (the HTTP ingress)."""
         if self.nc is None:
             raise PanelboardError("the client is not connected: use `async with Client(...)` or `await client.connect()`")
-        reply = await control.cancel(self.nc, self.team, CancelRequest(job_id=job_id, reason="Client.cancel"), timeout)
+        reply = await control.cancel(self.nc, team or self.team, CancelRequest(job_id=job_id, reason="Client.cancel"), timeout)
         return job_id in reply.ids
 
     async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncIterator[Result]:

@@ -28,8 +28,9 @@ def cmd_up(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     with stack:
-        stack.start(workers=a.workers)
+        stack.start(workers=a.workers, ingress=True)
         print(f"panelboard is up: NATS {stack.nats_url}" + (f", mock provider {stack.mock_url}" if stack.mock_url else ""))
+        print(f"HTTP ingress {stack.ingress_url}: OpenAI(base_url=\"{stack.ingress_url}/v1\"), Anthropic(base_url=\"{stack.ingress_url}\")")
         print(f"logs in {stack.home / 'logs'}; try: panelboard submit --intent extraction 'Extract the date from: due 2026-12-01'")
         print("cost records go to the ledger: panelboard report usage --days 1 (or savings, breakeven, shadow)")
         print("Ctrl-C stops everything.")
@@ -58,6 +59,20 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
 
     run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers)))
     return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from panelboard.config import load
+    from panelboard.ingress.app import Settings
+    from panelboard.ingress.serve import run
+    from panelboard.transport.connection import home, require_url
+
+    cfg = load(a.config)
+    url = require_url(a.nats_url, cfg)
+    settings = Settings(cfg=cfg, nats_url=url, max_body_bytes=a.max_body_bytes or cfg.governance.max_job_bytes,
+                        database_url=a.database_url, files_dir=a.files_dir or str(home() / "files"))
+    argv = sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "serve" else []
+    return run(settings, a.host, a.port, max(1, a.workers), home(), a.child, argv)
 
 
 def _database(p: argparse.ArgumentParser) -> None:
@@ -422,6 +437,17 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--no-mock", action="store_true", help="do not start the mock provider")
     p.add_argument("--mock-latency-ms", type=float, default=200)
     p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("serve", help="the OpenAI- and Anthropic-compatible HTTP endpoint in front of the queue")
+    _common(p)
+    _database(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed and written to .panelboard/ingress.url)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT")
+    p.add_argument("--max-body-bytes", type=int, help="refuse larger request bodies with 413 (default: governance.max_job_bytes)")
+    p.add_argument("--files-dir", help="where uploaded batch files are kept (default .panelboard/files)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("broker", help="run a broker process")
     _common(p)

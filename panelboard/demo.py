@@ -64,6 +64,17 @@ async def drive(url: str, n: int, concurrency: int, cfg_path: str | None) -> dic
     }
 
 
+async def http_probe(url: str) -> dict:
+    """One request through the HTTP ingress, as an OpenAI app would send it."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/v1/chat/completions", json={"model": "extraction", "max_tokens": 16,
+                                                                 "messages": [{"role": "user", "content": "Extract the date: due 2026-12-01"}]}) as r:
+            body = await r.json()
+            return {"url": url, "status": r.status, "tier": r.headers.get("x-pb-tier"), "model": body.get("model")}
+
+
 def render(s: dict) -> str:
     lines = [
         f"jobs: {s['submitted']} submitted, {s['completed']} completed, {s['failed']} failed in {s['elapsed_s']}s ({s['jobs_per_s']} jobs/s)",
@@ -80,6 +91,9 @@ def render(s: dict) -> str:
     lines.append(f"routing by intent saved ${saved:.6f} ({pct:.1f}%) on the same token counts")
     if s["errors"]:
         lines.append(f"errors: {s['errors']}")
+    if s.get("http"):
+        h = s["http"]
+        lines.append(f"HTTP ingress {h['url']}: POST /v1/chat/completions -> {h['status']} (tier {h['tier']}, model {h['model']})")
     return "\n".join(lines)
 
 
@@ -90,7 +104,9 @@ def run_demo(jobs: int, concurrency: int, config: str | None, nats_url: str | No
         stack = Stack(Path(tmp), config=config, nats_url=nats_url, mock_args=["--latency-ms", str(latency_ms), "--jitter-ms", str(latency_ms / 2)])
         print(f"starting the embedded stack in {tmp} ...", file=sys.stderr)
         with stack:
-            stack.start()
+            stack.start(ingress=True)
+            print(f"HTTP ingress (OpenAI/Anthropic compatible) at {stack.ingress_url}", file=sys.stderr)
             summary = asyncio.run(drive(stack.nats_url, jobs, concurrency, config))
+            summary["http"] = asyncio.run(http_probe(stack.ingress_url or ""))
     print(json.dumps(summary) if as_json else render(summary))
     return 0 if summary["failed"] == 0 else 1

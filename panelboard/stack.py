@@ -42,6 +42,7 @@ class Stack:
         self.nats: NatsServer | None = None
         self.mock_proc: subprocess.Popen[bytes] | None = None
         self.mock_url: str | None = None
+        self.ingress_url: str | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.started: list[subprocess.Popen[bytes]] = []  # every process ever started, replacements too
         self.log_offsets: dict[str, int] = {}  # where each process's current run begins in its log
@@ -130,6 +131,21 @@ class Stack:
     def start_ledger(self, name: str = "ledger") -> subprocess.Popen[bytes]:
         return self._cli(name, "ledger")
 
+    def start_ingress(self, name: str = "ingress", workers: int = 1, *args: str) -> str:
+        """`panelboard serve` on a free port; its URL, once it listens, is in <home>/ingress.url."""
+        url_file = self.home / "ingress.url"
+        url_file.unlink(missing_ok=True)
+        proc = self._cli(name, "serve", "--workers", str(workers), *args)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if url_file.exists() and self.logged(name, "listening on"):
+                self.ingress_url = url_file.read_text().strip()
+                return self.ingress_url
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the ingress did not start; see {self.home / 'logs' / (name + '.log')}")
+
     def prepare(self) -> None:
         """Streams and consumers exist before anyone publishes: no job can land nowhere."""
 
@@ -151,7 +167,7 @@ class Stack:
             pool.submit(asyncio.run, go()).result()
 
     # -- whole ----------------------------------------------------------------------------
-    def start(self, workers: int = 1, broker: bool = True, ledger: bool = True) -> "Stack":
+    def start(self, workers: int = 1, broker: bool = True, ledger: bool = True, ingress: bool = False) -> "Stack":
         if not self.nats_url:
             self.start_nats()
         if self.mock:
@@ -164,6 +180,8 @@ class Stack:
             self.start_worker(f"worker-{i}")
         if ledger:
             self.start_ledger()
+        if ingress:
+            self.start_ingress()
         return self
 
     def kill_proc(self, name: str) -> None:

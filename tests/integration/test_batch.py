@@ -133,6 +133,9 @@ async def test_openai_and_anthropic_files_run_and_bad_lines_are_reported_by_numb
     assert "image" in bad[1]["error"]
     st = report["batch"]
     assert st["status"] == "completed" and st["request_counts"] == {"total": 12, "completed": 11, "failed": 1}
+    from openai.types import Batch
+
+    Batch.model_validate(st)  # `batch status --json` is OpenAI's Batch object
 
     # And the results file is OpenAI's batch output, keyed by custom_id; the failure has its own file
     res = bcli(stack, "results", batch_id, "-o", str(tmp_path / "out.jsonl"))

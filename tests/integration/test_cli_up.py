@@ -35,7 +35,15 @@ def test_up_then_submit_from_the_same_directory_without_flags(tmp_path):
         plan = run_cli("submit", "Design a multi-region job queue architecture step by step and list the trade-offs.", cwd=str(tmp_path), env=env)
         assert plan.returncode == 0, plan.stderr
         assert "tier=frontier" in plan.stderr
+        # And the HTTP ingress it started, whose URL is beside the NATS URL, serves an OpenAI app
+        import openai
+
+        http_url = (tmp_path / ".panelboard" / "ingress.url").read_text().strip()
+        with openai.OpenAI(base_url=http_url + "/v1", api_key="x", max_retries=0) as oai:
+            r = oai.chat.completions.create(model="extraction", messages=[{"role": "user", "content": "Extract the date: due 2026-12-01"}], max_tokens=8)
+        assert r.choices[0].message.content.startswith("mock reply from novita")
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
     assert not (tmp_path / ".panelboard" / "nats.url").exists()  # a stopped stack is not advertised
+    assert not (tmp_path / ".panelboard" / "ingress.url").exists()
