@@ -17,7 +17,10 @@ demo: $(BIN)/.installed  ## the main job: the article's traffic mix on the embed
 up: $(BIN)/.installed
 	$(BIN)/panelboard up
 
-test: $(BIN)/.installed  ## every test, fault tests included, at CI size
+typecheck: $(BIN)/.installed  ## mypy over the library packages ([tool.mypy] in pyproject.toml)
+	$(BIN)/mypy
+
+test: typecheck  ## types, then every test, fault tests included, at CI size
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-loaded: $(BIN)/.installed  ## the fault tests with two CPU hogs beside them, as on a busy CI machine
@@ -26,4 +29,4 @@ test-loaded: $(BIN)/.installed  ## the fault tests with two CPU hogs beside them
 bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench.json
 	$(BIN)/python -m panelboard.loadgen.bench --out loadgen/out/bench.json
 
-.PHONY: install demo up test test-loaded bench
+.PHONY: install demo up typecheck test test-loaded bench

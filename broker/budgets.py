@@ -29,7 +29,6 @@ from panelboard.schemas.job import Job, Route
 
 NANO = 1_000_000_000
 Period = Literal["none", "daily", "monthly"]
-PERIODS: tuple[Period, ...] = ("none", "daily", "monthly")
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message, as chat templates add them
 REQUEST_OVERHEAD_TOKENS = 3
 

@@ -13,7 +13,7 @@ chain shown is what most jobs get.
 from __future__ import annotations
 
 import random
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import msgspec
 
@@ -84,7 +84,7 @@ def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[s
     """`health`: (provider, model) -> HealthState, or None when PB_HEALTH was not read.
     `load`: provider -> queued + running dispatches, for strategies that use it."""
     intent, source, cls = intent_for(job, cfg)
-    base = dict(job_id=job.id, intent=intent, intent_source=source, classification=cls, health_read=health is not None)
+    base: dict[str, Any] = dict(job_id=job.id, intent=intent, intent_source=source, classification=cls, health_read=health is not None)
     tier_name = cfg.intents.get(intent) if intent else None
     if tier_name is None or tier_name not in cfg.tiers:
         return Explanation(**base, error=_error(job, cfg, intent))

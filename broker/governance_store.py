@@ -19,7 +19,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -159,7 +159,8 @@ settled_calls = Table(
     Index("ix_settled_calls_ts", "ts"),
 )
 
-_DIALECT_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# Both dialects' inserts have on_conflict_do_nothing / do_update and .excluded (the core one does not).
+_DIALECT_INSERT: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 KEY_WINDOW, TEAM_WINDOW = 1, 2
 KEEP_S = 7 * 86_400  # settled calls and ended admissions are kept this long
 
@@ -216,7 +217,7 @@ def key_record(row: Any) -> KeyRecord:
     return KeyRecord(
         prefix=row.prefix, hash=row.hash, team=row.team, models=_json_list(row.models), tiers=_json_list(row.tiers),
         expires_at=row.expires_at, revoked_at=row.revoked_at, rpm=row.rpm, tpm=row.tpm, max_parallel=row.max_parallel,
-        on_limit=row.on_limit,  # type: ignore[arg-type]
+        on_limit=row.on_limit,
     )
 
 
@@ -472,7 +473,7 @@ class Store:
         return out
 
     async def _apply(self, conn: AsyncConnection, rows: dict[tuple[str, int], Any], costs: list[CostRecord],
-                     ended: list[tuple[str, int]], now: float, stats: SettleStats, shadow_ended: list[tuple[str, int]] = ()) -> None:
+                     ended: list[tuple[str, int]], now: float, stats: SettleStats, shadow_ended: Sequence[tuple[str, int]] = ()) -> None:
         tickets = {k: _ticket(r) for k, r in rows.items()}
         start = dict(tickets)
         mirrors = {k: _shadow_ticket(r) for k, r in rows.items() if r.shadow_reserved_nano}  # jobs whose mirror reserved

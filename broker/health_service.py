@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import signal
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import msgspec
 from nats.aio.msg import Msg
@@ -181,7 +181,7 @@ class HealthView:
         self.kv = kv
         self.states: dict[Key, HealthState] = {}
         self._task: asyncio.Task[None] | None = None
-        self._watcher = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self.ready = asyncio.Event()  # set once the initial values are in
         self._changed = asyncio.Event()
 
@@ -318,7 +318,7 @@ def render_status(st: Status) -> str:
     return "\n".join(out)
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     if not rows:
         return ["  (none)"]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]

@@ -98,9 +98,9 @@ class Broker:
                 )
         if early is not None:
             # The raw payload is kept: its dead letter cuts keys to their prefix and truncates it.
-            await bus.reject_job(self.js, team, seq, early, reason=early.__struct_config__.tag if isinstance(early, PromptTooLarge) else "invalid",
+            await bus.reject_job(self.js, team, seq, early, reason=early.kind if isinstance(early, PromptTooLarge) else "invalid",
                                  raw=msg.data)
-            log.info("job.rejected", seq=seq, team=team, error=early.__struct_config__.tag, detail=early.message[:200])
+            log.info("job.rejected", seq=seq, team=team, error=early.kind, detail=early.message[:200])
             await msg.ack()
             return
         if (bad := validate(job, header_id, team)) is not None:  # not addressable by its ids: by its seq
@@ -122,7 +122,6 @@ class Broker:
             decision = strategies.choose(decision, self.cfg, self.health, self.load, self.rng)
             if self.cfg.health.enabled:  # layer 2: degraded hops behind healthy ones, bar a probe share
                 decision = health.order_chain(decision, self.health, self.rng, self.cfg.health.probe_share)
-        reserved = 0.0
         mirror = self.shadow_route(decision) if isinstance(decision, Route) else None
         if isinstance(decision, Route) and self.governor.on is not False:
             job = admission.bound(job, decision, self.cfg)  # the worst case reserved is the worst case run
@@ -145,7 +144,6 @@ class Broker:
                 await self.reject(msg, team, seq, verdict, admission.public(job))
                 return
             if isinstance(verdict, Admitted):
-                reserved = verdict.reserved_nano / 1e9
                 # A mirror runs only on its own reservation (taken at the first admission).
                 mirror = self.shadow_route(decision, sampled=True) if verdict.shadow_nano else None
             else:
@@ -166,16 +164,16 @@ class Broker:
         if isinstance(decision, Route):
             if mirror is not None:  # before the live one: both or neither on a crash
                 await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
-            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved))
+            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time()))
             log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
         else:
-            reason = decision.__struct_config__.tag
+            reason = decision.kind
             await bus.fail_job(self.js, team, job.id, decision, reason=reason, job=job)
             log.info("job.rejected", job_id=job.id, team=team, error=reason, detail=decision.message)
         await msg.ack()
 
     async def reject(self, msg: Msg, team: str, seq: int, error: JobError, job: Job) -> None:
-        reason = error.__struct_config__.tag
+        reason = error.kind
         await bus.reject_job(self.js, team, seq, error, reason="invalid" if reason == "invalid_job" else reason, job=job)
         log.info("job.rejected", seq=seq, team=team, job_id=job.id[:128], error=reason, detail=error.message[:200])
         await msg.ack()

@@ -28,7 +28,7 @@ records that can be settled are: one record never holds back the rest.
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import msgspec
 from nats.aio.msg import Msg
@@ -154,15 +154,15 @@ class Settler:
             for m in msgs:
                 await m.nak(delay=1.0)
             return
-        for ev, e in refused:
+        for ev, err in refused:
             if isinstance(ev, CostRecord):
-                self._skip(ev, f"the database refused it: {str(e).splitlines()[0][:300]}")
+                self._skip(ev, f"the database refused it: {str(err).splitlines()[0][:300]}")
             else:
-                log.error("settle.refused", job_id=ev.job_id, run=ev.run, shadow=ev.shadow, error=str(e).splitlines()[0][:300])
+                log.error("settle.refused", job_id=ev.job_id, run=ev.run, shadow=ev.shadow, error=str(err).splitlines()[0][:300])
         for m in msgs:
             await m.ack()
 
-    async def _settle(self, events: list[CostRecord | End]) -> None:
+    async def _settle(self, events: Sequence[CostRecord | End]) -> None:
         ends = [e for e in events if isinstance(e, End)]
         stats = await self.store.settle([e for e in events if isinstance(e, CostRecord)], [(e.job_id, e.run) for e in ends if not e.shadow],
                                         shadow_ended=[(e.job_id, e.run) for e in ends if e.shadow])

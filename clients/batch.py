@@ -116,7 +116,7 @@ async def _last(js: JetStreamContext, subject: str, typ: type) -> Any:
         raw = await js.get_last_msg(B.BATCHES_STREAM, subject, direct=True)
     except NotFoundError:
         return None
-    return msgspec.json.decode(raw.data, type=typ)
+    return msgspec.json.decode(raw.data or b"", type=typ)
 
 
 async def read_info(js: JetStreamContext, batch_id: str) -> B.BatchInfo | None:
@@ -134,7 +134,7 @@ async def _count(js: JetStreamContext, stream: str, subject: str, per_subject: b
                         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if per_subject else DeliverPolicy.ALL)
     ci = await js.add_consumer(stream, cc)
     try:
-        return ci.num_pending
+        return ci.num_pending or 0
     finally:
         try:
             await js.delete_consumer(stream, ci.name)
@@ -340,7 +340,7 @@ async def submit(
                     continue
                 job = Job(id=B.job_id(batch_id, custom_id), client=client, request=request, intent=line_intent or intent, key=key,
                           team=team, feature=feature, metadata={"batch_id": batch_id, "custom_id": custom_id}, priority="batch",
-                          deadline=deadline, submitted_at=time.time())
+                          deadline=deadline)
                 if (size := len(encode(job))) > max_bytes:  # would crash the publish, or be refused unread
                     rep.malformed += 1
                     if errors is None:
@@ -403,7 +403,7 @@ async def _read(js: JetStreamContext, subject: str, cc: ConsumerConfig, on_msg: 
     cc.inactive_threshold = 30.0
     psub = await js.pull_subscribe(subject, stream=stream, config=cc, pending_msgs_limit=4 * batch)
     try:
-        expected = (await psub.consumer_info()).num_pending
+        expected = (await psub.consumer_info()).num_pending or 0
         got = 0
         while got < expected:
             try:
@@ -524,7 +524,7 @@ def openai_line(result: Any, batch_id: str) -> tuple[bool, bytes]:
         line = {**base, "response": {"status_code": 200, "request_id": result.job_id, "body": result.response}, "error": None}
         return True, encode(line) + b"\n"
     err = result.error
-    kind = err.__struct_config__.tag
+    kind = err.kind
     if kind in _BATCH_LEVEL:  # like OpenAI's batch_expired / batch_cancelled: the request never ran
         line = {**base, "response": None, "error": {"code": _BATCH_LEVEL[kind], "message": err.message}}
     else:
@@ -561,7 +561,7 @@ async def results(js: JetStreamContext, batch_id: str, out: str | os.PathLike[st
                 raw = await js.get_last_msg(wire.RESULTS_STREAM, _decode_done(m.data).subject, direct=True)
             except NotFoundError:
                 return  # aged out of PB_RESULTS (results_ttl_s)
-            good, line = openai_line(decode_result(raw.data), batch_id)
+            good, line = openai_line(decode_result(raw.data or b""), batch_id)
             (ok_f if good else err_f).write(line)
             if good:
                 rep.completed += 1

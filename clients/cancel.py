@@ -202,9 +202,9 @@ class _Scan:
         self.found += len(found)
         consumers = await self.consumers(stream)
         groups: dict[str | None, list[tuple[_Msg, Job, list[Attempt]]]] = {}
-        for hit in found:
-            c = self.owner(consumers, hit[0].subject)
-            groups.setdefault(c.name if c else None, []).append(hit)
+        for entry in found:
+            c = self.owner(consumers, entry[0].subject)
+            groups.setdefault(c.name if c else None, []).append(entry)
         for name, hits in groups.items():
             c = next((c for c in consumers if c.name == name), None)
             if c is None:  # nobody consumes this subject: nobody can take it meanwhile

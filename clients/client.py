@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import msgspec
@@ -29,7 +29,7 @@ from panelboard.transport.bus import _TRANSIENT
 from panelboard.schemas import wire
 from panelboard.schemas.chat import ChatRequest, ChatResponse, Message
 from panelboard.schemas.codec import decode_result, encode
-from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Result
+from panelboard.schemas.job import ID_RE, Completed, Failed, Job, Priority, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
 PUBLISH_PATIENCE_S = 60.0  # how long a submit keeps retrying (same job id) while NATS is away
@@ -176,7 +176,7 @@ class Client:
                         delay *= 2
                         continue
                     if not fut.done():
-                        fut.set_result(decode_result(raw.data))
+                        fut.set_result(decode_result(raw.data or b""))
 
     async def _on_result(self, msg: Msg) -> None:
         _, _, team, job_id = msg.subject.split(".", 3)
@@ -213,7 +213,7 @@ class Client:
         temperature: float | None = None,
         feature: str | None = None,
         metadata: dict[str, Any] | None = None,
-        priority: str = "interactive",
+        priority: Priority = "interactive",
         deadline: float | None = None,
         team: str | None = None,
     ) -> JobHandle:
@@ -231,9 +231,8 @@ class Client:
             team=team or self.team,
             feature=feature,
             metadata=metadata or {},
-            priority=priority,  # type: ignore[arg-type]
+            priority=priority,
             deadline=deadline,
-            submitted_at=time.time(),
         )
         return await self.submit_job(job, reuse=job_id is not None)
 
@@ -256,6 +255,8 @@ class Client:
         # server restarts (or a cluster elects a leader) we keep retrying for publish_patience_s.
         headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, new_id()[:16])}
         data = encode(job)
+        nc = self.nc
+        assert nc is not None, "connect() first"
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.publish_patience_s
         delay = 0.1
@@ -270,7 +271,7 @@ class Client:
                 delay = min(delay * 2, 2.0)
             except nats.errors.MaxPayloadError:
                 self._waiting.pop(key, None)
-                raise too_large(job.id, len(data), self.nc.max_payload, job.metadata) from None
+                raise too_large(job.id, len(data), nc.max_payload, job.metadata) from None
         at = (job.team, ack.seq)
         early = self._early.pop(at, None)
         if early is not None:
@@ -289,7 +290,7 @@ class Client:
             raw = await self.js.get_last_msg(wire.RESULTS_STREAM, wire.result(team or self.team, job_id), direct=True)
         except (NotFoundError, nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
             return None
-        return decode_result(raw.data)
+        return decode_result(raw.data or b"")
 
     async def result(self, job_id: str, timeout: float | None = None, team: str | None = None) -> Result:
         key = (team or self.team, job_id)
@@ -308,7 +309,7 @@ class Client:
                 for seq in self._seq_of.pop(key, ()):
                     self._seqs.pop((key[0], seq), None)
 
-    async def chat(self, messages: MessagesLike, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
+    async def chat(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
@@ -324,7 +325,7 @@ class Client:
                                   prefilter=job_id.encode(), reason="Client.cancel", keep_ids=True)
         return job_id in rep.ids
 
-    async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncIterator[Result]:
+    async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncGenerator[Result, None]:
         """Each job's Result as it arrives (Completed | Failed), whatever the order they were
         submitted in. `timeout` bounds the whole wait: ResultTimeout names a job still out."""
         hs = [h if isinstance(h, JobHandle) else JobHandle(self, h) for h in handles]
@@ -353,7 +354,7 @@ class Client:
         id_prefix: str | None = None,
         timeout: float | None = None,
         **submit_kw: Any,
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Run one job per item (a prompt, a message list or a ChatRequest) with at most
         `concurrency` jobs submitted and not yet yielded; yield each Result (Completed |
         Failed) in input order, or as they finish with `ordered=False`. The iterable is read

@@ -293,7 +293,7 @@ async def run_panelboard(nats_url: str, s: Scenario, meter: CpuMeter, timeout_s:
             h = await client.submit([Message(role="user", content=prompt(i))], intent=INTENT, max_tokens=MAX_TOKENS, feature="bench")
             r = await h.result(timeout=JOB_TIMEOUT_S)
             if isinstance(r, Failed):
-                return r.error.__struct_config__.tag or "failed"
+                return r.error.kind or "failed"
             return None
 
         return await measured("panelboard", s.jobs, s.concurrency, s.warmup, one, meter, timeout_s)

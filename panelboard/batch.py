@@ -163,13 +163,13 @@ def cmd_batch(a: argparse.Namespace) -> int:
                     if not await _exists(js, a.batch_id):  # a cancel record would block the id for ever
                         print(f"batch cancel: {_no_batch(a.batch_id)}", file=sys.stderr)
                         return 1
-                    rep = await batch.cancel(js, a.batch_id, cfg)
+                    cancelled = await batch.cancel(js, a.batch_id, cfg)
                     st = await batch.status(js, a.batch_id)
                     if a.json:
-                        print(json.dumps({"cancel": asdict(rep), "batch": st}))
+                        print(json.dumps({"cancel": asdict(cancelled), "batch": st}))
                     else:
-                        print(f"batch {a.batch_id}: {rep.cancelled} queued job(s) cancelled, never called; "
-                              f"{rep.running} already with a broker or worker run to their own result")
+                        print(f"batch {a.batch_id}: {cancelled.cancelled} queued job(s) cancelled, never called; "
+                              f"{cancelled.running} already with a broker or worker run to their own result")
                         if st is not None:
                             print(_status_text(st))
                     return 0

@@ -249,7 +249,7 @@ async def _quick_connect(url: str):
 
     nc = NATS()
     await asyncio.wait_for(nc.connect(servers=[u.strip() for u in url.split(",")], name="panelboard-cli", connect_timeout=2,
-                                      allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet), 6)
+                                      allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet), 6)  # type: ignore[arg-type]  # nats-py types reconnect_time_wait int; it sleeps on a float
     return nc
 
 
@@ -299,9 +299,9 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
             health, load_ = asyncio.run(read())
         except Exception as e:  # no server there: explain without health
             print(f"(health not read from {url}: {type(e).__name__})", file=sys.stderr)
-    e = explain(job, cfg, health, load_)
-    print(msgspec.json.format(msgspec.json.encode(e)).decode() if a.json else render(e))
-    return 0 if e.error is None else 1
+    ex = explain(job, cfg, health, load_)
+    print(msgspec.json.format(msgspec.json.encode(ex)).decode() if a.json else render(ex))
+    return 0 if ex.error is None else 1
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -381,7 +381,7 @@ class _Parser(argparse.ArgumentParser):
     """An unknown option is reported by the (sub)command that was given it, with that
     command's usage, not the top level's: argparse passes a subcommand's leftovers up."""
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         ns, extra = super().parse_known_args(args, namespace)
         if extra and not self._subparsers:  # a leaf command: nothing below it can use them
             self.error("unrecognized arguments: " + " ".join(extra))

@@ -46,7 +46,7 @@ async def drive(url: str, n: int, concurrency: int, cfg_path: str | None) -> dic
             else:
                 assert isinstance(r, Failed)
                 totals["failed"] += 1
-                errors[r.error.__struct_config__.tag] += 1
+                errors[r.error.kind] += 1
             progress.advance()
 
         await asyncio.gather(*(one(i, r) for i, r in jobs))
@@ -91,6 +91,7 @@ def run_demo(jobs: int, concurrency: int, config: str | None, nats_url: str | No
         print(f"starting the embedded stack in {tmp} ...", file=sys.stderr)
         with stack:
             stack.start()
+            assert stack.nats_url is not None  # start() started the embedded server
             summary = asyncio.run(drive(stack.nats_url, jobs, concurrency, config))
     print(json.dumps(summary) if as_json else render(summary))
     return 0 if summary["failed"] == 0 else 1

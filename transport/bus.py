@@ -90,7 +90,7 @@ async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Res
     of a batch is in the index (a crash between the two redoes both, deduped)."""
     if not result.metadata or (batch_id := B.batch_of(job_id, result.metadata)) is None:
         return
-    kind = "completed" if isinstance(result, Completed) else result.error.__struct_config__.tag
+    kind = "completed" if isinstance(result, Completed) else result.error.kind
     await publish(js, B.done_subject(batch_id, team, job_id), encode(B.Done(kind=kind, subject=subject)),
                   headers={wire.HDR_MSG_ID: msg_id + ":done"})
 
@@ -135,10 +135,10 @@ async def read_attempts(js: JetStreamContext, team: str, job_id: str, run: int, 
             raw = await js.get_msg(wire.ATTEMPTS_STREAM, seq=seq, subject=subject, direct=True, next=True)
         except NotFoundError:
             return out
-        a = decode_attempt(raw.data)
+        a = decode_attempt(raw.data or b"")
         if a.run == run:
             out.append(a)
-        seq = raw.seq + 1
+        seq = (raw.seq or seq) + 1
 
 
 async def result_exists(js: JetStreamContext, team: str, job_id: str, run: int) -> bool:

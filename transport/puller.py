@@ -16,6 +16,7 @@ import time
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 STATUS = "Status"
 
@@ -38,7 +39,7 @@ class Puller:
         self.requests: dict[str, _Request] = {}
         self.prefix = nc.new_inbox()
         self.ids = itertools.count()
-        self.sub = None
+        self.sub: Subscription | None = None
 
     async def start(self) -> None:
         self.sub = await self.nc.subscribe(self.prefix + ".*", cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)

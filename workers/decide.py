@@ -9,30 +9,34 @@ from __future__ import annotations
 
 import random
 import re
+from typing import ClassVar
 
 import msgspec
 
 from panelboard.schemas.config import Link, RetryPolicy
 from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, JobError, PromptTooLarge, ProviderError
-from panelboard.schemas.job import Attempt
+from panelboard.schemas.job import Attempt, AttemptDecision
 from panelboard.workers.outcome import ClientError, Ok, Outcome, RateLimited, ServerError, Timeout, status_of
 
 _TIMEOUT_RE = re.compile(r"^timeout>(\d+)ms$")
 
 
 class Succeed(msgspec.Struct):
-    pass
+    name: ClassVar[AttemptDecision] = "succeed"  # as an Attempt records it
 
 
 class Retry(msgspec.Struct):
+    name: ClassVar[AttemptDecision] = "retry"
     delay_s: float
 
 
 class Forward(msgspec.Struct):
+    name: ClassVar[AttemptDecision] = "forward"
     hop: int
 
 
 class Fail(msgspec.Struct):
+    name: ClassVar[AttemptDecision] = "fail"
     error: JobError
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 import msgspec
 
 from panelboard.schemas.chat import ChatResponse
+from panelboard.schemas.job import CallOutcome
 
 
 class Ok(msgspec.Struct):
@@ -56,3 +57,20 @@ def status_of(outcome: Outcome) -> int:
             return 0
         case ServerError(status=s) | ClientError(status=s):
             return s
+
+
+def outcome_name(outcome: Outcome | None) -> CallOutcome:
+    """How a cost record names the call: None is a call lost with its worker."""
+    match outcome:
+        case Ok():
+            return "ok"
+        case RateLimited():
+            return "RateLimited"
+        case Timeout():
+            return "Timeout"
+        case ServerError():
+            return "ServerError"
+        case ClientError():
+            return "ClientError"
+        case None:
+            return "lost"
