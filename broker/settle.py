@@ -40,7 +40,7 @@ from panelboard import db
 from panelboard.transport import logs, streams
 from panelboard.transport.puller import Puller
 from panelboard.schemas import wire
-from panelboard.schemas.codec import decode_attempt, decode_cost
+from panelboard.schemas.codec import attempt_decision, decode_cost, result_failed
 from panelboard.schemas.job import CostRecord
 
 log = logs.get("settle")
@@ -48,7 +48,6 @@ log = logs.get("settle")
 CONSUMER = "settle"
 BATCH = 256
 ACK_WAIT_S = 10.0
-_FAILED = b'"type":"failed"'  # msgspec writes a tagged struct's tag first: no need to decode
 
 
 def ended_run(msg: Msg) -> tuple[str, int] | None:
@@ -74,9 +73,9 @@ def failed_mirror(msg: Msg) -> tuple[str, int] | None:
     Nats-Msg-Id `<team>.<job>:<run>:a<hop>:<attempt>:s` and its decision."""
     msg_id = (msg.headers or {}).get(wire.HDR_MSG_ID, "")
     parts = msg_id.rsplit(":", 4)
-    if len(parts) != 5 or parts[4] != "s" or not parts[1].isdigit() or b'"fail"' not in msg.data:
+    if len(parts) != 5 or parts[4] != "s" or not parts[1].isdigit():
         return None
-    return (parts[0].rpartition(".")[2], int(parts[1])) if decode_attempt(msg.data).decision == "fail" else None
+    return (parts[0].rpartition(".")[2], int(parts[1])) if attempt_decision(msg.data) == "fail" else None
 
 
 def consumer_config(subjects: str) -> ConsumerConfig:
@@ -139,7 +138,7 @@ class Settler:
                 elif stream == wire.ATTEMPTS_STREAM:
                     if (ref := failed_mirror(m)) is not None:
                         events.append(End(*ref, shadow=True))
-                elif _FAILED in m.data[:32] and (ref := ended_run(m)) is not None:
+                elif result_failed(m.data) and (ref := ended_run(m)) is not None:
                     events.append(End(*ref))
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 log.error("settle.undecodable", stream=stream, seq=m.metadata.sequence.stream, error=str(e)[:200])
