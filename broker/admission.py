@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from panelboard.broker import budgets, ratelimit
 from panelboard.broker.governance_store import Admitted, Store, Throttled
 from panelboard.schemas.redact import PREFIX_LEN
-from panelboard.transport import logs
+from panelboard.transport import db, logs
 from panelboard.schemas.chat import ChatRequest
 from panelboard.schemas.config import Config, Governance
 from panelboard.schemas.errors import InvalidJob, JobError, PromptTooLarge
@@ -267,6 +267,4 @@ class Governor:
 
 
 def _display(store: Store) -> str:
-    from panelboard import db
-
     return db.display(str(store.engine.url))

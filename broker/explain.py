@@ -23,7 +23,7 @@ from panelboard.broker.health import Health, HealthState, order_chain
 from panelboard.schemas.config import Config, RetryPolicy
 from panelboard.schemas.errors import InvalidJob, JobError, UnknownIntent
 from panelboard.schemas.job import Job, Route
-from panelboard.workers.decide import link_timeout_ms
+from panelboard.schemas.triggers import link_timeout_ms
 
 
 class HopInfo(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -1,6 +1,6 @@
 """Keys, budgets, rate windows and reservations in SQL: the thin I/O around the pure decisions
 of broker/keys.py, budgets.py and ratelimit.py. Same database as the cost ledger (SQLite by
-default, Postgres for several nodes), through panelboard/db.py's engine.
+default, Postgres for several nodes), through transport/db.py's engine.
 
 Why budgets hold across broker processes: admission is ONE transaction that locks the key's
 row and the team's row (`SELECT ... FOR UPDATE` on Postgres; `BEGIN IMMEDIATE` takes the
@@ -53,7 +53,7 @@ from panelboard.broker import budgets, keys, ratelimit
 from panelboard.broker.budgets import NANO, Budget, Delta, Estimate, Ticket
 from panelboard.broker.keys import KeyRecord
 from panelboard.broker.ratelimit import Bucket, Limited, Limits
-from panelboard import db
+from panelboard.transport import db
 from panelboard.schemas.errors import BadKey, OverBudget
 from panelboard.schemas.job import CostRecord, Route
 

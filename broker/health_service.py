@@ -8,7 +8,7 @@ its hysteresis: degraded since, recovering since) from PB_HEALTH, which is file-
 consumer state is left on the server, and two aggregators (one per broker process, say)
 compute the same windows from the same records: the states they write agree.
 
-    python -m panelboard.broker.health_service [--config C] [--nats-url U]     (or `panelboard health`)
+    serve(url, cfg): the aggregator process (`panelboard health`).
     HealthView: a broker's live copy of PB_HEALTH (a KV watch), `view.states` for order_chain.
     status(js, cfg): what `panelboard status` prints.
 """
@@ -341,30 +341,3 @@ async def serve(url: str, cfg: Config) -> None:
         await agg.run()
     finally:
         await nc.drain()
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    from panelboard.config import load
-    from panelboard.transport.connection import NoServerError, require_url
-    from panelboard.runtime import run
-
-    ap = argparse.ArgumentParser(prog="python -m panelboard.broker.health_service", description="the health aggregator: PB_COSTS -> PB_HEALTH")
-    ap.add_argument("--config")
-    ap.add_argument("--nats-url")
-    a = ap.parse_args(argv)
-    logs.configure()
-    cfg = load(a.config)
-    try:
-        url = require_url(a.nats_url, cfg)
-    except NoServerError as e:
-        print(e, file=sys.stderr)
-        return 2
-    run(serve(url, cfg))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelboard import db, metrics
+from panelboard.transport import db, metrics
 
 from panelboard.transport import connection
 

@@ -23,9 +23,10 @@ from nats.js import JetStreamContext
 from panelboard.broker import admission, classify, health, routing, strategies, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
+from panelboard.broker.health_service import Aggregator, HealthView, pool_load
 from panelboard.transport import bus, logs
 from panelboard.transport.puller import Puller
-from panelboard.transport.streams import BROKER_CONSUMER
+from panelboard.transport.streams import BROKER_CONSUMER, ensure_health_kv
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_job
 from panelboard.schemas.config import Config
@@ -202,9 +203,6 @@ class Broker:
     async def _follow_health(self) -> None:
         """Aggregate PB_COSTS into PB_HEALTH (every broker does it from the same records, so
         they agree) and keep local copies of the health states and pool loads."""
-        from panelboard.broker.health_service import Aggregator, HealthView, pool_load
-        from panelboard.transport.streams import ensure_health_kv
-
         view = await HealthView.start(self.js, self.cfg)
         self.health = view.states
         aggregator = asyncio.create_task(Aggregator(self.js, self.cfg, await ensure_health_kv(self.js, self.cfg)).run())

@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from panelboard.broker.governance_store import Store
-from panelboard import db
+from panelboard.transport import db
 from panelboard.transport import logs, streams
 from panelboard.transport.puller import Puller
 from panelboard.schemas import wire

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import NotFoundError
 
 from panelboard.clients.cancel import CancelReport, cancel_queued
@@ -235,20 +235,9 @@ class _Submitter:
             self.sem.release()
 
 
-async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str], patience_s: float = 60.0):
-    """Publish and wait for the stream's ack; ride out a server restart with the same
-    Nats-Msg-Id (a retry of a publish that was stored is dropped as a duplicate)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + patience_s
-    delay = 0.1
-    while True:
-        try:
-            return await js.publish(subject, data, headers=headers, timeout=5.0)
-        except bus._TRANSIENT:
-            if loop.time() + delay > give_up:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
+    """Publish and wait for the stream's ack, riding out a server restart (a minute)."""
+    return await bus.publish_retrying(js, subject, data, headers, patience_s=60.0, timeout_s=5.0)
 
 
 async def submit(

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
-from panelboard.transport.bus import _TRANSIENT
+from panelboard.transport.bus import TRANSIENT, publish_retrying
 from panelboard.schemas import wire
 from panelboard.schemas.chat import ChatRequest, ChatResponse, Message
 from panelboard.schemas.codec import decode_result, encode
@@ -169,7 +169,7 @@ class Client:
                         raw = await self.js.get_last_msg(wire.RESULTS_STREAM, subject, direct=True)
                     except NotFoundError:
                         break
-                    except (*_TRANSIENT, nats.errors.ConnectionClosedError):
+                    except (*TRANSIENT, nats.errors.ConnectionClosedError):
                         if self.nc is None or self.nc.is_closed or delay > 5:
                             break
                         await asyncio.sleep(delay)
@@ -257,21 +257,12 @@ class Client:
         data = encode(job)
         nc = self.nc
         assert nc is not None, "connect() first"
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.publish_patience_s
-        delay = 0.1
-        while True:
-            try:
-                ack = await self.js.publish(wire.jobs(job.team, job.intent), data, headers=headers, timeout=5)
-                break
-            except _TRANSIENT:
-                if loop.time() + delay > give_up:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except nats.errors.MaxPayloadError:
-                self._waiting.pop(key, None)
-                raise too_large(job.id, len(data), nc.max_payload, job.metadata) from None
+        try:
+            ack = await publish_retrying(self.js, wire.jobs(job.team, job.intent), data, headers,
+                                         patience_s=self.publish_patience_s, timeout_s=5.0)
+        except nats.errors.MaxPayloadError:
+            self._waiting.pop(key, None)
+            raise too_large(job.id, len(data), nc.max_payload, job.metadata) from None
         at = (job.team, ack.seq)
         early = self._early.pop(at, None)
         if early is not None:

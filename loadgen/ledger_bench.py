@@ -29,9 +29,10 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
 from panelboard.loadgen.mix import MIX
-from panelboard import db, queries, reports
+from panelboard import queries, reports
+from panelboard.transport import db
 from panelboard.config import load
 from panelboard.schemas.config import Config
 from panelboard.schemas.job import CallOutcome, CostRecord

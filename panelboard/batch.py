@@ -28,7 +28,7 @@ def add_parser(sub: Any, common: Any) -> None:
     common(s)
     s.add_argument("file", help="JSONL: OpenAI Batch API lines (custom_id, method, url, body) or Anthropic (custom_id, params)")
     s.add_argument("--intent", help="the intent of every line (a line may carry its own \"intent\"); default: the config's default_intent")
-    from panelboard.cli import add_key_options
+    from panelboard.cli_common import add_key_options
 
     add_key_options(s, "the jobs run under")
     s.add_argument("--team", default="default")
@@ -116,7 +116,7 @@ async def _exists(js: Any, batch_id: str) -> bool:
 
 def cmd_batch(a: argparse.Namespace) -> int:
     from panelboard.clients import batch
-    from panelboard.cli import resolve_key
+    from panelboard.cli_common import resolve_key
     from panelboard.config import load
     from panelboard.transport.connection import connect, require_url
     from panelboard.runtime import run

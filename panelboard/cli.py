@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from panelboard.cli_common import CliError, add_key_options, resolve_key
 from panelboard.transport import logs
 
 
@@ -54,7 +55,7 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
     if unknown:
         print(f"unknown provider(s) {unknown}; the config has {list(cfg.providers)}", file=sys.stderr)
         return 2
-    from panelboard import metrics
+    from panelboard.transport import metrics
 
     run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers)))
     return 0
@@ -71,7 +72,7 @@ def _metrics(p: argparse.ArgumentParser) -> None:
 
 def cmd_ledger(a: argparse.Namespace) -> int:
     from panelboard.broker.ledger import serve
-    from panelboard import db
+    from panelboard.transport import db
     from panelboard.config import load
     from panelboard.transport.connection import home, require_url
     from panelboard.runtime import run
@@ -91,7 +92,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from panelboard import db, queries, render, reports
+    from panelboard import queries, render, reports
+    from panelboard.transport import db
     from panelboard.config import load
     from panelboard.transport.connection import home
 
@@ -139,37 +141,6 @@ def cmd_report(a: argparse.Namespace) -> int:
                 f.write(render.chart_html(table.title, rep))
             print(f"chart written to {a.chart}", file=sys.stderr)
     return 0
-
-
-KEY_ENV = "PANELBOARD_KEY"
-
-
-def add_key_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--key-file", metavar="FILE", help=f"read the virtual key {what} from this file (or set ${KEY_ENV})")
-    p.add_argument("--key", help=f"the virtual key {what}, on the command line: visible in `ps` to every user of the machine; "
-                                 f"prefer ${KEY_ENV} or --key-file")
-
-
-def resolve_key(a: argparse.Namespace) -> str | None:
-    """--key-file, else --key (with a warning: argv is public), else $PANELBOARD_KEY."""
-    if getattr(a, "key_file", None):
-        try:
-            with open(a.key_file) as f:
-                key = f.read().strip()
-        except OSError as e:
-            raise CliError(f"cannot read the key file {a.key_file}: {e.strerror}\nhint: a file holding the key on one line") from None
-        if not key:
-            raise CliError(f"the key file {a.key_file} is empty\nhint: a file holding the key on one line")
-        return key
-    if getattr(a, "key", None):
-        print(f"warning: --key puts the key in the process list (`ps`) for every user of this machine; "
-              f"set ${KEY_ENV} or use --key-file instead", file=sys.stderr)
-        return a.key
-    return os.environ.get(KEY_ENV) or None
-
-
-class CliError(Exception):
-    """Something the user must fix: the message says what (and how), printed without a traceback."""
 
 
 def cmd_submit(a: argparse.Namespace) -> int:

@@ -22,7 +22,8 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
+from panelboard.schemas.triggers import link_timeout_ms
 from panelboard.transport import bus, logs
 from panelboard.transport.puller import Puller
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
@@ -32,7 +33,7 @@ from panelboard.schemas.codec import decode_dispatch
 from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
-from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
+from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, number_attempt
 from panelboard.workers.outcome import Ok, Outcome, outcome_name, status_of
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
