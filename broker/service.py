@@ -20,17 +20,18 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from panelboard.broker import admission, classify, health, routing, strategies, waiting
+from panelboard.broker import admission, health, routing, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
 from panelboard.broker.health_service import Aggregator, HealthView, pool_load
+from panelboard.broker.plan import Plan, plan
 from panelboard.transport import bus, logs
 from panelboard.transport.puller import Puller
 from panelboard.transport.streams import BROKER_CONSUMER, ensure_health_kv
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_job
 from panelboard.schemas.config import Config
-from panelboard.schemas.errors import BadKey, DeadlineExceeded, InvalidJob, JobError, PromptTooLarge
+from panelboard.schemas.errors import BadKey, InvalidJob, JobError, PromptTooLarge
 from panelboard.schemas.job import ID_RE, Dispatch, Job, Route
 
 log = logs.get("broker")
@@ -58,13 +59,6 @@ def validate(job: Job, header_id: str | None, team: str) -> InvalidJob | None:
     if not job.request.messages:
         return InvalidJob(message="the request has no messages", hint="send at least one message")
     return None
-
-
-def admit(job: Job, cfg: Config, table: dict[str, Route], now: float) -> Route | JobError:
-    """Everything the broker decides about a job before dispatch. Pure."""
-    if job.deadline is not None and job.deadline <= now:
-        return DeadlineExceeded(message=f"job {job.id} passed its deadline before it was admitted", hint="submit with a later deadline, or none")
-    return routing.resolve(job, cfg, table)
 
 
 class Broker:
@@ -113,19 +107,16 @@ class Broker:
         err: JobError | None = admission.check_fields(job)
         if err is None and (found := admission.forbidden_fields(msg.data)):
             err = admission.refuse_fields(found)
-        if err is None and not job.intent:  # layer 1: no intent given, classify the request
-            intent, source, _ = classify.intent_for(job, self.cfg)
-            if source == "classified":
-                job = msgspec.structs.replace(job, intent=intent)  # cost records carry it
         now = time.time()
-        decision = err or admit(job, self.cfg, self.table, now)
-        if isinstance(decision, Route):
-            decision = strategies.choose(decision, self.cfg, self.health, self.load, self.rng)
-            if self.cfg.health.enabled:  # layer 2: degraded hops behind healthy ones, bar a probe share
-                decision = health.order_chain(decision, self.health, self.rng, self.cfg.health.probe_share)
+        decision: Route | JobError
+        if err is not None:
+            decision = err
+        else:  # intent (classified when none), tier, strategy, health order, output bound: broker/plan.py
+            p = self.plan(job, now)
+            job = p.job
+            decision = p.decision
         mirror = self.shadow_route(decision) if isinstance(decision, Route) else None
         if isinstance(decision, Route) and self.governor.on is not False:
-            job = admission.bound(job, decision, self.cfg)  # the worst case reserved is the worst case run
             verdict = await self.governor.admit(job, decision, msg, now, shadow=mirror)
             if isinstance(verdict, Wait):  # backpressure: the job waits in the stream
                 await msg.nak(delay=verdict.delay_s)
@@ -178,6 +169,11 @@ class Broker:
         await bus.reject_job(self.js, team, seq, error, reason="invalid" if reason == "invalid_job" else reason, job=job)
         log.info("job.rejected", seq=seq, team=team, job_id=job.id[:128], error=reason, detail=error.message[:200])
         await msg.ack()
+
+    def plan(self, job: Job, now: float) -> Plan:
+        """broker/plan.py with this broker's state; `route explain` runs the same function."""
+        return plan(job, self.cfg, self.table, self.health, self.load, self.rng, self.cfg.health.probe_share, now,
+                    bound=self.governor.on is not False)  # under governance the worst case reserved is the worst case run
 
     def shadow_route(self, live: Route, sampled: bool = False) -> Route | None:
         """The candidate route to mirror this job to, for the tier's sampled share of jobs

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from panelboard.cli_common import CliError, add_key_options, resolve_key
 from panelboard.transport import logs
@@ -270,7 +271,8 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
             health, load_ = asyncio.run(read())
         except Exception as e:  # no server there: explain without health
             print(f"(health not read from {url}: {type(e).__name__})", file=sys.stderr)
-    ex = explain(job, cfg, health, load_)
+    # As the broker would plan it now: deadline checked, max_tokens bounded where governance is on.
+    ex = explain(job, cfg, health, load_, now=time.time(), bound=cfg.governance.require_keys is not False)
     print(msgspec.json.format(msgspec.json.encode(ex)).decode() if a.json else render(ex))
     return 0 if ex.error is None else 1
 
