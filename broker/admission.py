@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 
 from panelboard.broker import budgets, ratelimit
 from panelboard.broker.governance_store import Admitted, Store, Throttled
+from panelboard.broker.settle import Settler
 from panelboard.schemas.redact import PREFIX_LEN
 from panelboard.transport import db, logs
 from panelboard.schemas.chat import ChatRequest
@@ -179,8 +180,6 @@ class Governor:
             self.tasks.append(asyncio.create_task(self._watch()))
 
     async def _turn_on(self) -> None:
-        from panelboard.broker.settle import Settler
-
         assert self.store is not None
         await self.store.create()
         settler = Settler(self.js, self.store)

@@ -23,7 +23,7 @@ from panelboard.broker.health import Health, HealthState
 from panelboard.broker.plan import plan
 from panelboard.schemas.config import Config, RetryPolicy
 from panelboard.schemas.errors import JobError
-from panelboard.schemas.job import Job, Route
+from panelboard.schemas.job import Hop, Job, Route
 from panelboard.schemas.triggers import link_timeout_ms
 
 
@@ -153,8 +153,6 @@ def route_of(e: Explanation) -> Route | None:
     """The chain the explanation describes, as the broker would dispatch it."""
     if e.tier is None:
         return None
-    from panelboard.schemas.job import Hop
-
     return Route(tier=e.tier, chain=tuple(Hop(model=x.model, provider=x.provider) for x in e.chain))
 
 

@@ -31,7 +31,7 @@ from nats.js.kv import KeyValue
 from panelboard.broker.health import HealthState, Key, Window, assess, kv_key, thresholds, tracked
 from panelboard.broker.waiting import Waiting
 from panelboard.broker.waiting import read as read_waiting
-from panelboard.transport import logs, streams
+from panelboard.transport import connection, logs, streams
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_cost
 from panelboard.schemas.config import Config
@@ -328,8 +328,6 @@ def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 async def serve(url: str, cfg: Config) -> None:
     """The aggregator process."""
-    from panelboard.transport import connection
-
     nc = await connection.connect(url, "panelboard-health")
     js = nc.jetstream()
     await streams.ensure_streams(js, cfg)

@@ -41,6 +41,7 @@ from nats.js.errors import NotFoundError
 
 from panelboard.clients.cancel import CancelReport, cancel_queued
 from panelboard.transport import bus
+from panelboard.transport.streams import ensure_stream, stream_configs
 from panelboard.schemas import batch as B
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_result, encode
@@ -103,8 +104,6 @@ def check_batch_id(batch_id: str) -> None:
 
 async def ensure_manifest(js: JetStreamContext, cfg: Config) -> None:
     """Create PB_BATCHES when the running stack predates it; never rewrite a live one's settings."""
-    from panelboard.transport.streams import ensure_stream, stream_configs
-
     try:
         await js.stream_info(B.BATCHES_STREAM)
     except NotFoundError:

@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
+from panelboard.clients.cancel import cancel_queued
 from panelboard.transport.bus import TRANSIENT, publish_retrying
 from panelboard.schemas import wire
 from panelboard.schemas.chat import ChatRequest, ChatResponse, Message
@@ -125,6 +126,7 @@ class Client:
 
     async def connect(self) -> None:
         if self.nc is None:
+            # Here, not at the top: structlog and the connect helpers load only when a client connects.
             from panelboard.transport.connection import UnreachableError, connect, find_url
 
             url = find_url(self._url)
@@ -310,8 +312,6 @@ class Client:
         `cancelled`, and no provider is called for it. False: a broker or worker already has
         it (or it has finished, or no such job is queued); it runs to its own result. It reads
         the queues once, so it takes longer the deeper they are. See clients/cancel.py."""
-        from panelboard.clients.cancel import cancel_queued
-
         rep = await cancel_queued(self.js, lambda j: j.team == self.team and j.id == job_id,
                                   prefilter=job_id.encode(), reason="Client.cancel", keep_ids=True)
         return job_id in rep.ids

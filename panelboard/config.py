@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from panelboard.broker import health, strategies
 from panelboard.broker.routing import PRECISION, precise_enough
 from panelboard.schemas import triggers
 from panelboard.schemas.config import Config, Model, Provider, Tier
@@ -174,8 +175,6 @@ def check(cfg: Config) -> list[str]:
             out.append(f"intents.{intent}: unknown tier {tier!r} (known: {', '.join(cfg.tiers)})")
     if cfg.default_intent is not None and cfg.default_intent not in cfg.intents:
         out.append(f"default_intent: {cfg.default_intent!r} is not in intents")
-    from panelboard.broker import health, strategies  # here, not at the top: they import schemas, not us
-
     return out + health.check(cfg) + strategies.check(cfg)
 
 
