@@ -24,7 +24,10 @@ demo: $(BIN)/.installed  ## the main job: the article's traffic mix on the embed
 up: $(BIN)/.installed
 	$(BIN)/panelboard up
 
-test: $(BIN)/.installed  ## every test, fault tests included, at CI size
+typecheck: $(BIN)/.installed  ## mypy over the library packages ([tool.mypy] in pyproject.toml)
+	$(BIN)/mypy
+
+test: typecheck  ## types, then every test, fault tests included, at CI size
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-loaded: $(BIN)/.installed  ## the fault tests with two CPU hogs beside them, as on a busy CI machine
@@ -36,4 +39,4 @@ bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench
 asyncapi: $(BIN)/.installed  ## regenerate docs/asyncapi.json (the wire contract) from the code
 	$(BIN)/panelboard asyncapi --write
 
-.PHONY: install install-evals demo up test test-loaded bench asyncapi
+.PHONY: install install-evals demo up typecheck test test-loaded bench asyncapi

@@ -30,8 +30,9 @@ from nats.js import JetStreamContext
 
 from panelboard.broker import budgets, ratelimit
 from panelboard.broker.governance_store import AdmitOutcome, AdmitRequest, Admitted, Store, Throttled
+from panelboard.broker.settle import Settler
 from panelboard.schemas.redact import PREFIX_LEN
-from panelboard.transport import logs
+from panelboard.transport import db, logs
 from panelboard.schemas.chat import MODELLED, ChatRequest
 from panelboard.schemas.config import Config, Governance
 from panelboard.schemas.errors import InvalidJob, JobError, PromptTooLarge
@@ -205,8 +206,6 @@ class Governor:
             self.tasks.append(asyncio.create_task(self._watch()))
 
     async def _turn_on(self) -> None:
-        from panelboard.broker.settle import Settler
-
         assert self.store is not None
         await self.store.create()
         settler = Settler(self.js, self.store)
@@ -344,6 +343,4 @@ class Batcher:
 
 
 def _display(store: Store) -> str:
-    from panelboard import db
-
     return db.display(str(store.engine.url))

@@ -29,7 +29,6 @@ from panelboard.schemas.job import Job, Route
 
 NANO = 1_000_000_000
 Period = Literal["none", "daily", "monthly"]
-PERIODS: tuple[Period, ...] = ("none", "daily", "monthly")
 # An image's tokens follow from its pixels, which admission never fetches: the most gpt-4o's high
 # detail (8 tiles x 170 + 85) or Anthropic (~1,600 at 1.15 megapixels) charge for one. (Mini models
 # count more tokens per tile at a price cut to match, so the dollars stay near this bound.)

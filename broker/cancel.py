@@ -145,7 +145,7 @@ class _Scan:
             try:
                 r = await self.nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", req, timeout=5)
                 break
-            except bus._TRANSIENT:
+            except bus.TRANSIENT:
                 if attempt == 4:
                     raise
                 await asyncio.sleep(0.2 * 2**attempt)
@@ -162,7 +162,7 @@ class _Scan:
         for attempt in range(6):
             try:
                 r = await self.nc.request(f"$JS.API.STREAM.MSG.DELETE.{stream}", req, timeout=5)
-            except bus._TRANSIENT:
+            except bus.TRANSIENT:
                 if attempt == 5:
                     raise
                 await asyncio.sleep(0.2 * 2**attempt)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable
+from typing import Iterable, Literal
 
 import msgspec
 
@@ -270,7 +270,10 @@ def classify(request: ChatRequest, labels: list[str]) -> Classification:
                           scores={c: round(s, 2) for c, s in scores.items() if s})
 
 
-def intent_for(job: Job, cfg: Config) -> tuple[str | None, str, Classification | None]:
+IntentSource = Literal["given", "default", "classified", "none"]
+
+
+def intent_for(job: Job, cfg: Config) -> tuple[str | None, IntentSource, Classification | None]:
     """(intent, source, classification): the job's own intent ("given"), else the config's
     default_intent ("default"), else the classifier's pick ("classified"), else (None, "none",
     ...) and the broker rejects the job as today. An explicit default wins over a guess, so

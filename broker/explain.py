@@ -2,7 +2,7 @@
 
     explain(job, cfg, health=None, load=None) -> Explanation      render(Explanation) -> str
 
-It walks the same steps the broker takes: the intent (given, the config's default, or
+It runs the broker's own plan (broker/plan.py) and describes it: the intent (given, the config's default, or
 classified, with the classifier's reasons), its tier, the tier's chain with each hop's price,
 quantization, triggers and timeout, the hops min_precision leaves out, the order the tier's
 strategy gives groups of equal deployments, and (when PB_HEALTH could be read) which hops are
@@ -13,17 +13,18 @@ chain shown is what most jobs get.
 from __future__ import annotations
 
 import random
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import msgspec
 
 from panelboard.broker import routing, strategies
-from panelboard.broker.classify import Classification, intent_for
-from panelboard.broker.health import Health, HealthState, order_chain
+from panelboard.broker.classify import Classification, IntentSource
+from panelboard.broker.health import Health, HealthState
+from panelboard.broker.plan import plan
 from panelboard.schemas.config import Config, RetryPolicy
-from panelboard.schemas.errors import InvalidJob, JobError, UnknownIntent
-from panelboard.schemas.job import Job, Route
-from panelboard.workers.decide import link_timeout_ms
+from panelboard.schemas.errors import JobError
+from panelboard.schemas.job import Hop, Job, Route
+from panelboard.schemas.triggers import link_timeout_ms
 
 
 class HopInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -58,7 +59,7 @@ class Excluded(msgspec.Struct, kw_only=True, omit_defaults=True):
 class Explanation(msgspec.Struct, kw_only=True, omit_defaults=True):
     job_id: str
     intent: str | None
-    intent_source: Literal["given", "default", "classified", "none"]
+    intent_source: IntentSource
     classification: Classification | None = None
     tier: str | None = None
     strategy: str | None = None
@@ -70,24 +71,21 @@ class Explanation(msgspec.Struct, kw_only=True, omit_defaults=True):
     probe_share: float = 0.0
     notes: list[str] = []
     error: JobError | None = None
+    max_tokens: int | None = None  # the output cap the job runs with (its own, or the bound)
 
 
-def _error(job: Job, cfg: Config, intent: str | None) -> JobError:
-    if intent is None:
-        return InvalidJob(message=f"job {job.id} has no intent and none could be classified",
-                          hint=f"tag the job with an intent ({', '.join(sorted(cfg.intents))}) or set default_intent in the config")
-    return UnknownIntent(message=f"intent {intent!r} maps to no tier",
-                         hint=f"use one of: {', '.join(sorted(cfg.intents))}; or add it under intents in the config", intent=intent)
-
-
-def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[str, int] | None = None) -> Explanation:
+def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[str, int] | None = None,
+            now: float | None = None, bound: bool = False) -> Explanation:
     """`health`: (provider, model) -> HealthState, or None when PB_HEALTH was not read.
-    `load`: provider -> queued + running dispatches, for strategies that use it."""
-    intent, source, cls = intent_for(job, cfg)
-    base = dict(job_id=job.id, intent=intent, intent_source=source, classification=cls, health_read=health is not None)
-    tier_name = cfg.intents.get(intent) if intent else None
-    if tier_name is None or tier_name not in cfg.tiers:
-        return Explanation(**base, error=_error(job, cfg, intent))
+    `load`: provider -> queued + running dispatches, for strategies that use it. `now`: check
+    the job's deadline against it; `bound`: as under governance, cap max_tokens."""
+    # The broker's own plan (broker/plan.py), with no probe drawn: the chain most jobs get.
+    p = plan(job, cfg, None, health, load or {}, random.Random(0), 0.0, now, bound)
+    base: dict[str, Any] = dict(job_id=job.id, intent=p.intent, intent_source=p.intent_source, classification=p.classification,
+                                health_read=health is not None)
+    if p.error is not None or p.route is None or p.configured is None or p.chosen is None:
+        return Explanation(**base, error=p.error)
+    tier_name = p.route.tier
     tier = cfg.tiers[tier_name]
     notes: list[str] = []
 
@@ -97,11 +95,10 @@ def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[s
         for lk in tier.fallbacks
         if lk.model in cfg.models and not routing.precise_enough(cfg.models[lk.model].quantization, tier.min_precision)
     ]
-    configured = routing.tier_route(cfg, tier_name)
+    configured, chosen, final = p.configured, p.chosen, p.route
     h: Health = health or {}
     ld = load or {}
     strategy = strategies.tier_strategy(cfg, tier_name)
-    chosen = strategies.choose(configured, cfg, h, ld, random.Random(0))
     grouped = strategies.groups(cfg, configured)
     choice: dict[str, str] = {}
     for positions in grouped.values():
@@ -116,7 +113,6 @@ def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[s
     if grouped:
         notes.append(f"groups of equal deployments are ordered per job by {strategy}"
                      + (" (a random draw: the order shown is one of them)" if strategy == "simple-shuffle" else ""))
-    final = order_chain(chosen, h, random.Random(0), 0.0) if health is not None else chosen
     if final != chosen:
         notes.append("degraded hops were moved behind the healthy ones")
     if health is not None and all(_state(h, hop.provider, hop.model) == "degraded" for hop in final.chain):
@@ -145,7 +141,7 @@ def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[s
         notes.append("min_precision leaves no hop: the config check should have refused this tier")
     return Explanation(**base, tier=tier_name, strategy=strategy if grouped else None, retry_policy=tier.retry_policy,
                        min_precision=tier.min_precision, chain=chain, excluded=excluded, probe_share=cfg.health.probe_share,
-                       notes=notes)
+                       max_tokens=p.job.request.max_tokens, notes=notes)
 
 
 def _state(h: Health, provider: str, model: str) -> Literal["healthy", "degraded", "unknown"]:
@@ -157,8 +153,6 @@ def route_of(e: Explanation) -> Route | None:
     """The chain the explanation describes, as the broker would dispatch it."""
     if e.tier is None:
         return None
-    from panelboard.schemas.job import Hop
-
     return Route(tier=e.tier, chain=tuple(Hop(model=x.model, provider=x.provider) for x in e.chain))
 
 
@@ -187,6 +181,8 @@ def render(e: Explanation) -> str:
     rp = e.retry_policy
     out.append(f"tier     {e.tier}" + (f" (min_precision {e.min_precision})" if e.min_precision else "")
                + (f", strategy {e.strategy}" if e.strategy else ""))
+    if e.max_tokens is not None:
+        out.append(f"output   at most {e.max_tokens:,} tokens (max_tokens)")
     if rp is not None:
         out.append(f"retries  {rp.max_retries} per hop, {rp.backoff} backoff from {rp.base_ms} ms (max {rp.max_delay_ms} ms)")
     out.append("chain")

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelboard import db
+from panelboard.transport import db
 from panelboard.broker.governance_admin import Admin
 from panelboard.broker.governance_admit import Admission, AdmitOutcome, AdmitRequest, Admitted, Throttled
 from panelboard.broker.governance_settle import Settlement, SettleStats

@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from panelboard import db
+from panelboard.transport import db
 from panelboard.broker.budgets import Budget, Ticket
 from panelboard.broker.keys import KeyRecord
 

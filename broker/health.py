@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import msgspec
 
@@ -187,7 +187,7 @@ def assess(stats: WindowStats, t: Thresholds, previous: HealthState | None, now:
     calls have stayed within both thresholds for `cooldown_s`. A window with too few calls
     changes nothing: a degraded hop that gets no traffic stays degraded."""
     prev = previous or HealthState(provider=stats.provider, model=stats.model, since=now)
-    common = dict(provider=stats.provider, model=stats.model, p95_ms=stats.p95_ms, p50_ms=stats.p50_ms,
+    common: dict[str, Any] = dict(provider=stats.provider, model=stats.model, p95_ms=stats.p95_ms, p50_ms=stats.p50_ms,
                   error_rate=round(stats.error_rate, 4), calls=stats.calls, tokens=stats.tokens, updated=now)
     bad = _verdict(stats, t)
     if not prev.degraded:

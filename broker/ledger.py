@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Sequence
 
 import msgspec
 from nats.aio.msg import Msg
@@ -24,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelboard import db, metrics
+from panelboard.transport import db, metrics
 
 from panelboard.transport import connection
 
@@ -144,8 +145,8 @@ class Ledger:
                         await m.nak()
                     return
                 delay = min(delay * 2, RETRY_MAX_S)
-        for (m, rec), e in refused:
-            await self._quarantine(m, rec, f"the database refused it: {str(e).splitlines()[0][:300]}")
+        for (m, rec), err in refused:
+            await self._quarantine(m, rec, f"the database refused it: {str(err).splitlines()[0][:300]}")
         bad = {id(m) for (m, _), _ in refused}
         good = [(m, rec) for m, rec in batch if id(m) not in bad]
         try:
@@ -163,7 +164,7 @@ class Ledger:
             if self.meters is not None:
                 self.meters.observe(rec)
 
-    async def _insert(self, batch: list[tuple[Msg, CostRecord]]) -> None:
+    async def _insert(self, batch: Sequence[tuple[Msg, CostRecord]]) -> None:
         await db.insert_costs(self.engine, [db.row(rec) for _, rec in batch])
 
     async def _quarantine(self, m: Msg, rec: CostRecord, why: str) -> None:
@@ -175,7 +176,7 @@ class Ledger:
                               "republish it to pb.costs.<team>, or bill it by hand")
         try:
             await bus.publish_dead(self.js, DEAD_REASON, err, None, raw=m.data,
-                                   msg_id=wire.cost_msg_id(rec.job_id, rec.run, rec.hop, rec.attempt, rec.shadow) + ":dead")
+                                   msg_id=wire.cost_msg_id(rec.team, rec.job_id, rec.run, rec.hop, rec.attempt, rec.shadow) + ":dead")
             await m.term()
         except Exception as e:  # NATS is away: the record comes back after ack_wait and is judged again
             log.warning("ledger.quarantine_failed", job_id=rec.job_id, error=type(e).__name__)

@@ -20,16 +20,19 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from panelboard.broker import admission, classify, difficulty, health, routing, strategies, waiting
+from panelboard.broker import admission, difficulty, health, routing, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
+from panelboard.broker.health_aggregator import Aggregator
+from panelboard.broker.health_view import HealthView, pool_load
+from panelboard.broker.plan import Plan, plan
 from panelboard.transport import bus, logs
 from panelboard.transport.consumer import Consumer
-from panelboard.transport.streams import BROKER_CONSUMER
+from panelboard.transport.streams import BROKER_CONSUMER, ensure_health_kv
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_job
 from panelboard.schemas.config import Config
-from panelboard.schemas.errors import BadKey, DeadlineExceeded, InvalidJob, JobError, PromptTooLarge
+from panelboard.schemas.errors import BadKey, InvalidJob, JobError, PromptTooLarge
 from panelboard.schemas.job import ID_RE, Dispatch, Job, Route
 
 log = logs.get("broker")
@@ -59,18 +62,6 @@ def validate(job: Job, header_id: str | None, team: str) -> InvalidJob | None:
     if not job.request.messages and job.embeddings is None:
         return InvalidJob(message="the request has no messages", hint="send at least one message (or, for embeddings, `embeddings: {\"input\": ...}`)")
     return None
-
-
-def admit(job: Job, cfg: Config, table: dict[str, Route], now: float, router: difficulty.Scorer | None = None) -> Route | JobError:
-    """Everything the broker decides about a job before dispatch. Pure."""
-    if job.deadline is not None and job.deadline <= now:
-        return DeadlineExceeded(message=f"job {job.id} passed its deadline before it was admitted", hint="submit with a later deadline, or none")
-    route = routing.resolve(job, cfg, table)
-    if router is not None and cfg.router is not None and isinstance(route, Route):  # opt-in: a tier pair's difficulty choice
-        tier, _ = difficulty.choose_tier(route.tier, job.request, cfg.router, router)
-        if tier != route.tier:
-            route = table.get(tier) or routing.tier_route(cfg, tier)
-    return route
 
 
 class Broker:
@@ -110,9 +101,9 @@ class Broker:
                 )
         if early is not None:
             # The raw payload is kept: its dead letter cuts keys to their prefix and truncates it.
-            await bus.reject_job(self.js, team, seq, early, reason=early.__struct_config__.tag if isinstance(early, PromptTooLarge) else "invalid",
+            await bus.reject_job(self.js, team, seq, early, reason=early.kind if isinstance(early, PromptTooLarge) else "invalid",
                                  raw=msg.data)
-            log.info("job.rejected", seq=seq, team=team, error=early.__struct_config__.tag, detail=early.message[:200])
+            log.info("job.rejected", seq=seq, team=team, error=early.kind, detail=early.message[:200])
             await msg.ack()
             return
         if (bad := validate(job, header_id, team)) is not None:  # not addressable by its ids: by its seq
@@ -124,20 +115,16 @@ class Broker:
         err: JobError | None = admission.check_fields(job)
         if err is None and (found := admission.forbidden_fields(msg.data)):
             err = admission.refuse_fields(found)
-        if err is None and not job.intent:  # layer 1: no intent given, classify the request
-            intent, source, _ = classify.intent_for(job, self.cfg)
-            if source == "classified":
-                job = msgspec.structs.replace(job, intent=intent)  # cost records carry it
         now = time.time()
-        decision = err or admit(job, self.cfg, self.table, now, self.router)
-        if isinstance(decision, Route):
-            decision = strategies.choose(decision, self.cfg, self.health, self.load, self.rng)
-            if self.cfg.health.enabled:  # layer 2: degraded hops behind healthy ones, bar a probe share
-                decision = health.order_chain(decision, self.health, self.rng, self.cfg.health.probe_share)
-        reserved = 0.0
+        decision: Route | JobError
+        if err is not None:
+            decision = err
+        else:  # intent (classified when none), tier, strategy, health order, output bound: broker/plan.py
+            p = self.plan(job, now)
+            job = p.job
+            decision = p.decision
         mirror = self.shadow_route(decision) if isinstance(decision, Route) else None
         if isinstance(decision, Route) and self.governor.on is not False:
-            job = admission.bound(job, decision, self.cfg)  # the worst case reserved is the worst case run
             verdict = await self.governor.admit(job, decision, msg, now, shadow=mirror)
             if isinstance(verdict, Wait):  # backpressure: the job waits in the stream
                 await msg.nak(delay=verdict.delay_s)
@@ -157,7 +144,6 @@ class Broker:
                 await self.reject(msg, team, seq, verdict, admission.public(job))
                 return
             if isinstance(verdict, Admitted):
-                reserved = verdict.reserved_nano / 1e9
                 # A mirror runs only on its own reservation (taken at the first admission).
                 mirror = self.shadow_route(decision, sampled=True) if verdict.shadow_nano else None
             else:
@@ -178,10 +164,10 @@ class Broker:
         if isinstance(decision, Route):
             if mirror is not None:  # before the live one: both or neither on a crash
                 await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
-            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved))
+            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time()))
             log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
         else:
-            reason = decision.__struct_config__.tag
+            reason = decision.kind
             await bus.fail_job(self.js, team, job.id, decision, reason=reason, job=job)
             log.info("job.rejected", job_id=job.id, team=team, error=reason, detail=decision.message)
         await msg.ack()
@@ -191,10 +177,15 @@ class Broker:
         await self.consumer.drain()
 
     async def reject(self, msg: Msg, team: str, seq: int, error: JobError, job: Job) -> None:
-        reason = error.__struct_config__.tag
+        reason = error.kind
         await bus.reject_job(self.js, team, seq, error, reason="invalid" if reason == "invalid_job" else reason, job=job)
         log.info("job.rejected", seq=seq, team=team, job_id=job.id[:128], error=reason, detail=error.message[:200])
         await msg.ack()
+
+    def plan(self, job: Job, now: float) -> Plan:
+        """broker/plan.py with this broker's state; `route explain` runs the same function."""
+        return plan(job, self.cfg, self.table, self.health, self.load, self.rng, self.cfg.health.probe_share, now,
+                    bound=self.governor.on is not False, router=self.router)  # under governance the worst case reserved is the worst case run
 
     def shadow_route(self, live: Route, sampled: bool = False) -> Route | None:
         """The candidate route to mirror this job to, for the tier's sampled share of jobs
@@ -222,9 +213,6 @@ class Broker:
     async def _follow_health(self) -> None:
         """Aggregate PB_COSTS into PB_HEALTH (every broker does it from the same records, so
         they agree) and keep local copies of the health states and pool loads."""
-        from panelboard.broker.health_aggregator import Aggregator
-        from panelboard.broker.health_view import HealthView, pool_load
-        from panelboard.transport.streams import ensure_health_kv
 
         view = await HealthView.start(self.js, self.cfg)
         self.health = view.states

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import msgspec
 from nats.aio.msg import Msg
@@ -37,11 +37,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from panelboard.broker.governance_store import Store
-from panelboard import db
+from panelboard.transport import db
 from panelboard.transport import logs, streams
 from panelboard.transport.consumer import BatchConsumer
 from panelboard.schemas import wire
-from panelboard.schemas.codec import decode_attempt, decode_cost
+from panelboard.schemas.codec import attempt_decision, decode_cost, result_failed
 from panelboard.schemas.job import CostRecord
 
 log = logs.get("settle")
@@ -49,7 +49,6 @@ log = logs.get("settle")
 CONSUMER = "settle"
 BATCH = 256
 ACK_WAIT_S = 10.0
-_FAILED = b'"type":"failed"'  # msgspec writes a tagged struct's tag first: no need to decode
 
 
 def ended_run(msg: Msg) -> tuple[str, int] | None:
@@ -75,9 +74,9 @@ def failed_mirror(msg: Msg) -> tuple[str, int] | None:
     Nats-Msg-Id `<team>.<job>:<run>:a<hop>:<attempt>:s` and its decision."""
     msg_id = (msg.headers or {}).get(wire.HDR_MSG_ID, "")
     parts = msg_id.rsplit(":", 4)
-    if len(parts) != 5 or parts[4] != "s" or not parts[1].isdigit() or b'"fail"' not in msg.data:
+    if len(parts) != 5 or parts[4] != "s" or not parts[1].isdigit():
         return None
-    return (parts[0].rpartition(".")[2], int(parts[1])) if decode_attempt(msg.data).decision == "fail" else None
+    return (parts[0].rpartition(".")[2], int(parts[1])) if attempt_decision(msg.data) == "fail" else None
 
 
 def consumer_config(subjects: str) -> ConsumerConfig:
@@ -127,7 +126,7 @@ class Settler:
                 elif stream == wire.ATTEMPTS_STREAM:
                     if (ref := failed_mirror(m)) is not None:
                         events.append(End(*ref, shadow=True))
-                elif _FAILED in m.data[:32] and (ref := ended_run(m)) is not None:
+                elif result_failed(m.data) and (ref := ended_run(m)) is not None:
                     events.append(End(*ref))
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 log.error("settle.undecodable", stream=stream, seq=m.metadata.sequence.stream, error=str(e)[:200])
@@ -142,15 +141,15 @@ class Settler:
             for m in msgs:
                 await m.nak(delay=1.0)
             return
-        for ev, e in refused:
+        for ev, err in refused:
             if isinstance(ev, CostRecord):
-                self._skip(ev, f"the database refused it: {str(e).splitlines()[0][:300]}")
+                self._skip(ev, f"the database refused it: {str(err).splitlines()[0][:300]}")
             else:
-                log.error("settle.refused", job_id=ev.job_id, run=ev.run, shadow=ev.shadow, error=str(e).splitlines()[0][:300])
+                log.error("settle.refused", job_id=ev.job_id, run=ev.run, shadow=ev.shadow, error=str(err).splitlines()[0][:300])
         for m in msgs:
             await m.ack()
 
-    async def _settle(self, events: list[CostRecord | End]) -> None:
+    async def _settle(self, events: Sequence[CostRecord | End]) -> None:
         ends = [e for e in events if isinstance(e, End)]
         stats = await self.store.settle([e for e in events if isinstance(e, CostRecord)], [(e.job_id, e.run) for e in ends if not e.shadow],
                                         shadow_ended=[(e.job_id, e.run) for e in ends if e.shadow])

@@ -36,12 +36,13 @@ from typing import Any, BinaryIO
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import NotFoundError
 
 from panelboard.clients import control
 from panelboard.schemas.control import CancelReply, CancelRequest
 from panelboard.transport import bus
+from panelboard.transport.streams import ensure_stream, stream_configs
 from panelboard.schemas import batch as B
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_result, encode
@@ -105,8 +106,6 @@ def check_batch_id(batch_id: str) -> None:
 
 async def ensure_manifest(js: JetStreamContext, cfg: Config) -> None:
     """Create PB_BATCHES when the running stack predates it; never rewrite a live one's settings."""
-    from panelboard.transport.streams import ensure_stream, stream_configs
-
     try:
         await js.stream_info(B.BATCHES_STREAM)
     except NotFoundError:
@@ -118,7 +117,7 @@ async def _last(js: JetStreamContext, subject: str, typ: type) -> Any:
         raw = await js.get_last_msg(B.BATCHES_STREAM, subject, direct=True)
     except NotFoundError:
         return None
-    return msgspec.json.decode(raw.data, type=typ)
+    return msgspec.json.decode(raw.data or b"", type=typ)
 
 
 async def read_info(js: JetStreamContext, batch_id: str) -> B.BatchInfo | None:
@@ -136,7 +135,7 @@ async def _count(js: JetStreamContext, stream: str, subject: str, per_subject: b
                         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if per_subject else DeliverPolicy.ALL)
     ci = await js.add_consumer(stream, cc)
     try:
-        return ci.num_pending
+        return ci.num_pending or 0
     finally:
         try:
             await js.delete_consumer(stream, ci.name)
@@ -237,20 +236,9 @@ class _Submitter:
             self.sem.release()
 
 
-async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str], patience_s: float = 60.0):
-    """Publish and wait for the stream's ack; ride out a server restart with the same
-    Nats-Msg-Id (a retry of a publish that was stored is dropped as a duplicate)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + patience_s
-    delay = 0.1
-    while True:
-        try:
-            return await js.publish(subject, data, headers=headers, timeout=5.0)
-        except bus._TRANSIENT:
-            if loop.time() + delay > give_up:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
+    """Publish and wait for the stream's ack, riding out a server restart (a minute)."""
+    return await bus.publish_retrying(js, subject, data, headers, patience_s=60.0, timeout_s=5.0)
 
 
 async def submit(
@@ -343,7 +331,7 @@ async def submit(
                 kind: dict[str, Any] = {"embeddings": request} if isinstance(request, EmbeddingsRequest) else {"request": request}
                 job = Job(id=B.job_id(batch_id, custom_id), client=client, **kind, intent=line_intent or intent, key=key,
                           team=team, feature=feature, metadata={"batch_id": batch_id, "custom_id": custom_id}, priority="batch",
-                          deadline=deadline, submitted_at=time.time())
+                          deadline=deadline)
                 if (size := len(encode(job))) > max_bytes:  # would crash the publish, or be refused unread
                     rep.malformed += 1
                     if errors is None:
@@ -406,7 +394,7 @@ async def _read(js: JetStreamContext, subject: str, cc: ConsumerConfig, on_msg: 
     cc.inactive_threshold = 30.0
     psub = await js.pull_subscribe(subject, stream=stream, config=cc, pending_msgs_limit=4 * batch)
     try:
-        expected = (await psub.consumer_info()).num_pending
+        expected = (await psub.consumer_info()).num_pending or 0
         got = 0
         while got < expected:
             try:
@@ -533,7 +521,7 @@ def openai_line(result: Any, batch_id: str) -> tuple[bool, bytes]:
         line = {**base, "response": {"status_code": 200, "request_id": result.job_id, "body": result.response}, "error": None}
         return True, encode(line) + b"\n"
     err = result.error
-    kind = err.__struct_config__.tag
+    kind = err.kind
     if kind in _BATCH_LEVEL:  # like OpenAI's batch_expired / batch_cancelled: the request never ran
         line = {**base, "response": None, "error": {"code": _BATCH_LEVEL[kind], "message": err.message}}
     else:
@@ -570,7 +558,7 @@ async def results(js: JetStreamContext, batch_id: str, out: str | os.PathLike[st
                 raw = await js.get_last_msg(wire.RESULTS_STREAM, _decode_done(m.data).subject, direct=True)
             except NotFoundError:
                 return  # aged out of PB_RESULTS (results_ttl_s)
-            good, line = openai_line(decode_result(raw.data), batch_id)
+            good, line = openai_line(decode_result(raw.data or b""), batch_id)
             (ok_f if good else err_f).write(line)
             if good:
                 rep.completed += 1

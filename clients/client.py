@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import msgspec
@@ -26,13 +25,13 @@ from nats.js.errors import NotFoundError
 
 from panelboard.clients import control
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
-from panelboard.transport.bus import _TRANSIENT
+from panelboard.transport.bus import TRANSIENT, publish_retrying
 from panelboard.schemas import wire
 from panelboard.schemas.chat import MODELLED, ChatChunk, ChatRequest, ChatResponse, Message, as_chunk
 from panelboard.schemas.codec import decode_chunk, decode_result, encode
 from panelboard.schemas.control import CancelRequest
 from panelboard.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
-from panelboard.schemas.job import ID_RE, Completed, Embedded, Failed, Job, Result
+from panelboard.schemas.job import ID_RE, Completed, Embedded, Failed, Job, Priority, Result
 
 MessagesLike = Iterable[Message | dict[str, Any]] | ChatRequest
 PUBLISH_PATIENCE_S = 60.0  # how long a submit keeps retrying (same job id) while NATS is away
@@ -136,6 +135,7 @@ class Client:
 
     async def connect(self) -> None:
         if self.nc is None:
+            # Here, not at the top: structlog and the connect helpers load only when a client connects.
             from panelboard.transport.connection import UnreachableError, connect, find_url
 
             url = find_url(self._url)
@@ -180,14 +180,14 @@ class Client:
                         raw = await self.js.get_last_msg(wire.RESULTS_STREAM, subject, direct=True)
                     except NotFoundError:
                         break
-                    except (*_TRANSIENT, nats.errors.ConnectionClosedError):
+                    except (*TRANSIENT, nats.errors.ConnectionClosedError):
                         if self.nc is None or self.nc.is_closed or delay > 5:
                             break
                         await asyncio.sleep(delay)
                         delay *= 2
                         continue
                     if not fut.done():
-                        fut.set_result(decode_result(raw.data))
+                        fut.set_result(decode_result(raw.data or b""))
 
     async def _on_result(self, msg: Msg) -> None:
         _, _, team, job_id = msg.subject.split(".", 3)
@@ -224,7 +224,7 @@ class Client:
         temperature: float | None = None,
         feature: str | None = None,
         metadata: dict[str, Any] | None = None,
-        priority: str = "interactive",
+        priority: Priority = "interactive",
         deadline: float | None = None,
         team: str | None = None,
         **request: Any,
@@ -244,9 +244,8 @@ class Client:
             team=team or self.team,
             feature=feature,
             metadata=metadata or {},
-            priority=priority,  # type: ignore[arg-type]
+            priority=priority,
             deadline=deadline,
-            submitted_at=time.time(),
         )
         return await self.submit_job(job, reuse=job_id is not None)
 
@@ -271,21 +270,14 @@ class Client:
         # server restarts (or a cluster elects a leader) we keep retrying for publish_patience_s.
         headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, new_id()[:16])}
         data = encode(job) if payload is None else payload
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.publish_patience_s
-        delay = 0.1
-        while True:
-            try:
-                ack = await self.js.publish(wire.jobs(job.team, job.intent), data, headers=headers, timeout=5)
-                break
-            except _TRANSIENT:
-                if loop.time() + delay > give_up:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except nats.errors.MaxPayloadError:
-                self._waiting.pop(key, None)
-                raise too_large(job.id, len(data), self.nc.max_payload, job.metadata) from None
+        nc = self.nc
+        assert nc is not None, "connect() first"
+        try:
+            ack = await publish_retrying(self.js, wire.jobs(job.team, job.intent), data, headers,
+                                         patience_s=self.publish_patience_s, timeout_s=5.0)
+        except nats.errors.MaxPayloadError:
+            self._waiting.pop(key, None)
+            raise too_large(job.id, len(data), nc.max_payload, job.metadata) from None
         self._watched.add(key)
         at = (job.team, ack.seq)
         early = self._early.pop(at, None)
@@ -305,7 +297,7 @@ class Client:
             raw = await self.js.get_last_msg(wire.RESULTS_STREAM, wire.result(team or self.team, job_id), direct=True)
         except (NotFoundError, nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
             return None
-        return decode_result(raw.data)
+        return decode_result(raw.data or b"")
 
     async def result(self, job_id: str, timeout: float | None = None, team: str | None = None, *, stored: bool = True) -> Result:
         """`stored=False`: do not look in the results stream first, for a job this client
@@ -327,7 +319,7 @@ class Client:
                 for seq in self._seq_of.pop(key, ()):
                     self._seqs.pop((key[0], seq), None)
 
-    async def chat(self, messages: MessagesLike, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
+    async def chat(self, messages: MessagesLike | str, *, intent: str | None = None, timeout: float | None = 120, **kw: Any) -> ChatResponse:
         h = await self.submit(messages, intent=intent, **kw)
         return await h.response(timeout)
 
@@ -339,7 +331,7 @@ class Client:
         if job_id is not None:
             check_id("job id", job_id)
         job = Job(id=job_id or new_id(), client=self.client_id, embeddings=EmbeddingsRequest(input=input, **request), intent=intent,
-                  key=self.key, team=team or self.team, feature=feature, metadata=metadata or {}, submitted_at=time.time())
+                  key=self.key, team=team or self.team, feature=feature, metadata=metadata or {})
         h = await self.submit_job(job, reuse=job_id is not None)
         r = await h.result(timeout)
         if isinstance(r, Failed):
@@ -378,7 +370,7 @@ class Client:
         reply = await control.cancel(self.nc, team or self.team, CancelRequest(job_id=job_id, reason="Client.cancel"), timeout)
         return job_id in reply.ids
 
-    async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncIterator[Result]:
+    async def as_completed(self, handles: Iterable[JobHandle | str], timeout: float | None = None) -> AsyncGenerator[Result, None]:
         """Each job's Result as it arrives (Completed | Failed), whatever the order they were
         submitted in. `timeout` bounds the whole wait: ResultTimeout names a job still out."""
         hs = [h if isinstance(h, JobHandle) else JobHandle(self, h) for h in handles]
@@ -407,7 +399,7 @@ class Client:
         id_prefix: str | None = None,
         timeout: float | None = None,
         **submit_kw: Any,
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Run one job per item (a prompt, a message list or a ChatRequest) with at most
         `concurrency` jobs submitted and not yet yielded; yield each Result (Completed |
         Failed) in input order, or as they finish with `ordered=False`. The iterable is read

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from panelboard.clients.client import Client, JobHandle, MessagesLike
@@ -31,7 +31,7 @@ class SyncClient:
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def _iter(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def _iter(self, agen: AsyncGenerator[T, None]) -> Iterator[T]:
         """Step an async generator on the private loop; closing the iterator closes it."""
         try:
             while True:

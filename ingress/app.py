@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +128,7 @@ class Ingress:
             return bad_request(f"the request does not fit the chat-completions shape: {e}")
         job = Job(id=opts.job_id or new_id(), request=typed, client=self.client.client_id, intent=opts.choice.intent,
                   key=key, team=team, feature=opts.feature, priority=opts.priority,  # type: ignore[arg-type]
-                  deadline=choose.deadline_at(opts), submitted_at=time.time())
+                  deadline=choose.deadline_at(opts))
         wire_job = msgspec.to_builtins(job)
         wire_job["request"] = req
         request["pb_job"] = job.id

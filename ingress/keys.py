@@ -32,7 +32,7 @@ class KeyTeams:
 
     def _open(self) -> "Store | None":
         if self.store is None and self.cfg.governance.require_keys is not False:
-            from panelboard import db
+            from panelboard.transport import db
             from panelboard.broker.governance_store import Store
             from panelboard.transport.connection import home
 

@@ -123,7 +123,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
-            row = {"t": round(time.monotonic() - self.t0, 1)}
+            row: dict[str, float | None] = {"t": round(time.monotonic() - self.t0, 1)}
             row.update({name: proc_kb(pid, "VmRSS") for name, pid in self.pids.items()})
             self.samples.append(row)
 

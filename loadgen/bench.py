@@ -313,7 +313,7 @@ async def run_panelboard(nats_url: str, s: Scenario, meter: CpuMeter, timeout_s:
             h = await client.submit([Message(role="user", content=prompt(i))], intent=INTENT, max_tokens=MAX_TOKENS, feature="bench")
             r = await h.result(timeout=JOB_TIMEOUT_S)
             if isinstance(r, Failed):
-                return str(r.error.__struct_config__.tag or "failed")
+                return r.error.kind or "failed"
             return None
 
         return await measured("panelboard" + (" gov" if key else ""), s.jobs, s.concurrency, s.warmup, one, meter, timeout_s)
@@ -426,7 +426,7 @@ def _prepare_floor(nats_url: str) -> None:
 
 def _make_key(stack: Any) -> str:
     """A key of GOV_TEAM with a budget and an RPM limit no run reaches: every check runs, none refuses."""
-    from panelboard import db
+    from panelboard.transport import db
     from panelboard.broker.governance_store import Store
     from panelboard.config import load
 

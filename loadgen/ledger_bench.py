@@ -21,6 +21,7 @@ import platform
 import random
 import sqlite3
 import sys
+from typing import Any
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +29,17 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
 from panelboard.loadgen.mix import MIX
-from panelboard import db, queries, reports
+from panelboard import queries, reports
+from panelboard.transport import db
 from panelboard.config import load
 from panelboard.schemas.config import Config
-from panelboard.schemas.job import CostRecord
+from panelboard.schemas.job import CallOutcome, CostRecord
 
 TEAMS = ("search", "support", "billing", "growth", "platform")
 FEATURES = ("invoices", "tickets", "digest", "agent", "onboarding", "export")
-FAILURES = (("RateLimited", 0.02), ("ServerError", 0.012), ("Timeout", 0.005))
+FAILURES: tuple[tuple[CallOutcome, float], ...] = (("RateLimited", 0.02), ("ServerError", 0.012), ("Timeout", 0.005))
 TIER_LATENCY_MS = {"cheap-fast": 450.0, "workhorse": 1600.0, "frontier": 4200.0}
 PROMPT_MU = {"extraction": 5.8, "classification": 5.0, "summarisation": 7.2, "reasoning": 6.2, "planning": 6.6}
 
@@ -68,7 +70,7 @@ def synthetic(n: int, cfg: Config, end_ts: float, days: float = 30.0, seed: int 
             ts = start + made * step
             latency = rng.lognormvariate(math.log(TIER_LATENCY_MS.get(tier_name, 1000.0)), 0.4)
             failed = next((name for name, p in FAILURES if rng.random() < p), None)
-            common = dict(job_id=job_id, team=team, key_prefix=f"pb_{team[:4]}", feature=feature, intent=intent, tier=tier_name,
+            common: dict[str, Any] = dict(job_id=job_id, team=team, key_prefix=f"pb_{team[:4]}", feature=feature, intent=intent, tier=tier_name,
                           hop=hop, attempt=attempt, queue_ms=round(rng.expovariate(1 / 40), 2), ts=ts)
             if failed:
                 yield CostRecord(**common, provider=model.provider, model=link.model, quantization=model.quantization,

@@ -54,7 +54,7 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_on
     pass
 
 
-class ProviderSettings(Base):
+class ProviderSettings(Base, frozen=True):
     """How one fake provider behaves. In `MockConfig.providers`, a None latency, jitter or
     hang means "use the server-wide value"; the settings a provider runs with (and that
     `/_mock/control` returns) always have them filled in."""
@@ -72,7 +72,7 @@ class ProviderSettings(Base):
     after_chunks: Annotated[int, Meta(ge=0)] = 3  # events sent before a cut / sse_error / stall
 
 
-class MockConfig(Base):
+class MockConfig(Base, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8900  # 0 picks a free port; MockServer.url reports the real one
     latency_ms: float = 0.0

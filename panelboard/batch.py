@@ -30,7 +30,7 @@ def add_parser(sub: Any, common: Any) -> None:
     common(s)
     s.add_argument("file", help="JSONL: OpenAI Batch API lines (custom_id, method, url, body) or Anthropic (custom_id, params)")
     s.add_argument("--intent", help="the intent of every line (a line may carry its own \"intent\"); default: the config's default_intent")
-    from panelboard.cli import add_key_options
+    from panelboard.cli_common import add_key_options
 
     add_key_options(s, "the jobs run under")
     s.add_argument("--team", default="default")
@@ -119,7 +119,7 @@ async def _exists(js: Any, batch_id: str) -> bool:
 def cmd_batch(a: argparse.Namespace) -> int:
     from panelboard.clients import batch
     from panelboard.clients.control import ControlError
-    from panelboard.cli import resolve_key
+    from panelboard.cli_common import resolve_key
     from panelboard.config import load
     from panelboard.transport.connection import connect, require_url
     from panelboard.runtime import run
@@ -166,13 +166,13 @@ def cmd_batch(a: argparse.Namespace) -> int:
                     if not await _exists(js, a.batch_id):  # a cancel record would block the id for ever
                         print(f"batch cancel: {_no_batch(a.batch_id)}", file=sys.stderr)
                         return 1
-                    rep = await batch.cancel(js, a.batch_id, cfg)
+                    cancelled = await batch.cancel(js, a.batch_id, cfg)
                     st = await batch.status(js, a.batch_id)
                     if a.json:
                         print(json.dumps({"cancel": msgspec.structs.asdict(rep), "batch": st}))
                     else:
-                        print(f"batch {a.batch_id}: {rep.cancelled} queued job(s) cancelled, never called; "
-                              f"{rep.running} already with a broker or worker run to their own result")
+                        print(f"batch {a.batch_id}: {cancelled.cancelled} queued job(s) cancelled, never called; "
+                              f"{cancelled.running} already with a broker or worker run to their own result")
                         if st is not None:
                             print(_status_text(st))
                     return 0

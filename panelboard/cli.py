@@ -7,7 +7,9 @@ import asyncio
 import json
 import os
 import sys
+import time
 
+from panelboard.cli_common import CliError, add_key_options, resolve_key
 from panelboard.transport import logs
 
 
@@ -55,7 +57,7 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
     if unknown:
         print(f"unknown provider(s) {unknown}; the config has {list(cfg.providers)}", file=sys.stderr)
         return 2
-    from panelboard import metrics
+    from panelboard.transport import metrics
 
     run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers)))
     return 0
@@ -86,7 +88,7 @@ def _metrics(p: argparse.ArgumentParser) -> None:
 
 def cmd_ledger(a: argparse.Namespace) -> int:
     from panelboard.broker.ledger import serve
-    from panelboard import db
+    from panelboard.transport import db
     from panelboard.config import load
     from panelboard.transport.connection import home, require_url
     from panelboard.runtime import run
@@ -106,7 +108,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from panelboard import db, queries, render, reports
+    from panelboard import queries, render, reports
+    from panelboard.transport import db
     from panelboard.config import load
     from panelboard.transport.connection import home
 
@@ -154,37 +157,6 @@ def cmd_report(a: argparse.Namespace) -> int:
                 f.write(render.chart_html(table.title, rep))
             print(f"chart written to {a.chart}", file=sys.stderr)
     return 0
-
-
-KEY_ENV = "PANELBOARD_KEY"
-
-
-def add_key_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--key-file", metavar="FILE", help=f"read the virtual key {what} from this file (or set ${KEY_ENV})")
-    p.add_argument("--key", help=f"the virtual key {what}, on the command line: visible in `ps` to every user of the machine; "
-                                 f"prefer ${KEY_ENV} or --key-file")
-
-
-def resolve_key(a: argparse.Namespace) -> str | None:
-    """--key-file, else --key (with a warning: argv is public), else $PANELBOARD_KEY."""
-    if getattr(a, "key_file", None):
-        try:
-            with open(a.key_file) as f:
-                key = f.read().strip()
-        except OSError as e:
-            raise CliError(f"cannot read the key file {a.key_file}: {e.strerror}\nhint: a file holding the key on one line") from None
-        if not key:
-            raise CliError(f"the key file {a.key_file} is empty\nhint: a file holding the key on one line")
-        return key
-    if getattr(a, "key", None):
-        print(f"warning: --key puts the key in the process list (`ps`) for every user of this machine; "
-              f"set ${KEY_ENV} or use --key-file instead", file=sys.stderr)
-        return a.key
-    return os.environ.get(KEY_ENV) or None
-
-
-class CliError(Exception):
-    """Something the user must fix: the message says what (and how), printed without a traceback."""
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
@@ -264,7 +236,7 @@ async def _quick_connect(url: str):
 
     nc = NATS()
     await asyncio.wait_for(nc.connect(servers=[u.strip() for u in url.split(",")], name="panelboard-cli", connect_timeout=2,
-                                      allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet), 6)
+                                      allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet), 6)  # type: ignore[arg-type]  # nats-py types reconnect_time_wait int; it sleeps on a float
     return nc
 
 
@@ -314,9 +286,10 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
             health, load_ = asyncio.run(read())
         except Exception as e:  # no server there: explain without health
             print(f"(health not read from {url}: {type(e).__name__})", file=sys.stderr)
-    e = explain(job, cfg, health, load_)
-    print(msgspec.json.format(msgspec.json.encode(e)).decode() if a.json else render(e))
-    return 0 if e.error is None else 1
+    # As the broker would plan it now: deadline checked, max_tokens bounded where governance is on.
+    ex = explain(job, cfg, health, load_, now=time.time(), bound=cfg.governance.require_keys is not False)
+    print(msgspec.json.format(msgspec.json.encode(ex)).decode() if a.json else render(ex))
+    return 0 if ex.error is None else 1
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -396,7 +369,7 @@ class _Parser(argparse.ArgumentParser):
     """An unknown option is reported by the (sub)command that was given it, with that
     command's usage, not the top level's: argparse passes a subcommand's leftovers up."""
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         ns, extra = super().parse_known_args(args, namespace)
         if extra and not self._subparsers:  # a leaf command: nothing below it can use them
             self.error("unrecognized arguments: " + " ".join(extra))

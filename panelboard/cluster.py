@@ -197,8 +197,8 @@ class Cluster:
         if len(seen) != 1:
             return None
         leader = seen.pop()
-        i = self.index(leader) if leader in self.names else None
-        return i if i is not None and self.nodes[i].alive else None
+        found = self.index(leader) if leader in self.names else None
+        return found if found is not None and self.nodes[found].alive else None
 
     def ready(self) -> bool:
         """Every live node answers /healthz ok (JetStream current) and a meta leader is agreed."""

@@ -10,12 +10,13 @@ from typing import Any
 import msgspec
 import yaml
 
+from panelboard.broker import health, strategies
 from panelboard.broker.routing import PRECISION, precise_enough
+from panelboard.schemas import triggers
 from panelboard.schemas.config import Config, Model, Provider, Tier
 
 _ORDINALS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_TRIGGER_RE = re.compile(r"^(?:\d{3}|[1-5]xx|timeout(?:>\d+ms)?)$")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_CONFIG = EXAMPLES / "mock.yaml"
@@ -157,8 +158,8 @@ def check(cfg: Config) -> list[str]:
             if link.model not in cfg.models:
                 out.append(f"tiers.{name}.fallbacks[{i}].model: unknown model {link.model!r}; add it under models")
             for trig in link.on:
-                if not _TRIGGER_RE.match(trig):
-                    out.append(f"tiers.{name}.fallbacks[{i}].on: trigger {trig!r} is not one of 429, 5xx, 503, timeout, timeout>3000ms")
+                if triggers.parse(trig) is None:
+                    out.append(f"tiers.{name}.fallbacks[{i}].on: trigger {trig!r} is not one of {triggers.FORMS}")
         if t.shadow is not None:
             if t.shadow.tier not in cfg.tiers:
                 out.append(f"tiers.{name}.shadow.tier: unknown tier {t.shadow.tier!r} (known: {', '.join(cfg.tiers)})")
@@ -182,7 +183,6 @@ def check(cfg: Config) -> list[str]:
             out.append("router.cheap and router.strong name the same tier; the router chooses between two tiers")
         if not os.path.isfile(cfg.router.model):
             out.append(f"router.model: no file {cfg.router.model!r} (relative to {os.getcwd()}); train one with `panelboard eval train`")
-    from panelboard.broker import health, strategies  # here, not at the top: they import schemas, not us
 
     return out + health.check(cfg) + strategies.check(cfg)
 

@@ -29,8 +29,9 @@ async def letters(js: JetStreamContext, reason: str | None = None) -> list[tuple
             raw = await js.get_msg(wire.DEAD_STREAM, seq=seq, subject=subject, direct=True, next=True)
         except NotFoundError:
             break
-        out.append((raw.seq, decode_dead(raw.data)))
-        seq = raw.seq + 1
+        seq = raw.seq or seq
+        out.append((seq, decode_dead(raw.data or b"")))
+        seq += 1
     return out
 
 
@@ -81,7 +82,7 @@ async def replay(js: JetStreamContext, rows: list[tuple[int, DeadLetter]], key: 
         if d.job is None or (d.subject_team is not None and d.subject_team != d.job.team):
             skipped += 1  # undecodable, or refused for claiming a team its publisher was not
             continue
-        job = msgspec.structs.replace(d.job, run=d.job.run + 1, submitted_at=time.time(), key=key or d.job.key)
+        job = msgspec.structs.replace(d.job, run=d.job.run + 1, key=key or d.job.key)
         # A new run is a new claim (pb.claims.<team>.<job>.<run>); the letter's team was
         # authenticated when the job was first claimed.
         headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, f"replay{job.run}")}

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
 from panelboard.clients import Client
 from panelboard.loadgen.mix import sample
 from panelboard.config import load
@@ -46,7 +46,7 @@ async def drive(url: str, n: int, concurrency: int, cfg_path: str | None) -> dic
             else:
                 assert isinstance(r, Failed)
                 totals["failed"] += 1
-                errors[r.error.__struct_config__.tag] += 1
+                errors[r.error.kind] += 1
             progress.advance()
 
         await asyncio.gather(*(one(i, r) for i, r in jobs))

@@ -62,7 +62,7 @@ def summarise(tier: str, intent: str, mode: str, chain: list[tuple[str, str]], r
         if isinstance(r, Completed):
             answered[r.attempts[-1].hop if r.attempts else 0] += 1  # the last attempt is the one that answered
         else:
-            failed[str(r.error.__struct_config__.tag or type(r.error).__name__)] += 1
+            failed[r.error.kind] += 1
     hops = []
     for i, (provider, model) in enumerate(chain):
         mine = [a for a in attempts if a.hop == i]

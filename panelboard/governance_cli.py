@@ -100,7 +100,7 @@ def _run(a: argparse.Namespace, body: Callable[[Any, Any], Any]) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from panelboard.broker.governance_store import Store
-    from panelboard import db
+    from panelboard.transport import db
     from panelboard.config import load
     from panelboard.transport.connection import home
 

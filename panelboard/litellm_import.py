@@ -332,12 +332,12 @@ def convert(text: str, source: str = "<litellm config>") -> Conversion:
 
     intents: dict[str, str] = {}
     for line in text.splitlines():
-        m = _INTENT_LINE.match(line)
-        if m and m.group(2) in by_group:
-            for word in m.group(1).split(","):
+        hit = _INTENT_LINE.match(line)
+        if hit and hit.group(2) in by_group:
+            for word in hit.group(1).split(","):
                 name = _slug(word.strip())
                 if name:
-                    intents.setdefault(name, m.group(2))
+                    intents.setdefault(name, hit.group(2))
     out += ["", "# Every model_name is also an intent, so a job can ask for the group LiteLLM callers named."]
     if intents:
         out.append("# The rest is the app-level intent map from the comments of the LiteLLM file.")

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, and_, case, false, func, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from panelboard import reports as r
-from panelboard.db import costs, epoch_day, has_ledger
+from panelboard.transport.db import costs, epoch_day, has_ledger
 from panelboard.schemas.config import Config
 
 c = costs.c

@@ -272,7 +272,11 @@ def breakeven(hourly_usd: float, per_million_usd: float, price_source: str, days
     be_tps = be_tokens / (HOURS_PER_MONTH * 3600)
     tokens = traffic.prompt_tokens + traffic.completion_tokens
     notes = [f"a month is {HOURS_PER_MONTH} hours; the dedicated endpoint is billed around the clock"]
-    t_days = t_tps = t_monthly = share = util = None
+    t_days: float | None = None
+    t_tps: float | None = None
+    t_monthly: float | None = None
+    share: float | None = None
+    util: float | None = None
     if traffic.requests and traffic.first_ts is not None:
         t_days = max(min(days, (now - traffic.first_ts) / 86400), 1 / 24)  # at least an hour: a first record seconds old is no rate
         t_tps = tokens / (t_days * 86400)
@@ -283,7 +287,7 @@ def breakeven(hourly_usd: float, per_million_usd: float, price_source: str, days
     if t_tps is None:
         verdict = f"no traffic in the ledger for the last {days:g} days: the break-even point above is the bar your traffic would have to clear"
     elif t_tps < be_tps:
-        verdict = (f"stay serverless: the traffic averages {t_tps:,.1f} tokens/s, {100 * share:.1f}% of the "
+        verdict = (f"stay serverless: the traffic averages {t_tps:,.1f} tokens/s, {100 * t_tps / be_tps:.1f}% of the "
                    f"{be_tps:,.0f} tokens/s at which a dedicated endpoint pays for itself")
     else:
         verdict = (f"dedicated is cheaper on price alone: the traffic averages {t_tps:,.1f} tokens/s, above the "

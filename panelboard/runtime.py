@@ -81,7 +81,7 @@ def governor(cfg: Config, database_url: str | None = None) -> "Governor":
     """The broker's admission control: keys, rate limits, budgets, in the ledger's database."""
     from panelboard.broker.admission import Governor
     from panelboard.broker.governance_store import Store
-    from panelboard import db
+    from panelboard.transport import db
 
     if cfg.governance.require_keys is False:
         return Governor(cfg, None)

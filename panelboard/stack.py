@@ -152,6 +152,7 @@ class Stack:
         async def go() -> None:
             cfg = load(self.config)
             url = self.nats_url
+            assert url is not None, "start_nats() first, or pass nats_url"
             if self._setup_auth is not None:  # the embedded server has per-team users
                 user, password = self._setup_auth
                 url = url.replace("nats://", f"nats://{user}:{password}@", 1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from panelboard.schemas.config import Config, Tenant
 
@@ -64,7 +65,7 @@ def server_config(cfg: Config, *, service_password: str, store_dir: str | None =
     problems = check(cfg)
     if problems:
         raise ValueError("; ".join(problems))
-    users = [{"user": SERVICE_USER, "password": service_password}]
+    users: list[dict[str, Any]] = [{"user": SERVICE_USER, "password": service_password}]
     for team, t in sorted(cfg.governance.tenants.items()):
         users.append({"user": team, "password": _secret(t.password, f"governance.tenants.{team}.password"), "permissions": permissions(team, t)})
 

@@ -8,11 +8,12 @@ from typing import Annotated, Literal
 import msgspec
 
 
+# Subclasses repeat frozen=True: msgspec inherits it, but type checkers read each class alone.
 class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True, frozen=True):
     pass
 
 
-class Provider(Base):
+class Provider(Base, frozen=True):
     api: Literal["openai", "anthropic"]
     base_url: str
     api_key: str | None = None  # "env:NAME"; the secret itself never sits in the file
@@ -28,7 +29,7 @@ class Provider(Base):
     headers: dict[str, str] = {}
 
 
-class Model(Base):
+class Model(Base, frozen=True):
     provider: str
     model: str  # the provider's own model id
     input_per_m: float  # USD per million prompt tokens
@@ -43,7 +44,7 @@ class Model(Base):
     max_output_tokens: int = 4_096
 
 
-class RetryPolicy(Base):
+class RetryPolicy(Base, frozen=True):
     max_retries: int = 2  # retries on the same hop, after the first attempt
     backoff: Literal["exponential", "constant"] = "exponential"
     base_ms: int = 500
@@ -51,7 +52,7 @@ class RetryPolicy(Base):
     jitter: float = 0.2  # +/- fraction of the delay
 
 
-class Link(Base):
+class Link(Base, frozen=True):
     """One hop. `model` names a catalog entry; the article's primary/secondary/tertiary
     spelling is normalised to `model` by the loader."""
 
@@ -68,7 +69,7 @@ class Link(Base):
 Strategy = Literal["simple-shuffle", "least-busy", "usage-based", "latency-based", "cost-based", "cost-latency"]
 
 
-class Shadow(Base):
+class Shadow(Base, frozen=True):
     """Mirror a sample of a tier's jobs to a candidate tier: the shadow call is made and
     billed (cost records flagged shadow), its answer never reaches the client. The article's
     "deploy a gateway in shadow mode" step; `panelboard report shadow` compares the two."""
@@ -77,7 +78,7 @@ class Shadow(Base):
     sample: float = 0.1
 
 
-class Tier(Base):
+class Tier(Base, frozen=True):
     fallbacks: list[Link]
     retry_policy: RetryPolicy = RetryPolicy()
     # Skip hops serving a coarser build than this (fp4 < fp8 < bf16): the article's warning
@@ -92,7 +93,7 @@ class Tier(Base):
 Cap = Annotated[int, msgspec.Meta(ge=-1)]  # a stream limit; -1: none
 
 
-class NatsSettings(Base):
+class NatsSettings(Base, frozen=True):
     url: str | None = None  # None: start an embedded nats-server
     replicas: int = 1
     dedupe_window_s: int = 1_200
@@ -111,13 +112,13 @@ class NatsSettings(Base):
     sync: Annotated[str, msgspec.Meta(pattern=r"^(always|[0-9]+(ms|s|m|h))$")] | None = None
 
 
-class DatabaseSettings(Base):
+class DatabaseSettings(Base, frozen=True):
     # The cost ledger: sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db.
     # $PANELBOARD_DATABASE_URL overrides it; with neither, a SQLite file in the stack's home.
     url: str | None = None
 
 
-class Tenant(Base):
+class Tenant(Base, frozen=True):
     """A team's NATS user in a multi-team deployment (see panelboard/tenants.py)."""
 
     password: str  # env:NAME: the secret itself never sits in the file
@@ -126,7 +127,7 @@ class Tenant(Base):
     clients: list[str] = []
 
 
-class Governance(Base):
+class Governance(Base, frozen=True):
     """Admission control. Off by default: on with `require_keys: true`, or (auto) as soon as
     the database holds a virtual key (`panelboard keys create`)."""
 
@@ -145,14 +146,14 @@ class Governance(Base):
     tenants: dict[str, Tenant] = {}  # per-team NATS users; the embedded server enforces them
 
 
-class HealthThresholds(Base):
+class HealthThresholds(Base, frozen=True):
     """Per-provider or per-model overrides of the global health thresholds."""
 
     p95_ms: float | None = None
     error_rate: float | None = None
 
 
-class HealthSettings(Base):
+class HealthSettings(Base, frozen=True):
     """Layer 2, latency-based failover (broker/health.py): a rolling P95 and error rate per
     provider and model over a sliding window of cost records; a hop past a threshold is marked
     degraded and moved behind the healthy hops of its chain, with a probe share of jobs still
@@ -172,7 +173,7 @@ class HealthSettings(Base):
     overrides: dict[str, HealthThresholds] = {}
 
 
-class RouterSettings(Base):
+class RouterSettings(Base, frozen=True):
     """Difficulty-aware choice within a tier pair (broker/difficulty.py), opt-in: a job whose
     route is either tier of the pair goes to `strong` when the trained model's score is at or
     above `threshold`, else to `cheap`. Train the model with `panelboard eval train`."""
@@ -184,7 +185,7 @@ class RouterSettings(Base):
     threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None  # None: the model's own
 
 
-class Config(Base):
+class Config(Base, frozen=True):
     providers: dict[str, Provider]
     models: dict[str, Model]
     tiers: dict[str, Tier]

@@ -16,12 +16,25 @@
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 import msgspec
+
+ErrorKind = Literal[
+    "invalid_job", "unknown_intent", "bad_key", "over_budget", "rate_limited", "prompt_too_large",
+    "deadline_exceeded", "cancelled", "provider_error", "chain_exhausted", "response_too_large",
+]
 
 
 class _Err(msgspec.Struct, tag_field="kind", kw_only=True):
     message: str
     hint: str
+
+    @property
+    def kind(self) -> ErrorKind:
+        """The member's tag, as it is written on the wire ("kind": "over_budget")."""
+        # msgspec types every tag as str | int | None; ours are the strings of ErrorKind.
+        return cast(ErrorKind, self.__struct_config__.tag)
 
 
 class InvalidJob(_Err, tag="invalid_job"):

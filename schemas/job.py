@@ -11,6 +11,14 @@ from panelboard.schemas.chat import ChatRequest, ChatResponse, Usage
 from panelboard.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from panelboard.schemas.errors import JobError
 
+# What a cost record says one provider call came to: "ok", the Outcome class of a failed call
+# (workers/outcome.py), or "lost" (its worker died mid-call).
+CallOutcome = Literal["ok", "RateLimited", "Timeout", "ServerError", "ClientError", "Inexpressible", "StreamBroken", "lost"]
+# What the worker did after an attempt (workers/decide.py), or "lost" (it never finished).
+AttemptDecision = Literal["succeed", "retry", "forward", "fail", "lost"]
+
+Priority = Literal["interactive", "batch"]
+
 # Ids become subject tokens (pb.results.<team>.<job>): no dots, spaces or wildcards.
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -34,9 +42,8 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     team: str = "default"
     feature: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    priority: Literal["interactive", "batch"] = "interactive"
+    priority: Priority = "interactive"
     deadline: float | None = None  # unix seconds; a job past it is not started
-    submitted_at: float = 0.0
     run: int = 0  # bumped by `panelboard dead replay`, so a replay is not deduped as a duplicate
 
 
@@ -60,7 +67,7 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     status: int  # HTTP status; 0 when no response (timeout, connection error)
     latency_ms: float
     error: str | None = None
-    decision: str | None = None  # retry / forward / fail / lost: what the worker did next
+    decision: AttemptDecision | None = None
     run: int = 0
 
 
@@ -72,7 +79,6 @@ class Dispatch(msgspec.Struct, kw_only=True):
     hop: int = 0
     history: list[Attempt] = msgspec.field(default_factory=list)
     admitted_at: float = 0.0
-    reserved_usd: float = 0.0
     shadow: bool = False  # a mirrored call: billed and recorded, never answered to the client
 
 
@@ -138,7 +144,7 @@ class CostRecord(msgspec.Struct, kw_only=True):
     cost_usd: float
     latency_ms: float
     queue_ms: float
-    outcome: str  # "ok", the Outcome class of a failed call, or "lost" (worker died mid-call)
+    outcome: CallOutcome
     ts: float
     run: int = 0
     shadow: bool = False

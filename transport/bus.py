@@ -11,6 +11,7 @@ import asyncio
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from panelboard.schemas import batch as B
@@ -18,12 +19,12 @@ from panelboard.schemas import redact, shadow
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
 from panelboard.schemas.errors import JobError
-from panelboard.schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
+from panelboard.schemas.job import ID_RE, Attempt, Completed, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
 
 
 PUBLISH_PATIENCE_S = 30.0
 # What a restarting server or a cluster electing a stream leader answers for a while.
-_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError,
+TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError,
               nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, asyncio.TimeoutError,
               nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
 
@@ -57,14 +58,23 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict
     size, limit = message_size(data, headers), js._nc.max_payload
     if limit and size > limit:
         raise PayloadTooLarge(size, limit)
-    deadline = asyncio.get_running_loop().time() + PUBLISH_PATIENCE_S
+    await publish_retrying(js, subject, data, headers)
+
+
+async def publish_retrying(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None, *,
+                           patience_s: float = PUBLISH_PATIENCE_S, timeout_s: float = 2.0) -> PubAck:
+    """js.publish, retried on TRANSIENT errors (0.1 s doubling to 2 s between tries) for up to
+    `patience_s`; the last error is raised after that. Safe only with a Nats-Msg-Id header (or
+    for a subject whose last message is all that counts): a try that timed out may have been
+    stored, and its retry is then dropped as a duplicate."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience_s
     delay = 0.1
     while True:
         try:
-            await js.publish(subject, data, headers=headers, timeout=2.0)
-            return
-        except _TRANSIENT:
-            if asyncio.get_running_loop().time() + delay > deadline:
+            return await js.publish(subject, data, headers=headers, timeout=timeout_s)
+        except TRANSIENT:
+            if loop.time() + delay > give_up:
                 raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -90,7 +100,7 @@ async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Res
     of a batch is in the index (a crash between the two redoes both, deduped)."""
     if not result.metadata or (batch_id := B.batch_of(job_id, result.metadata)) is None:
         return
-    kind = result.error.__struct_config__.tag if isinstance(result, Failed) else "completed"
+    kind = "completed" if isinstance(result, Completed) else result.error.kind
     await publish(js, B.done_subject(batch_id, team, job_id), encode(B.Done(kind=kind, subject=subject)),
                   headers={wire.HDR_MSG_ID: msg_id + ":done"})
 
@@ -135,10 +145,10 @@ async def read_attempts(js: JetStreamContext, team: str, job_id: str, run: int, 
             raw = await js.get_msg(wire.ATTEMPTS_STREAM, seq=seq, subject=subject, direct=True, next=True)
         except NotFoundError:
             return out
-        a = decode_attempt(raw.data)
+        a = decode_attempt(raw.data or b"")
         if a.run == run:
             out.append(a)
-        seq = raw.seq + 1
+        seq = (raw.seq or seq) + 1
 
 
 async def publish_shadow_answer(js: JetStreamContext, ans: shadow.ShadowAnswer) -> None:

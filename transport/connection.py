@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -86,7 +86,7 @@ def auth_options() -> dict[str, str]:
     return auth
 
 
-async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None,
+async def connect(url: str, name: str, on_reconnect: Callable[[], Coroutine[Any, Any, None]] | None = None,
                   patience_s: float = CONNECT_PATIENCE_S) -> NATS:
     """Connect, or raise UnreachableError after patience_s. nats-py applies
     max_reconnect_attempts=-1 to the first connect too, retrying an absent server for ever
@@ -115,7 +115,7 @@ async def connect(url: str, name: str, on_reconnect: Callable[[], Awaitable[None
         **auth_options(),  # type: ignore[arg-type]
         name=name,
         max_reconnect_attempts=-1,  # a restarting server is waited for, never given up on
-        reconnect_time_wait=0.25,
+        reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py types it int; it sleeps on a float
         connect_timeout=5,
         allow_reconnect=True,
         disconnected_cb=on_disconnect,

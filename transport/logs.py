@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, MutableMapping
 
 import structlog
 
@@ -49,7 +49,7 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """structlog processor: the last thing before rendering, so nothing bypasses it."""
     return _redact(event)
 

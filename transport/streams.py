@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -30,7 +32,7 @@ def lane_caps(cfg: Config, provider: str) -> dict[str, int]:
 
 def stream_configs(cfg: Config) -> list[StreamConfig]:
     n = cfg.nats
-    common = dict(storage=StorageType.FILE, num_replicas=n.replicas, duplicate_window=float(n.dedupe_window_s))
+    common: dict[str, Any] = dict(storage=StorageType.FILE, num_replicas=n.replicas, duplicate_window=float(n.dedupe_window_s))
     return [
         # Work queues: a job leaves the stream once a broker / pool has acked it.
         StreamConfig(name=wire.JOBS_STREAM, subjects=["pb.jobs.>"], retention=RetentionPolicy.WORK_QUEUE, **common),
@@ -61,6 +63,7 @@ def stream_configs(cfg: Config) -> list[StreamConfig]:
 
 
 async def ensure_stream(js: JetStreamContext, sc: StreamConfig) -> None:
+    assert sc.name is not None  # every stream of stream_configs is named
     try:
         await js.stream_info(sc.name)
     except NotFoundError:

@@ -8,31 +8,33 @@
 from __future__ import annotations
 
 import random
-import re
+from typing import ClassVar
 
 import msgspec
 
+from panelboard.schemas import triggers
 from panelboard.schemas.config import Link, RetryPolicy
 from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, InvalidJob, JobError, PromptTooLarge, ProviderError
-from panelboard.schemas.job import Attempt
+from panelboard.schemas.job import Attempt, AttemptDecision
 from panelboard.workers.outcome import ClientError, Inexpressible, Ok, Outcome, StreamBroken, RateLimited, ServerError, Timeout, status_of
-
-_TIMEOUT_RE = re.compile(r"^timeout>(\d+)ms$")
 
 
 class Succeed(msgspec.Struct):
-    pass
+    name: ClassVar[AttemptDecision] = "succeed"  # as an Attempt records it
 
 
 class Retry(msgspec.Struct):
+    name: ClassVar[AttemptDecision] = "retry"
     delay_s: float
 
 
 class Forward(msgspec.Struct):
+    name: ClassVar[AttemptDecision] = "forward"
     hop: int
 
 
 class Fail(msgspec.Struct):
+    name: ClassVar[AttemptDecision] = "fail"
     error: JobError
 
 
@@ -72,12 +74,6 @@ def call_timeout_s(link_ms: int, deadline: float | None, now: float) -> float | 
     return link_ms / 1000 if left is None else min(link_ms / 1000, left)
 
 
-def link_timeout_ms(link: Link, provider_timeout_ms: int) -> int:
-    """`timeout>3000ms` in a link's triggers is that hop's call timeout."""
-    limits = [int(m.group(1)) for t in link.on if (m := _TIMEOUT_RE.match(t))]
-    return min([provider_timeout_ms, *limits])
-
-
 def trigger_of(outcome: Outcome) -> str | None:
     match outcome:
         case RateLimited():
@@ -93,12 +89,7 @@ def matches(link: Link, outcome: Outcome) -> bool:
     trig = trigger_of(outcome)
     if trig is None:
         return False
-    for t in link.on:
-        if t == trig or (t.startswith("timeout") and trig == "timeout"):
-            return True
-        if len(t) == 3 and t.endswith("xx") and trig[0] == t[0] and trig.isdigit():
-            return True
-    return False
+    return triggers.fires(link.on, None if trig == "timeout" else int(trig))
 
 
 def backoff_s(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:

@@ -9,6 +9,7 @@ import msgspec
 
 from panelboard.schemas.chat import ChatResponse, Usage
 from panelboard.schemas.embeddings import EmbeddingsResponse
+from panelboard.schemas.job import CallOutcome
 
 
 class Ok(msgspec.Struct):
@@ -79,3 +80,24 @@ def status_of(outcome: Outcome) -> int:
             return 0
         case ServerError(status=s) | ClientError(status=s):
             return s
+
+
+def outcome_name(outcome: Outcome | None) -> CallOutcome:
+    """How a cost record names the call: None is a call lost with its worker."""
+    match outcome:
+        case Ok():
+            return "ok"
+        case RateLimited():
+            return "RateLimited"
+        case Timeout():
+            return "Timeout"
+        case ServerError():
+            return "ServerError"
+        case ClientError():
+            return "ClientError"
+        case Inexpressible():
+            return "Inexpressible"
+        case StreamBroken():
+            return "StreamBroken"
+        case None:
+            return "lost"

@@ -21,7 +21,8 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
+from panelboard.schemas.triggers import link_timeout_ms
 from panelboard.transport import bus, logs
 from panelboard.transport.consumer import Consumer
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
@@ -32,8 +33,8 @@ from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from panelboard.schemas.embeddings import EmbeddingsResponse
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Embedded, request_id
-from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
-from panelboard.workers.outcome import Inexpressible, Ok, Outcome, StreamBroken, Timeout, status_of
+from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, number_attempt
+from panelboard.workers.outcome import Inexpressible, Ok, Outcome, StreamBroken, Timeout, outcome_name, status_of
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
 from panelboard.workers.stream import stream_call
@@ -131,7 +132,7 @@ class Pool:
         replayed = msg.metadata.timestamp.timestamp() < self.suspect_before
         # A first delivery is attempt 0 at no cost; only a redelivery, or one a restarted server
         # may be repeating, reads what was recorded (see `recover`).
-        numbering, earlier = Numbering(attempt=0), []
+        numbering, earlier = Numbering(attempt=0), list[Attempt]()
         if delivered > 1 or replayed:
             found = await self.recover(d, delivered, lease, now)
             if found is None:
@@ -177,7 +178,7 @@ class Pool:
         this = Attempt(
             provider=self.provider, model=hop.model, hop=d.hop, attempt=attempt, status=status, run=job.run,
             latency_ms=round(outcome.latency_ms, 2), error=None if isinstance(outcome, Ok) else getattr(outcome, "message", "")[:300],
-            decision=type(decision).__name__.lower(),
+            decision=decision.name,
         )
         history = [*d.history, *earlier, this]
 
@@ -225,9 +226,9 @@ class Pool:
                 # A request the family cannot express was never sent: nothing to bill.
                 billed = () if isinstance(outcome, Inexpressible) else (bus.publish_cost(self.js, cost),)
                 await asyncio.gather(*billed, bus.publish_attempt(self.js, job.team, job.id, this))
-                await bus.fail_job(self.js, job.team, job.id, error, reason=error.__struct_config__.tag, job=job, attempts=history)
+                await bus.fail_job(self.js, job.team, job.id, error, reason=error.kind, job=job, attempts=history)
                 await self._ack(lease)
-                log.info("job.failed", job_id=job.id, provider=self.provider, error=error.__struct_config__.tag, status=status)
+                log.info("job.failed", job_id=job.id, provider=self.provider, error=error.kind, status=status)
 
     async def _too_large(self, d: Dispatch, lease: Lease, this: Attempt, earlier: list[Attempt], e: "bus.PayloadTooLarge") -> None:
         """An answer too big to publish as a result ends the job, once: recorded, failed, acked."""
@@ -239,7 +240,7 @@ class Pool:
             size_bytes=e.size, limit_bytes=e.limit,
         )
         await bus.publish_attempt(self.js, job.team, job.id, this)
-        await bus.fail_job(self.js, job.team, job.id, err, reason=err.__struct_config__.tag, job=job, attempts=[*earlier, this])
+        await bus.fail_job(self.js, job.team, job.id, err, reason=err.kind, job=job, attempts=[*earlier, this])
         await self._ack(lease)
         log.warning("job.response_too_large", job_id=job.id, provider=self.provider, size_bytes=e.size, limit_bytes=e.limit)
 
@@ -261,7 +262,7 @@ class Pool:
         log.debug("job.shadow", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, decision=this.decision)
 
     async def _forward(self, d: Dispatch, next_hop: int, history: list[Attempt]) -> None:
-        nxt = Dispatch(job=d.job, route=d.route, hop=next_hop, history=history, admitted_at=d.admitted_at, reserved_usd=d.reserved_usd, shadow=d.shadow)
+        nxt = Dispatch(job=d.job, route=d.route, hop=next_hop, history=history, admitted_at=d.admitted_at, shadow=d.shadow)
         await bus.publish_dispatch(self.js, nxt)
 
     async def recover(self, d: Dispatch, delivered: int, lease: Lease, now: float) -> tuple[Numbering, list[Attempt]] | None:
@@ -320,7 +321,7 @@ class Pool:
             hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct, cached, written),
             cached_tokens=cached, cache_write_tokens=written, reasoning_tokens=reasoning,
             latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
-            outcome="ok" if isinstance(outcome, Ok) else (type(outcome).__name__ if outcome else "lost"), ts=now, shadow=d.shadow, reported_usage=reported,
+            outcome=outcome_name(outcome), ts=now, shadow=d.shadow, reported_usage=reported,
             ttft_ms=ttft, usage_unknown=isinstance(outcome, StreamBroken) and usage is None,
         )
 

@@ -11,7 +11,7 @@ import time
 from panelboard.broker import waiting
 from panelboard.broker.governance_store import Store
 from panelboard.clients import Client
-from panelboard import db
+from panelboard.transport import db
 from panelboard.stack import Stack
 from panelboard.schemas.job import Completed
 from tests.conftest import ROOT, run_cli

@@ -11,9 +11,10 @@ from panelboard.schemas.config import Link, Model, RetryPolicy
 from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, PromptTooLarge, ProviderError
 from panelboard.schemas.job import Attempt
 from panelboard.workers.decide import (
-    Fail, Forward, Numbering, Retry, Succeed, backoff_s, call_timeout_s, decide, link_timeout_ms, number_attempt,
+    Fail, Forward, Numbering, Retry, Succeed, backoff_s, call_timeout_s, decide, number_attempt,
 )
 from panelboard.workers.outcome import ClientError, Ok, RateLimited, ServerError, Timeout
+from panelboard.schemas.triggers import link_timeout_ms
 from panelboard.workers.usage import checked_usage
 
 ARTICLE = Link(model="novita/llama-3.3-70b", on=["429", "timeout>3000ms", "5xx"])

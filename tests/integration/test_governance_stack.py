@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from panelboard.broker import budgets
 from panelboard.broker.governance_store import SCHEMA_ENV, Store, admissions, teams, virtual_keys
 from panelboard.clients import Client
-from panelboard import db
+from panelboard.transport import db
 from panelboard.config import load
 from panelboard.natsserver import NatsServer
 from panelboard.stack import Stack

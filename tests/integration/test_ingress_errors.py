@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from panelboard import db
+from panelboard.transport import db
 from panelboard.broker import budgets
 from panelboard.broker.governance_store import Store
 from panelboard.clients import Client

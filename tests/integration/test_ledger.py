@@ -21,7 +21,7 @@ from sqlalchemy import select
 from panelboard.broker import ledger as ledger_mod
 from panelboard.broker.ledger import Ledger
 from panelboard.clients import Client
-from panelboard import db, metrics
+from panelboard.transport import db, metrics
 from panelboard.transport import connection
 from panelboard.transport import bus, streams
 from panelboard.config import load

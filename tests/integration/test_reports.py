@@ -13,7 +13,8 @@ import msgspec
 import pytest
 
 from panelboard.loadgen.ledger_bench import synthetic
-from panelboard import db, queries, reports
+from panelboard import queries, reports
+from panelboard.transport import db
 from panelboard.cli import main
 from panelboard.config import load
 from panelboard.reports import NOT_OK, TokenGroup, Traffic, UsageGroup

@@ -428,7 +428,7 @@ def test_shadow_settlement_spends_against_the_mirror_and_never_touches_rate_wind
 def test_an_old_table_is_upgraded_by_widening_and_adding_columns():
     from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, text
 
-    from panelboard import db
+    from panelboard.transport import db
 
     t = Table("t", MetaData(), Column("n", BigInteger, nullable=False), Column("m", BigInteger, nullable=False, server_default=text("0")))
     old = {"n": Integer()}
