@@ -562,7 +562,7 @@ class MockState:
                 resp.headers["retry-after-ms"] = str(round(s.retry_after_s * 1000))
             return resp, prompt.images
 
-        ans = answer(prompt, scripted_answer(prompt, name) or reply_text(name, req.model, completion_tokens), rid)
+        ans = answer(prompt, scripted_answer(prompt.text, name) or reply_text(name, req.model, completion_tokens), rid)
         text = ans.text
         if ans.tool is not None or text != reply_text(name, req.model, completion_tokens):
             shown = text if ans.tool is None else _encode(ans.tool[2]).decode()

@@ -162,7 +162,7 @@ def text(d: Drill) -> str:
 
 
 def cmd_break_primary(a: argparse.Namespace) -> int:
-    from panelboard.cli import resolve_key
+    from panelboard.cli_common import resolve_key
     from panelboard.config import load
     from panelboard.transport.connection import require_url
 

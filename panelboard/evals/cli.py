@@ -196,7 +196,7 @@ def cmd_quality(a: argparse.Namespace) -> int:
             await nc.close()
         judged: dict[str, tuple[float | None, float]] = {}
         if a.judge and got:
-            from panelboard.cli import resolve_key
+            from panelboard.cli_common import resolve_key
             from panelboard.clients import Client
             from panelboard.evals import judge
 

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import msgspec
 
-from panelboard.broker import classify, difficulty, pricing
+from panelboard.broker import classify, difficulty
+from panelboard.schemas import pricing
 from panelboard.evals import curve as cv
 from panelboard.evals.mmlu import Item
 from panelboard.schemas.chat import ChatRequest, Message

@@ -15,7 +15,7 @@ from anthropic.types import message_create_params as mcp
 from openai.types.chat import ChatCompletion
 
 from panelboard.broker.admission import forbidden_fields, with_passthrough
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
 from panelboard.schemas.chat import ChatRequest
 from panelboard.schemas.codec import decode_job, encode
 from panelboard.schemas.config import Model

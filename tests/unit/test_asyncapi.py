@@ -41,6 +41,6 @@ def test_the_document_carries_the_structs_fields_and_the_cancel_reply():
     job = schemas["pb.jobs.{team}.{intent}:Message:Payload"]
     assert {"id", "team", "request"} <= set(job["properties"]) and "id" in job["required"]
     result_kinds = {v["properties"]["type"]["enum"][0] for v in schemas["pb.results.{team}.{job}:Message:Payload"]["anyOf"]}
-    assert result_kinds == {"completed", "failed"}
+    assert result_kinds == {"completed", "embedded", "failed"}
     assert "reply" in doc["operations"]["pb.control.{team}.cancel"]
     assert {"cancelled", "running", "ids", "error"} <= set(schemas["pb.control.{team}.cancel:Reply:Payload"]["properties"])

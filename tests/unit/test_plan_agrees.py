@@ -9,6 +9,8 @@ import time
 import msgspec
 import pytest
 
+from nats.aio.client import Client as NATS
+
 from panelboard.broker.explain import explain, route_of
 from panelboard.broker.health import HealthState
 from panelboard.broker.service import Broker
@@ -43,7 +45,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,cfg,j,health,load", CASES, ids=[c[0] for c in CASES])
 def test_explain_shows_what_the_broker_dispatches(name, cfg, j, health, load):
-    broker = Broker(None, cfg)  # type: ignore[arg-type]  # planning touches no NATS
+    broker = Broker(NATS().jetstream(), cfg)  # never connected: planning touches no NATS
     broker.health, broker.load, broker.rng = dict(health), dict(load), random.Random(0)
     now = time.time()
     decided = broker.plan(j, now)

@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from panelboard.loadgen.mock_sse import anthropic_events, split
 from panelboard.loadgen.mock_provider import AnthropicResponse
 from panelboard.schemas.chat import ChatRequest, assemble
-from panelboard.workers.providers.anthropic_sse import EventReader
+from panelboard.workers.providers.anthropic import EventReader
 from panelboard.workers.providers.sse import StreamError, events
 
 
