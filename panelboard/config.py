@@ -17,8 +17,9 @@ _ORDINALS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TRIGGER_RE = re.compile(r"^(?:\d{3}|[1-5]xx|timeout(?:>\d+ms)?)$")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-DEFAULT_CONFIG = EXAMPLES / "mock.yaml"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the repository's examples (not installed)
+# Package data, so that an installed wheel runs `panelboard demo` anywhere; examples/mock.yaml links here.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "mock.yaml"
 
 
 class ConfigError(ValueError):
