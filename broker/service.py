@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from panelboard.broker import admission, classify, health, routing, strategies, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
-from panelboard.transport import bus, logs
+from panelboard.transport import bus, logs, meters
 from panelboard.transport.puller import Puller
 from panelboard.transport.streams import BROKER_CONSUMER
 from panelboard.schemas import wire
@@ -80,6 +80,7 @@ class Broker:
         self.load: dict[str, int] = {}
         self.rng = random.Random()
         self.waits = waiting.WaitLog()  # keys over a limit with on_limit=wait: logged and shown in `status`
+        meters.watch_broker(self)
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -197,7 +198,8 @@ class Broker:
 
     async def _safe(self, msg: Msg) -> None:
         try:
-            await self.handle(msg)
+            with meters.admission(msg):
+                await self.handle(msg)
         except Exception:  # NATS trouble mid-publish: leave the job unacked, it is redelivered
             log.exception("job.handle_failed", subject=msg.subject)
 

@@ -23,13 +23,16 @@ def cmd_up(a: argparse.Namespace) -> int:
     from panelboard.transport.connection import home
     from panelboard.stack import Stack
 
-    stack = Stack(home(), config=a.config, nats_url=a.nats_url, mock=not a.no_mock, mock_args=["--latency-ms", str(a.mock_latency_ms)])
+    stack = Stack(home(), config=a.config, nats_url=a.nats_url, mock=not a.no_mock, mock_args=["--latency-ms", str(a.mock_latency_ms)],
+                  metrics_port=a.metrics_port)
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     with stack:
         stack.start(workers=a.workers)
         print(f"panelboard is up: NATS {stack.nats_url}" + (f", mock provider {stack.mock_url}" if stack.mock_url else ""))
+        for name, port in stack.metrics_ports.items():
+            print(f"metrics of {name}: http://127.0.0.1:{port}/metrics")
         print(f"logs in {stack.home / 'logs'}; try: panelboard submit --intent extraction 'Extract the date from: due 2026-12-01'")
         print("cost records go to the ledger: panelboard report usage --days 1 (or savings, breakeven, shadow)")
         print("Ctrl-C stops everything.")
@@ -56,7 +59,7 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
         return 2
     from panelboard import metrics
 
-    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers)))
+    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers), host=a.metrics_host))
     return 0
 
 
@@ -67,6 +70,7 @@ def _database(p: argparse.ArgumentParser) -> None:
 
 def _metrics(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port at /metrics (0 picks one; default: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the address the metrics port binds (default 127.0.0.1; 0.0.0.0 for every interface)")
 
 
 def cmd_ledger(a: argparse.Namespace) -> int:
@@ -79,7 +83,7 @@ def cmd_ledger(a: argparse.Namespace) -> int:
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
     try:
-        run(serve(url, cfg, db.resolve_url(a.database_url, cfg, home()), a.metrics_port))
+        run(serve(url, cfg, db.resolve_url(a.database_url, cfg, home()), a.metrics_port, a.metrics_host))
     except db.DatabaseError as e:
         print(f"ledger: {e}", file=sys.stderr)
         return 2
@@ -412,6 +416,8 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes (each runs every pool)")
     p.add_argument("--no-mock", action="store_true", help="do not start the mock provider")
     p.add_argument("--mock-latency-ms", type=float, default=200)
+    p.add_argument("--metrics-port", type=int, metavar="BASE", help="serve each process's Prometheus metrics on 127.0.0.1: "
+                   "the broker on BASE, then the workers and the ledger on the ports after it (default: off)")
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("broker", help="run a broker process")

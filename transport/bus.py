@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from panelboard.schemas import batch as B
+from panelboard.transport import meters
 from panelboard.schemas import redact
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
@@ -74,6 +75,7 @@ async def publish_result(js: JetStreamContext, team: str, job_id: str, result: R
     subject, msg_id = wire.result(team, job_id), wire.result_msg_id(team, job_id, run)
     await _index_batch(js, team, job_id, result, subject, msg_id)
     await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
+    meters.ended(result)
 
 
 async def publish_reject(js: JetStreamContext, team: str, seq: int, result: Failed) -> None:
@@ -83,6 +85,7 @@ async def publish_reject(js: JetStreamContext, team: str, seq: int, result: Fail
     if result.job_id:
         await _index_batch(js, team, result.job_id, result, subject, msg_id)
     await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
+    meters.ended(result)
 
 
 async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Result, subject: str, msg_id: str) -> None:
@@ -164,6 +167,7 @@ async def publish_dead(
     letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time(), subject_team=subject_team)
     msg_id = msg_id or (wire.dead_msg_id(job.team, job.id, job.run) if job else None)
     await publish(js, wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)
+    meters.DEAD.labels(reason).inc()
 
 
 async def fail_job(

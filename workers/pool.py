@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from panelboard.broker.pricing import call_cost
-from panelboard.transport import bus, logs
+from panelboard.transport import bus, logs, meters
 from panelboard.transport.puller import Puller
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
 from panelboard.schemas import wire
@@ -80,6 +80,7 @@ class Pool:
         self.rng = random.Random()
         self.calls = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
+        meters.watch_pool(self)
 
     # -- one delivery -------------------------------------------------------------------
     def _link(self, d: Dispatch) -> tuple[Link, RetryPolicy]:
@@ -151,6 +152,7 @@ class Pool:
         queue_ms = (now - (d.admitted_at or now)) * 1000
         outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
         self.calls += 1
+        meters.called(self.provider, hop.model, outcome, now, msg.metadata.timestamp.timestamp())
         reported = None
         if isinstance(outcome, Ok):
             usage, reported = checked_usage(outcome.response.usage, model)
@@ -170,6 +172,7 @@ class Pool:
             decision=type(decision).__name__.lower(),
         )
         history = [*d.history, *earlier, this]
+        meters.decided(d, decision, outcome, cost)
 
         if d.shadow:
             await self._shadow_step(d, lease, decision, cost, this, attempt)
