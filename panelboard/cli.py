@@ -309,8 +309,11 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    import time
+
     import msgspec
 
+    from panelboard import capacity
     from panelboard.broker.health_service import render_status, status
     from panelboard.config import load
     from panelboard.transport.connection import require_url
@@ -318,20 +321,37 @@ def cmd_status(a: argparse.Namespace) -> int:
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
 
-    async def go():
+    async def go() -> int:
         nc = await _quick_connect(url)
         try:
-            return await status(nc.jetstream(), cfg)
+            js = nc.jetstream()
+            before = await capacity.sample(js, cfg)
+            await asyncio.sleep(a.sample_s)  # the drain rate is the change over this interval
+            while True:
+                st = await status(js, cfg)
+                now = await capacity.sample(js, cfg)
+                pools = capacity.rows(cfg, now, before)
+                if a.json:
+                    print(json.dumps({**msgspec.to_builtins(st), "pools": msgspec.to_builtins(pools)}, indent=2))
+                else:
+                    if a.watch:
+                        print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"), end="\n")
+                    print(render_status(st) + "\n\n" + "\n".join(capacity.render(pools)))
+                sys.stdout.flush()
+                if not a.watch:
+                    return 0
+                before = now
+                await asyncio.sleep(a.watch)
         finally:
             await nc.close()
 
     try:
-        st = asyncio.run(go())
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        return 0
     except Exception as e:
         print(f"cannot read status from {url}: {type(e).__name__}: {e}\nhint: is the stack up (`panelboard up`)?", file=sys.stderr)
         return 2
-    print(msgspec.json.format(msgspec.json.encode(st)).decode() if a.json else render_status(st))
-    return 0
 
 
 def cmd_health(a: argparse.Namespace) -> int:
@@ -515,9 +535,12 @@ def _main(argv: list[str] | None) -> int:
     r.add_argument("--no-health", action="store_true", help="do not read PB_HEALTH and pool load from NATS")
     r.set_defaults(fn=cmd_route_explain)
 
-    p = sub.add_parser("status", help="each provider/model's rolling P95, error rate and health state; queue depths")
+    p = sub.add_parser("status", help="health per provider/model; per pool: depth, oldest job, in flight vs cap, drain rate, "
+                                      "time to empty, a scale hint")
     _common(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="S", help="refresh every S seconds (default 2) until Ctrl-C")
+    p.add_argument("--sample-s", type=float, default=1.0, help="the interval the drain rate is measured over (default 1 s)")
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("health", help="run the health aggregator: PB_COSTS -> PB_HEALTH (rolling P95 and errors per provider/model)")
