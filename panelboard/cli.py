@@ -354,6 +354,27 @@ def cmd_status(a: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_drain(a: argparse.Namespace) -> int:
+    from panelboard import drain
+    from panelboard.config import load
+    from panelboard.transport.connection import require_url
+
+    cfg = load(a.config)
+    if a.provider and a.provider not in cfg.providers:
+        print(f"unknown provider {a.provider!r}; the config has {list(cfg.providers)}", file=sys.stderr)
+        return 2
+    url = require_url(a.nats_url, cfg)
+
+    async def go() -> int:
+        nc = await _quick_connect(url)
+        try:
+            return await drain.order(nc, a.provider, a.answer_s, a.timeout, sys.stdout)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
 def cmd_health(a: argparse.Namespace) -> int:
     from panelboard.broker.health_service import serve
     from panelboard.config import load
@@ -534,6 +555,13 @@ def _main(argv: list[str] | None) -> int:
     r.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
     r.add_argument("--no-health", action="store_true", help="do not read PB_HEALTH and pool load from NATS")
     r.set_defaults(fn=cmd_route_explain)
+
+    p = sub.add_parser("drain", help="running processes stop taking jobs, finish their in-flight calls (no time cut), hand back the rest and stop")
+    _common(p)
+    p.add_argument("--provider", help="drain only this provider's pools (default: every broker and pool)")
+    p.add_argument("--timeout", type=float, help="give up waiting after S seconds (exit 3; the processes keep draining); default: wait")
+    p.add_argument("--answer-s", type=float, default=2.0, help="how long running processes have to answer the order (default 2 s)")
+    p.set_defaults(fn=cmd_drain)
 
     p = sub.add_parser("status", help="health per provider/model; per pool: depth, oldest job, in flight vs cap, drain rate, "
                                       "time to empty, a scale hint")

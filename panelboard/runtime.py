@@ -70,8 +70,14 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    from panelboard.drain import Listener
+
+    tasks = {p: asyncio.ensure_future(p.run()) for p in parts}
+    control = Listener(nc, tasks)  # `panelboard drain`: stop named parts without a cut
+    await control.start()
     try:
-        await asyncio.gather(*(p.run() for p in parts))
+        await asyncio.gather(*tasks.values())
+        await control.settle()
     finally:
         # A stop while the server is away: nothing left to flush (drain would raise).
         await (nc.drain() if nc.is_connected else nc.close())

@@ -81,6 +81,7 @@ class Pool:
         self.calls = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
         meters.watch_pool(self)
+        self.grace_s: float | None = 20.0  # how long SIGTERM lets in-flight calls finish; a drain order lifts it
 
     # -- one delivery -------------------------------------------------------------------
     def _link(self, d: Dispatch) -> tuple[Link, RetryPolicy]:
@@ -338,7 +339,7 @@ class Pool:
         try:
             await asyncio.gather(*(self._lane(lane, cap) for lane, cap in self.lanes.items()))
         finally:
-            await self._drain_inflight()
+            await self._drain_inflight(self.grace_s)
             hb.cancel()
             await self.adapter.aclose()
             log.info("pool.stopped", provider=self.provider, calls=self.calls)
@@ -396,7 +397,7 @@ class Pool:
             for m in [*(lease.msg for lease in held), *await puller.stop()]:
                 await m.nak()
 
-    async def _drain_inflight(self, grace_s: float = 20.0) -> None:
+    async def _drain_inflight(self, grace_s: float | None = 20.0) -> None:
         """Let in-flight calls finish, nak what is left, so none is left to time out."""
         if self.inflight:
             log.info("pool.draining", provider=self.provider, inflight=len(self.inflight))
