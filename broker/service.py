@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from panelboard.broker import admission, classify, health, routing, strategies, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
-from panelboard.transport import bus, logs, meters
+from panelboard.transport import bus, logs, meters, tracing
 from panelboard.transport.puller import Puller
 from panelboard.transport.streams import BROKER_CONSUMER
 from panelboard.schemas import wire
@@ -198,7 +198,7 @@ class Broker:
 
     async def _safe(self, msg: Msg) -> None:
         try:
-            with meters.admission(msg):
+            with meters.admission(msg), tracing.admission(msg):
                 await self.handle(msg)
         except Exception:  # NATS trouble mid-publish: leave the job unacked, it is redelivered
             log.exception("job.handle_failed", subject=msg.subject)

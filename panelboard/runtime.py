@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NATS
 
-from panelboard.transport import logs, streams
+from panelboard.transport import logs, streams, tracing
 from panelboard.config import provider_key
 from panelboard.transport.connection import SERVICE_CONNECT_PATIENCE_S, connect, home
 from panelboard.schemas import wire
@@ -42,6 +42,7 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
         for part in parts:
             part.suspect_before = now
 
+    tracing.configure("panelboard-" + ("broker" if broker else "worker"))  # off unless OTLP (or a traces file) is configured
     nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"), on_reconnect=reconnected,
                        patience_s=SERVICE_CONNECT_PATIENCE_S)
     await prepare(nc, cfg, providers, with_broker=broker)

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from panelboard.schemas import batch as B
-from panelboard.transport import meters
+from panelboard.transport import meters, tracing
 from panelboard.schemas import redact
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
@@ -76,6 +76,7 @@ async def publish_result(js: JetStreamContext, team: str, job_id: str, result: R
     await _index_batch(js, team, job_id, result, subject, msg_id)
     await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
     meters.ended(result)
+    tracing.mark("result", team=team, job=job_id, type=str(result.__struct_config__.tag))
 
 
 async def publish_reject(js: JetStreamContext, team: str, seq: int, result: Failed) -> None:
@@ -116,7 +117,7 @@ async def claim(js: JetStreamContext, team: str, job_id: str, run: int, seq: int
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
     msg_id = wire.dispatch_msg_id(d.job.team, d.job.id, d.job.run, d.hop, d.shadow)
-    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers={wire.HDR_MSG_ID: msg_id})
+    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers=tracing.inject({wire.HDR_MSG_ID: msg_id}))
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from panelboard.broker.pricing import call_cost
-from panelboard.transport import bus, logs, meters
+from panelboard.transport import bus, logs, meters, tracing
 from panelboard.transport.puller import Puller
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
 from panelboard.schemas import wire
@@ -154,6 +154,7 @@ class Pool:
         outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
         self.calls += 1
         meters.called(self.provider, hop.model, outcome, now, msg.metadata.timestamp.timestamp())
+        tracing.called(self.provider, hop.model, outcome)
         reported = None
         if isinstance(outcome, Ok):
             usage, reported = checked_usage(outcome.response.usage, model)
@@ -304,7 +305,8 @@ class Pool:
 
     async def _safe(self, lease: Lease) -> None:
         try:
-            await self.handle(lease)
+            with tracing.hop(lease.msg, self.provider):
+                await self.handle(lease)
         except asyncio.CancelledError:
             raise
         except Exception:  # NATS trouble mid-publish: leave it unacked; it is redelivered after ack_wait
