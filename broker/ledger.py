@@ -209,7 +209,7 @@ async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | No
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ledger.stopping.set)
     try:
-        async with metrics.serving(metrics_port, js, meters, host=metrics_host):
+        async with metrics.serving(metrics_port, js, meters, host=metrics_host, cfg=cfg):
             if await ledger.prepare():
                 await ledger.run()
     finally:

@@ -32,7 +32,7 @@ def cmd_up(a: argparse.Namespace) -> int:
         stack.start(workers=a.workers)
         print(f"panelboard is up: NATS {stack.nats_url}" + (f", mock provider {stack.mock_url}" if stack.mock_url else ""))
         for name, port in stack.metrics_ports.items():
-            print(f"metrics of {name}: http://127.0.0.1:{port}/metrics")
+            print(f"metrics of {name}: http://127.0.0.1:{port}/metrics" + (f"; dashboard: http://127.0.0.1:{port}/" if name == "ledger" else ""))
         print(f"logs in {stack.home / 'logs'}; try: panelboard submit --intent extraction 'Extract the date from: due 2026-12-01'")
         print("cost records go to the ledger: panelboard report usage --days 1 (or savings, breakeven, shadow)")
         print("Ctrl-C stops everything.")
@@ -59,7 +59,7 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
         return 2
     from panelboard import metrics
 
-    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers), host=a.metrics_host))
+    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers), host=a.metrics_host, cfg=cfg))
     return 0
 
 

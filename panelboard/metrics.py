@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from panelboard.transport import logs, meters
 from panelboard.transport.connection import connect
 from panelboard.schemas import wire
+from panelboard.schemas.config import Config
 from panelboard.schemas.job import CostRecord
 
 log = logs.get("metrics")
@@ -46,6 +47,7 @@ class CostMeters:
         self.requests = Counter("panelboard_requests", "Provider calls, by provider and outcome.", ["provider", "outcome"], registry=r)
         self.latency = Histogram("panelboard_provider_latency_seconds", "Provider call latency.", ["provider"],
                                  buckets=LATENCY_BUCKETS_S, registry=r)
+        self.by_tier: dict[str, float] = {}  # for the dashboard page
         self._quarantined = Counter("panelboard_ledger_quarantined",
                                     "Cost records the ledger could not write, dead-lettered on pb.dead.cost_record.", registry=r)
 
@@ -54,6 +56,7 @@ class CostMeters:
         self.tokens.labels(rec.provider, "prompt").inc(rec.prompt_tokens)
         self.tokens.labels(rec.provider, "completion").inc(rec.completion_tokens)
         self.requests.labels(rec.provider, rec.outcome).inc()
+        self.by_tier[rec.tier] = self.by_tier.get(rec.tier, 0.0) + rec.cost_usd
         if rec.outcome != "lost":  # no latency was measured
             self.latency.labels(rec.provider).observe(rec.latency_ms / 1000)
 
@@ -96,9 +99,9 @@ async def exposition(js: JetStreamContext, cost: CostMeters | None) -> bytes:
 
 @asynccontextmanager
 async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | None = None,
-                  host: str = DEFAULT_HOST) -> AsyncIterator[int | None]:
-    """GET /metrics on host:port (port 0 picks a free one) while the block runs; yields the
-    port. `port=None` serves nothing."""
+                  host: str = DEFAULT_HOST, cfg: Config | None = None) -> AsyncIterator[int | None]:
+    """GET /metrics on host:port (port 0 picks a free one) while the block runs, and with a
+    config the dashboard page at /; yields the port. `port=None` serves nothing."""
     if port is None:
         yield None
         return
@@ -106,8 +109,16 @@ async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | Non
     async def handle(_req: web.Request) -> web.Response:
         return web.Response(body=await exposition(js, cost), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
+    async def dashboard(_req: web.Request) -> web.Response:
+        from panelboard.dashboard import page
+
+        assert cfg is not None
+        return web.Response(text=await page(js, cfg, cost.by_tier if cost else None), content_type="text/html")
+
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    if cfg is not None:
+        app.router.add_get("/", dashboard)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -120,14 +131,14 @@ async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | Non
         await runner.cleanup()
 
 
-async def alongside(port: int | None, url: str, main: Awaitable[None], host: str = DEFAULT_HOST) -> None:
+async def alongside(port: int | None, url: str, main: Awaitable[None], host: str = DEFAULT_HOST, cfg: Config | None = None) -> None:
     """Run a process' main coroutine with the metrics port open beside it (broker, worker)."""
     if port is None:
         await main
         return
     nc = await connect(url, "panelboard-metrics")
     try:
-        async with serving(port, nc.jetstream(), host=host):
+        async with serving(port, nc.jetstream(), host=host, cfg=cfg):
             await main
     finally:
         await nc.drain()
