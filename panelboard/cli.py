@@ -331,12 +331,14 @@ def cmd_status(a: argparse.Namespace) -> int:
                 st = await status(js, cfg)
                 now = await capacity.sample(js, cfg)
                 pools = capacity.rows(cfg, now, before)
+                teams = await _team_figures(a, cfg)
                 if a.json:
-                    print(json.dumps({**msgspec.to_builtins(st), "pools": msgspec.to_builtins(pools)}, indent=2))
+                    print(json.dumps({**msgspec.to_builtins(st), "pools": msgspec.to_builtins(pools),
+                                      "teams": msgspec.to_builtins(teams)}, indent=2))
                 else:
                     if a.watch:
                         print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"), end="\n")
-                    print(render_status(st) + "\n\n" + "\n".join(capacity.render(pools)))
+                    print(render_status(st) + "\n\n" + "\n".join(capacity.render(pools)) + "\n\n" + _render_teams(teams))
                 sys.stdout.flush()
                 if not a.watch:
                     return 0
@@ -352,6 +354,41 @@ def cmd_status(a: argparse.Namespace) -> int:
     except Exception as e:
         print(f"cannot read status from {url}: {type(e).__name__}: {e}\nhint: is the stack up (`panelboard up`)?", file=sys.stderr)
         return 2
+
+
+async def _team_figures(a: argparse.Namespace, cfg) -> list | None:
+    """Spend against budget and rate-limit headroom per team, from the governance database;
+    None when there is none to read (a SQLite ledger that does not exist is not created)."""
+    from panelboard import db
+    from panelboard.transport.connection import home
+
+    url = db.resolve_url(a.database_url, cfg, home())
+    path = db.sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    from panelboard import teams_view
+    from panelboard.broker.governance_store import Store
+
+    store = Store.open(url)
+    try:
+        return await teams_view.read(store)
+    except Exception as e:  # the database is away: the rest of status still shows
+        print(f"(teams not read from {db.display(url)}: {type(e).__name__})", file=sys.stderr)
+        return None
+    finally:
+        await store.close()
+
+
+def _render_teams(teams: list | None) -> str:
+    out = ["teams (spend in the budget's period; rate-limit use over the last 60 s)"]
+    if not teams:
+        return "\n".join(out + ["  (none: no governance database, or no team set with `panelboard teams set`)"])
+    money = lambda v: f"${v:,.2f}" if v is not None else "-"  # noqa: E731
+    for t in teams:
+        limits = "  ".join(f"{name} {used:,}/{cap:,}" for name, used, cap in (("rpm", t.rpm_used, t.rpm), ("tpm", t.tpm_used, t.tpm)) if cap)
+        out.append(f"  {t.team}: {money(t.spent_usd)} of {money(t.budget_usd)} ({t.period}), {money(t.remaining_usd)} left"
+                   + (f"; {limits}" if limits else ""))
+    return "\n".join(out)
 
 
 def cmd_drain(a: argparse.Namespace) -> int:
@@ -569,6 +606,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="S", help="refresh every S seconds (default 2) until Ctrl-C")
     p.add_argument("--sample-s", type=float, default=1.0, help="the interval the drain rate is measured over (default 1 s)")
+    _database(p)
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("health", help="run the health aggregator: PB_COSTS -> PB_HEALTH (rolling P95 and errors per provider/model)")

@@ -9,6 +9,7 @@ provider latency from every cost record.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable
 
@@ -137,8 +138,19 @@ async def alongside(port: int | None, url: str, main: Awaitable[None], host: str
         await main
         return
     nc = await connect(url, "panelboard-metrics")
+    teams = asyncio.create_task(_follow_teams())
     try:
         async with serving(port, nc.jetstream(), host=host, cfg=cfg):
             await main
     finally:
+        teams.cancel()
         await nc.drain()
+
+
+async def _follow_teams() -> None:
+    """Budget and headroom gauges, once this process runs a broker (workers never load SQL)."""
+    while not meters.STATE.brokers:
+        await asyncio.sleep(1.0)
+    from panelboard import teams_view
+
+    await teams_view.follow()
