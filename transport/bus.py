@@ -168,7 +168,7 @@ async def publish_dead(
     letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time(), subject_team=subject_team)
     msg_id = msg_id or (wire.dead_msg_id(job.team, job.id, job.run) if job else None)
     await publish(js, wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)
-    meters.DEAD.labels(reason).inc()
+    meters.DEAD.inc((reason,))
 
 
 async def fail_job(
