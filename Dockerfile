@@ -1,6 +1,6 @@
 # The panelboard image: broker, worker pools and the mock provider are the same install,
 # started with different commands (see compose.yaml).
-FROM python:3.11-slim
+FROM python:3.11.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -11,15 +11,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# Dependencies from the hashed lock first (a layer that changes only with the lock), then the
+# package without resolving anything: every image built from one commit has the same files.
+COPY requirements/lock.txt ./requirements/lock.txt
+RUN pip install --require-hashes -r requirements/lock.txt
+
 # Only what the package needs: not the repo's .venv, caches or test data.
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY panelboard ./panelboard
 COPY broker ./broker
 COPY workers ./workers
 COPY schemas ./schemas
 COPY clients ./clients
+COPY transport ./transport
 COPY loadgen ./loadgen
-RUN pip install . && rm -rf build
+RUN pip install --no-deps . && rm -rf build
 
 # Configs stay at /app/examples for `--config /app/examples/cluster.yaml`.
 COPY examples ./examples

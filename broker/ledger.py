@@ -183,12 +183,12 @@ class Ledger:
             return
         self.quarantined += 1
         if self.meters is not None:
-            self.meters.quarantined += 1
+            self.meters.quarantine()
         log.error("ledger.quarantined", job_id=rec.job_id, run=rec.run, hop=rec.hop, attempt=rec.attempt, team=rec.team,
                   provider=rec.provider, reason=why[:300], dead_subject=wire.dead(DEAD_REASON))
 
 
-async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | None = None) -> None:
+async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | None = None, metrics_host: str = metrics.DEFAULT_HOST) -> None:
     """The `panelboard ledger` process."""
     engine = db.open_engine(database_url)
     nc = await connection.connect(url, "panelboard-ledger")
@@ -201,7 +201,7 @@ async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | No
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ledger.stopping.set)
     try:
-        async with metrics.serving(metrics_port, js, meters):
+        async with metrics.serving(metrics_port, js, meters, host=metrics_host, cfg=cfg):
             if await ledger.prepare():
                 await ledger.run()
     finally:

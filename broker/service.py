@@ -26,7 +26,7 @@ from panelboard.broker.governance_store import Admitted
 from panelboard.broker.health_aggregator import Aggregator
 from panelboard.broker.health_view import HealthView, pool_load
 from panelboard.broker.plan import Plan, plan
-from panelboard.transport import bus, logs
+from panelboard.transport import bus, logs, meters, tracing
 from panelboard.transport.consumer import Consumer
 from panelboard.transport.streams import BROKER_CONSUMER, ensure_health_kv
 from panelboard.schemas import wire
@@ -83,6 +83,7 @@ class Broker:
         self.load: dict[str, int] = {}
         self.rng = random.Random()
         self.waits = waiting.WaitLog()  # keys over a limit with on_limit=wait: logged and shown in `status`
+        meters.watch_broker(self)
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -206,7 +207,8 @@ class Broker:
     async def _safe(self, msg: Msg) -> None:
         self.handled += 1
         try:
-            await self.handle(msg)
+            with meters.admission(msg), tracing.admission(msg):
+                await self.handle(msg)
         except Exception:  # NATS trouble mid-publish: leave the job unacked, it is redelivered
             log.exception("job.handle_failed", subject=msg.subject)
 

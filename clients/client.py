@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError
 
 from panelboard.clients import control
 from panelboard.clients.errors import PanelboardError, ResultTimeout, ServerUnreachable, exception_for, too_large
+from panelboard.transport import tracing
 from panelboard.transport.bus import TRANSIENT, publish_retrying
 from panelboard.schemas import wire
 from panelboard.schemas.chat import MODELLED, ChatChunk, ChatRequest, ChatResponse, Message, as_chunk
@@ -268,7 +269,7 @@ class Client:
         # A publish that timed out may still have been stored: retrying with the same
         # Nats-Msg-Id (unique to this call) is safe, the stream drops the duplicate. While the
         # server restarts (or a cluster elects a leader) we keep retrying for publish_patience_s.
-        headers = {wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, new_id()[:16])}
+        headers = tracing.submitted({wire.HDR_MSG_ID: wire.submit_msg_id(job.team, job.id, new_id()[:16])}, job.team, job.id)
         data = encode(job) if payload is None else payload
         nc = self.nc
         assert nc is not None, "connect() first"

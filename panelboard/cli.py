@@ -25,7 +25,8 @@ def cmd_up(a: argparse.Namespace) -> int:
     from panelboard.transport.connection import home
     from panelboard.stack import Stack
 
-    stack = Stack(home(), config=a.config, nats_url=a.nats_url, mock=not a.no_mock, mock_args=["--latency-ms", str(a.mock_latency_ms)])
+    stack = Stack(home(), config=a.config, nats_url=a.nats_url, mock=not a.no_mock, mock_args=["--latency-ms", str(a.mock_latency_ms)],
+                  metrics_port=a.metrics_port)
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -33,6 +34,8 @@ def cmd_up(a: argparse.Namespace) -> int:
         stack.start(workers=a.workers, ingress=True)
         print(f"panelboard is up: NATS {stack.nats_url}" + (f", mock provider {stack.mock_url}" if stack.mock_url else ""))
         print(f"HTTP ingress {stack.ingress_url}: OpenAI(base_url=\"{stack.ingress_url}/v1\"), Anthropic(base_url=\"{stack.ingress_url}\")")
+        for name, port in stack.metrics_ports.items():
+            print(f"metrics of {name}: http://127.0.0.1:{port}/metrics" + (f"; dashboard: http://127.0.0.1:{port}/" if name == "ledger" else ""))
         print(f"logs in {stack.home / 'logs'}; try: panelboard submit --intent extraction 'Extract the date from: due 2026-12-01'")
         print("cost records go to the ledger: panelboard report usage --days 1 (or savings, breakeven, shadow)")
         print("Ctrl-C stops everything.")
@@ -59,7 +62,7 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
         return 2
     from panelboard.transport import metrics
 
-    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers)))
+    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers), host=a.metrics_host, cfg=cfg))
     return 0
 
 
@@ -84,6 +87,7 @@ def _database(p: argparse.ArgumentParser) -> None:
 
 def _metrics(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port at /metrics (0 picks one; default: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the address the metrics port binds (default 127.0.0.1; 0.0.0.0 for every interface)")
 
 
 def cmd_ledger(a: argparse.Namespace) -> int:
@@ -96,7 +100,7 @@ def cmd_ledger(a: argparse.Namespace) -> int:
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
     try:
-        run(serve(url, cfg, db.resolve_url(a.database_url, cfg, home()), a.metrics_port))
+        run(serve(url, cfg, db.resolve_url(a.database_url, cfg, home()), a.metrics_port, a.metrics_host))
     except db.DatabaseError as e:
         print(f"ledger: {e}", file=sys.stderr)
         return 2
@@ -293,8 +297,11 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    import time
+
     import msgspec
 
+    from panelboard import capacity
     from panelboard.broker.health_status import render_status, status
     from panelboard.config import load
     from panelboard.transport.connection import require_url
@@ -302,20 +309,95 @@ def cmd_status(a: argparse.Namespace) -> int:
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
 
-    async def go():
+    async def go() -> int:
         nc = await _quick_connect(url)
         try:
-            return await status(nc.jetstream(), cfg)
+            js = nc.jetstream()
+            before = await capacity.sample(js, cfg)
+            await asyncio.sleep(a.sample_s)  # the drain rate is the change over this interval
+            while True:
+                st = await status(js, cfg)
+                now = await capacity.sample(js, cfg)
+                pools = capacity.rows(cfg, now, before)
+                teams = await _team_figures(a, cfg)
+                if a.json:
+                    print(json.dumps({**msgspec.to_builtins(st), "pools": msgspec.to_builtins(pools),
+                                      "teams": msgspec.to_builtins(teams)}, indent=2))
+                else:
+                    if a.watch:
+                        print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"), end="\n")
+                    print(render_status(st) + "\n\n" + "\n".join(capacity.render(pools)) + "\n\n" + _render_teams(teams))
+                sys.stdout.flush()
+                if not a.watch:
+                    return 0
+                before = now
+                await asyncio.sleep(a.watch)
         finally:
             await nc.close()
 
     try:
-        st = asyncio.run(go())
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        return 0
     except Exception as e:
         print(f"cannot read status from {url}: {type(e).__name__}: {e}\nhint: is the stack up (`panelboard up`)?", file=sys.stderr)
         return 2
-    print(msgspec.json.format(msgspec.json.encode(st)).decode() if a.json else render_status(st))
-    return 0
+
+
+async def _team_figures(a: argparse.Namespace, cfg) -> list | None:
+    """Spend against budget and rate-limit headroom per team, from the governance database;
+    None when there is none to read (a SQLite ledger that does not exist is not created)."""
+    from panelboard import db
+    from panelboard.transport.connection import home
+
+    url = db.resolve_url(a.database_url, cfg, home())
+    path = db.sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    from panelboard import teams_view
+    from panelboard.broker.governance_store import Store
+
+    store = Store.open(url)
+    try:
+        return await teams_view.read(store)
+    except Exception as e:  # the database is away: the rest of status still shows
+        print(f"(teams not read from {db.display(url)}: {type(e).__name__})", file=sys.stderr)
+        return None
+    finally:
+        await store.close()
+
+
+def _render_teams(teams: list | None) -> str:
+    out = ["teams (spend in the budget's period; rate-limit use over the last 60 s)"]
+    if not teams:
+        return "\n".join(out + ["  (none: no governance database, or no team set with `panelboard teams set`)"])
+    money = lambda v: f"${v:,.2f}" if v is not None else "-"  # noqa: E731
+    for t in teams:
+        limits = "  ".join(f"{name} {used:,}/{cap:,}" for name, used, cap in (("rpm", t.rpm_used, t.rpm), ("tpm", t.tpm_used, t.tpm)) if cap)
+        out.append(f"  {t.team}: {money(t.spent_usd)} of {money(t.budget_usd)} ({t.period}), {money(t.remaining_usd)} left"
+                   + (f"; {limits}" if limits else ""))
+    return "\n".join(out)
+
+
+def cmd_drain(a: argparse.Namespace) -> int:
+    from panelboard import drain
+    from panelboard.config import load
+    from panelboard.transport.connection import require_url
+
+    cfg = load(a.config)
+    if a.provider and a.provider not in cfg.providers:
+        print(f"unknown provider {a.provider!r}; the config has {list(cfg.providers)}", file=sys.stderr)
+        return 2
+    url = require_url(a.nats_url, cfg)
+
+    async def go() -> int:
+        nc = await _quick_connect(url)
+        try:
+            return await drain.order(nc, a.provider, a.answer_s, a.timeout, sys.stdout)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
 
 
 def cmd_health(a: argparse.Namespace) -> int:
@@ -409,6 +491,8 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes (each runs every pool)")
     p.add_argument("--no-mock", action="store_true", help="do not start the mock provider")
     p.add_argument("--mock-latency-ms", type=float, default=200)
+    p.add_argument("--metrics-port", type=int, metavar="BASE", help="serve each process's Prometheus metrics on 127.0.0.1: "
+                   "the broker on BASE, then the workers and the ledger on the ports after it (default: off)")
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("serve", help="the OpenAI- and Anthropic-compatible HTTP endpoint in front of the queue")
@@ -532,9 +616,20 @@ def _main(argv: list[str] | None) -> int:
     r.add_argument("--no-health", action="store_true", help="do not read PB_HEALTH and pool load from NATS")
     r.set_defaults(fn=cmd_route_explain)
 
-    p = sub.add_parser("status", help="each provider/model's rolling P95, error rate and health state; queue depths")
+    p = sub.add_parser("drain", help="running processes stop taking jobs, finish their in-flight calls (no time cut), hand back the rest and stop")
+    _common(p)
+    p.add_argument("--provider", help="drain only this provider's pools (default: every broker and pool)")
+    p.add_argument("--timeout", type=float, help="give up waiting after S seconds (exit 3; the processes keep draining); default: wait")
+    p.add_argument("--answer-s", type=float, default=2.0, help="how long running processes have to answer the order (default 2 s)")
+    p.set_defaults(fn=cmd_drain)
+
+    p = sub.add_parser("status", help="health per provider/model; per pool: depth, oldest job, in flight vs cap, drain rate, "
+                                      "time to empty, a scale hint")
     _common(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="S", help="refresh every S seconds (default 2) until Ctrl-C")
+    p.add_argument("--sample-s", type=float, default=1.0, help="the interval the drain rate is measured over (default 1 s)")
+    _database(p)
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("health", help="run the health aggregator: PB_COSTS -> PB_HEALTH (rolling P95 and errors per provider/model)")

@@ -18,8 +18,9 @@ from panelboard.schemas.config import Config, Model, Provider, Tier
 _ORDINALS = ("primary", "secondary", "tertiary", "quaternary", "quinary")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-DEFAULT_CONFIG = EXAMPLES / "mock.yaml"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # the repository's examples (not installed)
+# Package data, so that an installed wheel runs `panelboard demo` anywhere; examples/mock.yaml links here.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "mock.yaml"
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NATS
 
-from panelboard.transport import logs, streams
+from panelboard.transport import logs, streams, tracing
 from panelboard.config import provider_key
 from panelboard.transport.connection import SERVICE_CONNECT_PATIENCE_S, connect, home
 from panelboard.schemas import wire
@@ -42,6 +42,7 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
         for part in parts:
             part.suspect_before = now
 
+    tracing.configure("panelboard-" + ("broker" if broker else "worker"))  # off unless OTLP (or a traces file) is configured
     nc = await connect(url, "panelboard-" + ("broker" if broker else "worker"), on_reconnect=reconnected,
                        patience_s=SERVICE_CONNECT_PATIENCE_S)
     await prepare(nc, cfg, providers, with_broker=broker)
@@ -70,8 +71,14 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    from panelboard.drain import Listener
+
+    tasks = {p: asyncio.ensure_future(p.run()) for p in parts}
+    control = Listener(nc, tasks)  # `panelboard drain`: stop named parts without a cut
+    await control.start()
     try:
-        await asyncio.gather(*(p.run() for p in parts))
+        await asyncio.gather(*tasks.values())
+        await control.settle()
     finally:
         # A stop while the server is away: nothing left to flush (drain would raise).
         await (nc.drain() if nc.is_connected else nc.close())

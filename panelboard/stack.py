@@ -30,6 +30,7 @@ class Stack:
         mock: bool = True,
         mock_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        metrics_port: int | None = None,
     ):
         self.home = Path(home)
         self.config = str(config) if config else None
@@ -47,6 +48,8 @@ class Stack:
         self.started: list[subprocess.Popen[bytes]] = []  # every process ever started, replacements too
         self.log_offsets: dict[str, int] = {}  # where each process's current run begins in its log
         self.stopped = False
+        self.metrics_base = metrics_port  # broker, workers and ledger serve /metrics on ports from here up
+        self.metrics_ports: dict[str, int] = {}
         self._setup_auth: tuple[str, str] | None = None
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -105,6 +108,9 @@ class Stack:
         cmd = [PY, "-m", "panelboard.cli", *args, "--nats-url", self.nats_url]
         if self.config:
             cmd += ["--config", self.config]
+        if self.metrics_base is not None and args[0] in ("broker", "worker", "ledger"):
+            port = self.metrics_ports.setdefault(name, self.metrics_base + len(self.metrics_ports))
+            cmd += ["--metrics-port", str(port)]
         path = self.home / "logs" / f"{name}.log"
         log = open(path, "ab")
         self.log_offsets[name] = log.tell()

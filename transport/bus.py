@@ -15,6 +15,7 @@ from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from panelboard.schemas import batch as B
+from panelboard.transport import meters, tracing
 from panelboard.schemas import redact, shadow
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
@@ -84,6 +85,8 @@ async def publish_result(js: JetStreamContext, team: str, job_id: str, result: R
     subject, msg_id = wire.result(team, job_id), wire.result_msg_id(team, job_id, run)
     await _index_batch(js, team, job_id, result, subject, msg_id)
     await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
+    meters.ended(result)
+    tracing.mark("result", team=team, job=job_id, type=str(result.__struct_config__.tag))
 
 
 async def publish_reject(js: JetStreamContext, team: str, seq: int, result: Failed) -> None:
@@ -93,6 +96,7 @@ async def publish_reject(js: JetStreamContext, team: str, seq: int, result: Fail
     if result.job_id:
         await _index_batch(js, team, result.job_id, result, subject, msg_id)
     await publish(js, subject, encode(result), headers={wire.HDR_MSG_ID: msg_id})
+    meters.ended(result)
 
 
 async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Result, subject: str, msg_id: str) -> None:
@@ -123,7 +127,7 @@ async def claim(js: JetStreamContext, team: str, job_id: str, run: int, seq: int
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
     msg_id = wire.dispatch_msg_id(d.job.team, d.job.id, d.job.run, d.hop, d.shadow)
-    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers={wire.HDR_MSG_ID: msg_id})
+    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers=tracing.inject({wire.HDR_MSG_ID: msg_id}))
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:
@@ -179,6 +183,7 @@ async def publish_dead(
     letter = DeadLetter(reason=reason, job=job, raw=raw, error=error, attempts=attempts or [], ts=time.time(), subject_team=subject_team)
     msg_id = msg_id or (wire.dead_msg_id(job.team, job.id, job.run) if job else None)
     await publish(js, wire.dead(reason), encode(letter), headers={wire.HDR_MSG_ID: msg_id} if msg_id else None)
+    meters.DEAD.inc((reason,))
 
 
 async def fail_job(

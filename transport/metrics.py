@@ -1,145 +1,156 @@
-"""Prometheus metrics in the text exposition format, on a port of each long-running process.
+"""Prometheus metrics on a port of each long-running process (`--metrics-port`, bound to
+127.0.0.1 unless `--metrics-host` says otherwise).
 
-Every process serves the queue depth of each durable consumer (read from JetStream at scrape
-time, so all processes agree). The ledger also serves spend, tokens, requests and provider
-latency: it sees every cost record. A few counters and one histogram do not need
-prometheus_client and its process-global registry.
+Each process serves its own registry (transport.meters: process metrics, the broker's and the
+pools' instruments), the queue depth of every durable consumer (read from JetStream at scrape
+time, so all processes agree) and, in the ledger, the cost meters: spend, tokens, requests and
+provider latency from every cost record.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable
 
 from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
+from prometheus_client.registry import Collector
 
-from panelboard.transport import logs
+from panelboard.transport import logs, meters
 from panelboard.transport.connection import connect
 from panelboard.schemas import wire
+from panelboard.schemas.config import Config
 from panelboard.schemas.job import CostRecord
 
 log = logs.get("metrics")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_HOST = "127.0.0.1"  # metrics name providers, teams and spend: not for every interface by default
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 QUEUES = (wire.JOBS_STREAM, wire.DISPATCH_STREAM, wire.COSTS_STREAM)
 
 
-def _labels(**kv: str) -> str:
-    esc = {k: str(v).replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n") for k, v in kv.items()}
-    return "{" + ",".join(f'{k}="{v}"' for k, v in esc.items()) + "}"
-
-
 class CostMeters:
-    """Counters fed by the cost records the ledger commits. A record redelivered after a crash
-    is counted again by the new process, whose counters started from zero: Prometheus' rate()
-    treats the restart as a reset."""
+    """Counters fed by the cost records the ledger commits, in a registry of their own. A record
+    redelivered after a crash is counted again by the new process, whose counters started from
+    zero: Prometheus' rate() treats the restart as a reset."""
 
     def __init__(self) -> None:
-        self.spend: dict[tuple[str, str, str, bool], float] = defaultdict(float)  # (provider, model, team, shadow)
-        self.tokens: dict[tuple[str, str], int] = defaultdict(int)  # (provider, prompt|completion)
-        self.requests: dict[tuple[str, str], int] = defaultdict(int)  # (provider, outcome)
-        self.latency: dict[str, list[int]] = {}  # provider -> cumulative bucket counts (+Inf last)
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.quarantined = 0  # records the ledger dead-lettered (pb.dead.cost_record)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.spend = Counter("panelboard_spend_usd", "USD spent at the catalog price, by provider, model, team and shadow.",
+                             ["provider", "model", "team", "shadow"], registry=r)
+        self.tokens = Counter("panelboard_tokens", "Tokens billed, by provider and kind.", ["provider", "kind"], registry=r)
+        self.requests = Counter("panelboard_requests", "Provider calls, by provider and outcome.", ["provider", "outcome"], registry=r)
+        self.latency = Histogram("panelboard_provider_latency_seconds", "Provider call latency.", ["provider"],
+                                 buckets=LATENCY_BUCKETS_S, registry=r)
+        self.by_tier: dict[str, float] = {}  # for the dashboard page
+        self._quarantined = Counter("panelboard_ledger_quarantined",
+                                    "Cost records the ledger could not write, dead-lettered on pb.dead.cost_record.", registry=r)
 
     def observe(self, rec: CostRecord) -> None:
-        self.spend[(rec.provider, rec.model, rec.team, rec.shadow)] += rec.cost_usd
-        self.tokens[(rec.provider, "prompt")] += rec.prompt_tokens
-        self.tokens[(rec.provider, "completion")] += rec.completion_tokens
-        self.requests[(rec.provider, rec.outcome)] += 1
-        if rec.outcome == "lost":  # no latency was measured
-            return
-        seconds = rec.latency_ms / 1000
-        counts = self.latency.setdefault(rec.provider, [0] * (len(LATENCY_BUCKETS_S) + 1))
-        for i, le in enumerate(LATENCY_BUCKETS_S):
-            if seconds <= le:
-                counts[i] += 1
-        counts[-1] += 1
-        self.latency_sum[rec.provider] += seconds
+        self.spend.labels(rec.provider, rec.model, rec.team, str(rec.shadow).lower()).inc(rec.cost_usd)
+        self.tokens.labels(rec.provider, "prompt").inc(rec.prompt_tokens)
+        self.tokens.labels(rec.provider, "completion").inc(rec.completion_tokens)
+        self.requests.labels(rec.provider, rec.outcome).inc()
+        self.by_tier[rec.tier] = self.by_tier.get(rec.tier, 0.0) + rec.cost_usd
+        if rec.outcome != "lost":  # no latency was measured
+            self.latency.labels(rec.provider).observe(rec.latency_ms / 1000)
 
-    def render(self) -> list[str]:
-        out = ["# HELP panelboard_spend_usd_total USD spent at the catalog price, by provider, model, team and shadow.",
-               "# TYPE panelboard_spend_usd_total counter"]
-        out += [f"panelboard_spend_usd_total{_labels(provider=p, model=m, team=t, shadow=str(s).lower())} {v!r}"
-                for (p, m, t, s), v in sorted(self.spend.items())]
-        out += ["# HELP panelboard_tokens_total Tokens billed, by provider and kind.", "# TYPE panelboard_tokens_total counter"]
-        out += [f"panelboard_tokens_total{_labels(provider=p, kind=k)} {v}" for (p, k), v in sorted(self.tokens.items())]
-        out += ["# HELP panelboard_requests_total Provider calls, by provider and outcome.", "# TYPE panelboard_requests_total counter"]
-        out += [f"panelboard_requests_total{_labels(provider=p, outcome=o)} {v}" for (p, o), v in sorted(self.requests.items())]
-        out += ["# HELP panelboard_provider_latency_seconds Provider call latency.", "# TYPE panelboard_provider_latency_seconds histogram"]
-        for p, counts in sorted(self.latency.items()):
-            for le, n in zip((*map(str, LATENCY_BUCKETS_S), "+Inf"), counts):
-                out.append(f"panelboard_provider_latency_seconds_bucket{_labels(provider=p, le=le)} {n}")
-            out.append(f"panelboard_provider_latency_seconds_sum{_labels(provider=p)} {self.latency_sum[p]!r}")
-            out.append(f"panelboard_provider_latency_seconds_count{_labels(provider=p)} {counts[-1]}")
-        out += ["# HELP panelboard_ledger_quarantined_total Cost records the ledger could not write, dead-lettered on pb.dead.cost_record.",
-                "# TYPE panelboard_ledger_quarantined_total counter", f"panelboard_ledger_quarantined_total {self.quarantined}"]
-        return out
+    def quarantine(self) -> None:
+        self._quarantined.inc()
+
+    @property
+    def quarantined(self) -> int:
+        return int(self._quarantined._value.get())
 
 
-async def queue_depth(js: JetStreamContext) -> list[str]:
-    out = ["# HELP panelboard_queue_pending Messages not yet delivered to a durable consumer.",
-           "# TYPE panelboard_queue_pending gauge"]
-    unacked = ["# HELP panelboard_queue_unacked Messages delivered and not yet acknowledged.",
-               "# TYPE panelboard_queue_unacked gauge"]
-    for stream in QUEUES:
-        try:
-            consumers = await js.consumers_info(stream)
-        except NotFoundError:
-            continue
-        for c in consumers:
-            if not c.config.durable_name:
+class _Queues(Collector):
+    """Queue depths read at scrape time (filled in by `read` just before)."""
+
+    def __init__(self) -> None:
+        self.pending = GaugeMetricFamily("panelboard_queue_pending", "Messages not yet delivered to a durable consumer.", labels=["stream", "consumer"])
+        self.unacked = GaugeMetricFamily("panelboard_queue_unacked", "Messages delivered and not yet acknowledged.", labels=["stream", "consumer"])
+
+    async def read(self, js: JetStreamContext) -> "_Queues":
+        for stream in QUEUES:
+            try:
+                consumers = await js.consumers_info(stream)
+            except NotFoundError:
                 continue
-            labels = _labels(stream=stream, consumer=c.config.durable_name)
-            out.append(f"panelboard_queue_pending{labels} {c.num_pending}")
-            unacked.append(f"panelboard_queue_unacked{labels} {c.num_ack_pending}")
-    return out + unacked
+            for c in consumers:
+                if c.config.durable_name:
+                    self.pending.add_metric([stream, c.config.durable_name], c.num_pending or 0)
+                    self.unacked.add_metric([stream, c.config.durable_name], c.num_ack_pending or 0)
+        return self
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return [self.pending, self.unacked]
 
 
-async def exposition(js: JetStreamContext, meters: CostMeters | None) -> str:
-    lines = await queue_depth(js)
-    if meters is not None:
-        lines += meters.render()
-    return "\n".join(lines) + "\n"
+async def exposition(js: JetStreamContext, cost: CostMeters | None) -> bytes:
+    queues = CollectorRegistry()
+    queues.register(await _Queues().read(js))
+    return generate_latest(meters.REGISTRY) + generate_latest(queues) + (generate_latest(cost.registry) if cost else b"")
 
 
 @asynccontextmanager
-async def serving(port: int | None, js: JetStreamContext, meters: CostMeters | None = None) -> AsyncIterator[int | None]:
-    """GET /metrics on `port` (0 picks a free one) while the block runs; yields the port.
-    `port=None` serves nothing."""
+async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | None = None,
+                  host: str = DEFAULT_HOST, cfg: Config | None = None) -> AsyncIterator[int | None]:
+    """GET /metrics on host:port (port 0 picks a free one) while the block runs, and with a
+    config the dashboard page at /; yields the port. `port=None` serves nothing."""
     if port is None:
         yield None
         return
 
     async def handle(_req: web.Request) -> web.Response:
-        return web.Response(body=(await exposition(js, meters)).encode(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=await exposition(js, cost), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    async def dashboard(_req: web.Request) -> web.Response:
+        from panelboard.dashboard import page
+
+        assert cfg is not None
+        return web.Response(text=await page(js, cfg, cost.by_tier if cost else None), content_type="text/html")
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    if cfg is not None:
+        app.router.add_get("/", dashboard)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", port)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1]
-    log.info("metrics.listening", port=bound, path="/metrics")
+    log.info("metrics.listening", host=host, port=bound, path="/metrics")
     try:
         yield bound
     finally:
         await runner.cleanup()
 
 
-async def alongside(port: int | None, url: str, main: Awaitable[None]) -> None:
+async def alongside(port: int | None, url: str, main: Awaitable[None], host: str = DEFAULT_HOST, cfg: Config | None = None) -> None:
     """Run a process' main coroutine with the metrics port open beside it (broker, worker)."""
     if port is None:
         await main
         return
     nc = await connect(url, "panelboard-metrics")
+    teams = asyncio.create_task(_follow_teams())
     try:
-        async with serving(port, nc.jetstream()):
+        async with serving(port, nc.jetstream(), host=host, cfg=cfg):
             await main
     finally:
+        teams.cancel()
         await nc.drain()
+
+
+async def _follow_teams() -> None:
+    """Budget and headroom gauges, once this process runs a broker (workers never load SQL)."""
+    while not meters.STATE.brokers:
+        await asyncio.sleep(1.0)
+    from panelboard import teams_view
+
+    await teams_view.follow()

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 
 from panelboard.schemas.pricing import call_cost
 from panelboard.schemas.triggers import link_timeout_ms
-from panelboard.transport import bus, logs
+from panelboard.transport import bus, logs, meters, tracing
 from panelboard.transport.consumer import Consumer
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
 from panelboard.schemas import shadow, wire
@@ -81,6 +81,7 @@ class Pool:
         self.calls = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
         self.consumers = [self._lane(lane, cap) for lane, cap in self.lanes.items()]
+        meters.watch_pool(self)
 
     # -- one delivery -------------------------------------------------------------------
     def _link(self, d: Dispatch) -> tuple[Link, RetryPolicy]:
@@ -159,6 +160,8 @@ class Pool:
         else:
             outcome = await self.adapter.call(job.request, model, rid, timeout_s)
         self.calls += 1
+        meters.called(self.provider, hop.model, outcome, now, msg.metadata.timestamp.timestamp())
+        tracing.called(self.provider, hop.model, outcome)
         reported = None
         if isinstance(outcome, Ok):
             usage, reported = checked_usage(outcome.response.usage, model)
@@ -181,6 +184,7 @@ class Pool:
             decision=decision.name,
         )
         history = [*d.history, *earlier, this]
+        meters.decided(d, decision, outcome, cost)
 
         if d.shadow:
             if isinstance(decision, Succeed) and isinstance(outcome, Ok):  # kept beside the live answer (`report quality`)
@@ -327,7 +331,8 @@ class Pool:
 
     async def _safe(self, lease: Lease) -> None:
         try:
-            await self.handle(lease)
+            with tracing.hop(lease.msg, self.provider):
+                await self.handle(lease)
         except asyncio.CancelledError:
             raise
         except Exception:  # NATS trouble mid-publish: leave it unacked; it is redelivered after ack_wait
@@ -378,6 +383,11 @@ class Pool:
         return Consumer(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider, lane), self._safe, cap=cap,
                         min_request=max(1, cap // 8), wrap=Lease, unwrap=_lease_msg, pause=self._paused_for,
                         stopping=self.stopping, fields={"provider": self.provider, "lane": lane})
+
+    @property
+    def inflight(self) -> list[Lease]:
+        """Deliveries being run now, on every lane (the metrics' pool_in_flight)."""
+        return [lease for c in self.consumers for lease in c.inflight.values()]
 
     def _paused_for(self) -> float:
         return self.paused_until - time.monotonic()

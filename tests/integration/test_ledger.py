@@ -15,6 +15,7 @@ import uuid
 from typing import Awaitable, Callable
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 from sqlalchemy import select
 
@@ -129,12 +130,14 @@ async def test_the_ledger_serves_spend_tokens_requests_latency_and_queue_depth(j
         await engine.dispose()
     body = resp.text
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain; version=0.0.4")
-    assert 'panelboard_requests_total{provider="oa",outcome="ok"} 5' in body
-    assert 'panelboard_requests_total{provider="oa",outcome="RateLimited"} 1' in body
-    assert 'panelboard_tokens_total{provider="oa",kind="prompt"} 60' in body
-    assert 'panelboard_provider_latency_seconds_bucket{provider="oa",le="0.05"} 6' in body
-    assert 'panelboard_spend_usd_total{provider="oa",model="oa/small",team="ledger-test",shadow="false"}' in body
-    assert 'panelboard_queue_unacked{stream="PB_COSTS",consumer="ledger"} 0' in body
+    # Samples as (name, labels) -> value: the exposition orders labels as it likes.
+    samples = {(x.name, frozenset(x.labels.items())): x.value for f in text_string_to_metric_families(body) for x in f.samples}
+    assert samples[("panelboard_requests_total", frozenset({"provider": "oa", "outcome": "ok"}.items()))] == 5
+    assert samples[("panelboard_requests_total", frozenset({"provider": "oa", "outcome": "RateLimited"}.items()))] == 1
+    assert samples[("panelboard_tokens_total", frozenset({"provider": "oa", "kind": "prompt"}.items()))] == 60
+    assert samples[("panelboard_provider_latency_seconds_bucket", frozenset({"provider": "oa", "le": "0.05"}.items()))] == 6
+    assert ("panelboard_spend_usd_total", frozenset({"provider": "oa", "model": "oa/small", "team": "ledger-test", "shadow": "false"}.items())) in samples
+    assert samples[("panelboard_queue_unacked", frozenset({"stream": "PB_COSTS", "consumer": "ledger"}.items()))] == 0
 
 
 async def _value(v: bool | Awaitable[bool]) -> bool:

@@ -1,0 +1,117 @@
+"""`panelboard status`'s pool figures: depth, lag, slots in use against the cap, drain rate,
+time to empty, and a scale hint that says what would help (more worker processes, or a higher
+cap / another deployment). Read from each pool's durable consumers; the decisions are pure."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+
+from panelboard.schemas import wire
+from panelboard.schemas.config import Config
+from panelboard.transport.streams import lane_caps, pool_consumer
+
+
+class PoolSample(msgspec.Struct):
+    """One read of a pool's consumers (every lane summed)."""
+
+    provider: str
+    queued: int  # not yet delivered to any worker
+    running: int  # delivered, not yet acked: calls in flight (or held for a retry)
+    delivered: int  # deliveries ever made (consumer sequence): the counter drain rate comes from
+    oldest_ts: float | None  # publish time of the oldest message not yet delivered
+    at: float
+
+
+class PoolRow(msgspec.Struct):
+    provider: str
+    queued: int
+    running: int
+    cap: int
+    oldest_age_s: float | None
+    drain_per_s: float | None  # deliveries finished per second over the sample; None: one sample only
+    empty_in_s: float | None  # queued + running at that rate; None: not draining
+    hint: str
+
+
+async def sample(js: JetStreamContext, cfg: Config) -> dict[str, PoolSample]:
+    out: dict[str, PoolSample] = {}
+    now = time.time()
+    for provider in cfg.providers:
+        queued = running = delivered = 0
+        oldest: float | None = None
+        for lane in lane_caps(cfg, provider):
+            try:
+                c = await js.consumer_info(wire.DISPATCH_STREAM, pool_consumer(provider, lane))
+            except NotFoundError:
+                continue
+            queued += c.num_pending or 0
+            running += c.num_ack_pending or 0
+            delivered += (c.delivered.consumer_seq or 0) if c.delivered else 0
+            if c.num_pending and c.delivered is not None:
+                try:
+                    m = await js.get_msg(wire.DISPATCH_STREAM, seq=(c.delivered.stream_seq or 0) + 1,
+                                         subject=c.config.filter_subject, next=True)
+                except NotFoundError:  # taken meanwhile
+                    continue
+                ts = _published(m)
+                if ts is not None and (oldest is None or ts < oldest):
+                    oldest = ts
+        out[provider] = PoolSample(provider=provider, queued=queued, running=running, delivered=delivered, oldest_ts=oldest, at=now)
+    return out
+
+
+def _published(m: RawStreamMsg) -> float | None:
+    return m.time.timestamp() if m.time is not None else None  # nats-py parses it as UTC
+
+
+def rows(cfg: Config, now: dict[str, PoolSample], before: dict[str, PoolSample] | None = None) -> list[PoolRow]:
+    """Pure: the figures and hints from one sample, or from two (for the drain rate)."""
+    out = []
+    for provider, s in now.items():
+        cap = cfg.providers[provider].max_concurrency
+        rate: float | None = None
+        b = (before or {}).get(provider)
+        if b is not None and s.at > b.at:
+            finished = (s.delivered - b.delivered) - (s.running - b.running)  # deliveries started, less those still out
+            rate = max(0.0, finished / (s.at - b.at))
+        left = s.queued + s.running
+        empty_in = left / rate if rate else (0.0 if left == 0 else None)
+        out.append(PoolRow(provider=provider, queued=s.queued, running=s.running, cap=cap,
+                           oldest_age_s=round(s.at - s.oldest_ts, 3) if s.oldest_ts is not None else None,
+                           drain_per_s=round(rate, 2) if rate is not None else None,
+                           empty_in_s=round(empty_in, 1) if empty_in is not None else None, hint=hint(s.queued, s.running, cap)))
+    return out
+
+
+def hint(queued: int, running: int, cap: int) -> str:
+    """What would drain the pool faster. Pure."""
+    if queued == 0:
+        return "keeping up" if running else "idle"
+    if running >= cap:
+        return (f"capped by max_concurrency {cap}: more worker processes would not help; "
+                f"raise the cap (if the provider allows) or add a deployment of the model")
+    return (f"{cap - running} of {cap} slots free with jobs queued: add worker processes "
+            f"(or the pool is paused by a 429: see the worker logs)")
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def render(pools: list[PoolRow]) -> list[str]:
+    out = ["pools (PB_DISPATCH consumers, every lane)"]
+    head = ("provider", "queued", "in flight/cap", "oldest", "drain/s", "empty in")
+    table = [(p.provider, f"{p.queued:,}", f"{p.running}/{p.cap}", _dur(p.oldest_age_s),
+              f"{p.drain_per_s:,.1f}" if p.drain_per_s is not None else "-", _dur(p.empty_in_s)) for p in pools]
+    widths = [max(len(r[i]) for r in (head, *table)) for i in range(len(head))]
+    out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (head, *table)]
+    out += [f"  {p.provider}: {p.hint}" for p in pools if p.queued]
+    return out
