@@ -60,9 +60,17 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
     if unknown:
         print(f"unknown provider(s) {unknown}; the config has {list(cfg.providers)}", file=sys.stderr)
         return 2
-    from panelboard.transport import metrics
+    from panelboard.transport import meters, metrics
 
-    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers), host=a.metrics_host, cfg=cfg))
+    from panelboard import teams_view
+
+    async def follow_teams() -> None:  # budget and headroom gauges, once this process runs a broker (workers never load SQL)
+        while not meters.STATE.brokers:
+            await asyncio.sleep(1.0)
+        await teams_view.follow()
+
+    run(metrics.alongside(a.metrics_port, url, serve(url, cfg, broker=broker, providers=providers), host=a.metrics_host, cfg=cfg,
+                          follower=follow_teams))
     return 0
 
 
@@ -347,7 +355,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 async def _team_figures(a: argparse.Namespace, cfg) -> list | None:
     """Spend against budget and rate-limit headroom per team, from the governance database;
     None when there is none to read (a SQLite ledger that does not exist is not created)."""
-    from panelboard import db
+    from panelboard.transport import db
     from panelboard.transport.connection import home
 
     url = db.resolve_url(a.database_url, cfg, home())

@@ -77,7 +77,7 @@ td,th{{border:1px solid #bbb;padding:4px 10px;text-align:left}} th{{background:#
 
 
 async def page(js: JetStreamContext, cfg: Config, spend_by_tier: dict[str, float] | None) -> str:
-    from panelboard.broker.health_service import status
+    from panelboard.broker.health_status import status
 
     st = await status(js, cfg)
     pools = capacity.rows(cfg, await capacity.sample(js, cfg))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from nats.js import JetStreamContext
@@ -132,25 +132,16 @@ async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | Non
         await runner.cleanup()
 
 
-async def alongside(port: int | None, url: str, main: Awaitable[None], host: str = DEFAULT_HOST, cfg: Config | None = None) -> None:
-    """Run a process' main coroutine with the metrics port open beside it (broker, worker)."""
-    if port is None:
-        await main
-        return
+async def alongside(port: int | None, url: str, main: Awaitable[None], host: str = DEFAULT_HOST, cfg: Config | None = None,
+                    follower: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve this process's metrics while `main` runs. `follower`: a task of the caller's kept
+    running beside it (the app passes the team budget gauges; transport knows no SQL tables)."""
     nc = await connect(url, "panelboard-metrics")
-    teams = asyncio.create_task(_follow_teams())
+    extra = asyncio.create_task(follower()) if follower is not None else None
     try:
         async with serving(port, nc.jetstream(), host=host, cfg=cfg):
             await main
     finally:
-        teams.cancel()
+        if extra is not None:
+            extra.cancel()
         await nc.drain()
-
-
-async def _follow_teams() -> None:
-    """Budget and headroom gauges, once this process runs a broker (workers never load SQL)."""
-    while not meters.STATE.brokers:
-        await asyncio.sleep(1.0)
-    from panelboard import teams_view
-
-    await teams_view.follow()

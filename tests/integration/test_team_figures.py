@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from panelboard import db
+from panelboard.transport import db
 from panelboard.broker.budgets import NANO
 from panelboard.broker.governance_store import Store
 from panelboard.clients import Client

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from panelboard.metrics import CostMeters
+from panelboard.transport.metrics import CostMeters
 from panelboard.transport import meters
 
 ROOT = Path(__file__).resolve().parents[2]
