@@ -20,10 +20,11 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from panelboard.broker import admission, classify, health, routing, strategies, waiting
+from panelboard.broker import admission, classify, health, lanes, routing, strategies, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
 from panelboard.transport import bus, logs
+from panelboard.transport.lanes import publish_to_batch_lane
 from panelboard.transport.puller import Puller
 from panelboard.transport.streams import BROKER_CONSUMER
 from panelboard.schemas import wire
@@ -166,8 +167,10 @@ class Broker:
         if isinstance(decision, Route):
             if mirror is not None:  # before the live one: both or neither on a crash
                 await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
-            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved))
-            log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
+            d = Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved)
+            lane = lanes.choose(job, decision, self.cfg, now)
+            await (publish_to_batch_lane(self.js, d) if lane.lane == "batch" else bus.publish_dispatch(self.js, d))
+            log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider, lane=lane.lane)
         else:
             reason = decision.__struct_config__.tag
             await bus.fail_job(self.js, team, job.id, decision, reason=reason, job=job)

@@ -563,6 +563,9 @@ def create_app(cfg: MockConfig) -> web.Application:
         ]
     )
     app.cleanup_ctx.append(_log_writer)
+    from panelboard.loadgen import mock_batches  # OpenAI Files + Batches, beside the chat endpoints
+
+    mock_batches.mount(app, mock_batches.BatchStore(state))
     return app
 
 

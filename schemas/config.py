@@ -12,6 +12,29 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_on
     pass
 
 
+Duration = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(ms|s|m|h|d)$")]
+
+
+class BatchLane(Base):
+    """A provider's (or model's) batch API: about half price, answers within its window.
+    Jobs whose deadline leaves room ride it (see broker/lanes.py, workers/batch_lane.py)."""
+
+    api: Literal["openai"]  # the API shape: OpenAI Files + Batches
+    discount: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5  # share of list price billed
+    completion_window: Duration = "24h"  # the provider's window, as its API spells it
+    max_requests: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 50_000  # per provider batch
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 200 * 1024 * 1024  # of its uploaded JSONL file
+    linger_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # a partial batch is sent once its oldest job waited this long
+    # A job without lane: batch rides the lane when its deadline is at least this far off.
+    min_slack_s: Annotated[float, msgspec.Meta(ge=0)] = 3_600.0
+    # A provider batch still running this long before the earliest deadline it holds is
+    # cancelled and its jobs go realtime: time for a realtime call (and its retries).
+    reserve_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    poll_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # first poll; doubled up to max_poll_s
+    max_poll_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # a dead owner's batches are taken over after this
+
+
 class Provider(Base):
     api: Literal["openai", "anthropic"]
     base_url: str
@@ -26,6 +49,7 @@ class Provider(Base):
     # the rest is kept for interactive jobs, which are then never stuck behind a batch.
     batch_share: float | None = None
     headers: dict[str, str] = {}
+    batch: BatchLane | None = None  # the provider's batch API, for every model it serves
 
 
 class Model(Base):
@@ -36,6 +60,7 @@ class Model(Base):
     quantization: str | None = None  # e.g. fp8, fp4: cheap hosts often serve quantized builds
     context_window: int = 128_000
     max_output_tokens: int = 4_096
+    batch: BatchLane | None = None  # overrides the provider's batch lane for this model
 
 
 class RetryPolicy(Base):

@@ -32,6 +32,9 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     deadline: float | None = None  # unix seconds; a job past it is not started
     submitted_at: float = 0.0
     run: int = 0  # bumped by `panelboard dead replay`, so a replay is not deduped as a duplicate
+    # None: chosen from the deadline (broker/lanes.py); "batch" asks for the provider's batch
+    # API where the route's first hop has one; "realtime" never waits in one.
+    lane: Literal["batch", "realtime"] | None = None
 
 
 class Hop(msgspec.Struct, frozen=True):
@@ -84,6 +87,7 @@ class Completed(msgspec.Struct, tag="completed", kw_only=True):
     # The provider's own usage when it was implausible (see workers/usage.py); response.usage
     # then holds the clamped counts that were billed.
     reported_usage: Usage | None = None
+    lane: str | None = None  # "batch": answered by a provider batch at its discount
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):
@@ -118,6 +122,7 @@ class CostRecord(msgspec.Struct, kw_only=True):
     run: int = 0
     shadow: bool = False
     reported_usage: Usage | None = None  # the provider's counts when implausible; the tokens above are clamped
+    lane: str | None = None  # "batch": a line of a provider batch, billed at its discount; None: realtime
 
     @property
     def request_id(self) -> str:
