@@ -19,6 +19,7 @@ that runs is logged once, like a chat call, with its custom_id as the request id
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from typing import Any, Literal
@@ -94,10 +95,13 @@ class BatchStore:
         self.state = state
         self.providers: dict[str, _Provider] = {}
 
+    def _chat_mock(self) -> Any:
+        """The chat mock's module: the one the state came from (`python -m` runs it as __main__)."""
+        return sys.modules[type(self.state).__module__]
+
     def answer(self, provider: str, body: dict[str, Any], cid: str) -> tuple[int, Any, str]:
         """(status, JSON body, model) of one line: the chat mock's answer, scripted faults included."""
-        from panelboard.loadgen import mock_provider as mp
-
+        mp = self._chat_mock()
         try:
             req = msgspec.convert(body, mp.OpenAIRequest)
         except msgspec.ValidationError as e:
@@ -111,9 +115,7 @@ class BatchStore:
             return 500, {"error": {"message": "mock fault: malformed answer", "type": "server_error", "code": None}}, req.model
 
     def record(self, provider: str, cid: str, model: str, status: int) -> None:
-        from panelboard.loadgen import mock_provider as mp
-
-        self.state.record(mp.LogEntry(time.time(), provider, "openai", cid, model, status, 0.0, None))
+        self.state.record(self._chat_mock().LogEntry(time.time(), provider, "openai", cid, model, status, 0.0, None))
 
     def provider(self, name: str) -> _Provider:
         return self.providers.setdefault(name, _Provider(BatchSettings()))

@@ -1,0 +1,133 @@
+"""The provider batch lane end to end: real nats-server, broker, worker and the mock's OpenAI
+Files + Batches endpoints. Jobs whose deadline leaves room ride a provider batch at half
+price; a batch that expires or runs late gives its jobs to realtime in time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+
+from panelboard.broker.pricing import call_cost
+from panelboard.clients import Client
+from panelboard.config import load
+from panelboard.schemas import wire
+from panelboard.schemas.job import Completed
+from panelboard.schemas.lanes import BATCH_ATTEMPT, custom_id
+from panelboard.stack import Stack
+from tests.conftest import ROOT
+from tests.support.invariants import read_all
+from panelboard.schemas.codec import decode_cost
+
+CONFIG = ROOT / "tests" / "data" / "lanes.yaml"
+MSG = [{"role": "user", "content": "Summarise this quarter's tickets"}]
+DAY = 86_400.0
+
+
+@pytest.fixture(scope="module")
+def lstack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("lanes"), config=CONFIG)
+    s.start(workers=1)
+    yield s
+    s.stop()
+
+
+class BatchMock:
+    def __init__(self, url: str):
+        self.http = httpx.Client(base_url=url, timeout=10)
+        self.http.post("/_mock/batches/reset").raise_for_status()
+        self.http.post("/_mock/reset").raise_for_status()
+
+    def control(self, **settings) -> None:
+        self.http.post("/_mock/batches/control", json={"provider": "bat", **settings}).raise_for_status()
+
+    def summary(self) -> dict:
+        return self.http.get("/_mock/batches", params={"provider": "bat"}).json().get("bat", {"files": 0, "lines_run": 0, "batches": []})
+
+    def log(self) -> list[dict]:
+        return self.http.get("/_mock/log", params={"provider": "bat"}).json()
+
+
+@pytest.fixture
+def bmock(lstack) -> BatchMock:
+    return BatchMock(lstack.mock_url)
+
+
+async def submit(c: Client, n: int, deadline: float, prefix: str) -> list[str]:
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    sem = asyncio.Semaphore(256)
+
+    async def one(j: str) -> None:
+        async with sem:
+            await c.submit(MSG, intent="bat", job_id=j, max_tokens=32, deadline=deadline)
+
+    await asyncio.gather(*(one(j) for j in ids))
+    return ids
+
+
+async def costs_of(c: Client, ids: list[str]) -> list:
+    want = set(ids)
+    return [r for r in (decode_cost(d) for _, d in await read_all(c.js, wire.COSTS_STREAM, wire.cost(c.team))) if r.job_id in want]
+
+
+async def test_2000_jobs_with_a_24h_window_ride_the_openai_batch_api_at_half_price(lstack, bmock):
+    # Given a provider whose batch API bills half price, 500 lines a batch
+    bmock.control(validate_ms=50, delay_ms=500)
+    model = load(CONFIG).models["bat/small"]
+    async with Client(lstack.nats_url) as c:
+        # When 2,000 jobs arrive with a 24 h deadline
+        ids = await submit(c, 2000, time.time() + DAY, f"b24-{uuid.uuid4().hex[:6]}")
+        results = await asyncio.gather(*(c.result(j, timeout=180) for j in ids))
+        costs = await costs_of(c, ids)
+    # Then each ends in one Completed answered by the batch lane, billed at half the list price
+    assert all(isinstance(r, Completed) and r.lane == "batch" for r in results)
+    for r in results:
+        u = r.response.usage
+        assert r.cost_usd == pytest.approx(0.5 * call_cost(model, u.prompt_tokens, u.completion_tokens))
+    # one cost record per job, marked with the lane, at the discounted price
+    assert len(costs) == 2000 and len({r.job_id for r in costs}) == 2000
+    assert all(r.lane == "batch" and r.attempt == BATCH_ATTEMPT and r.outcome == "ok" for r in costs)
+    assert sum(r.cost_usd for r in costs) == pytest.approx(sum(r.cost_usd for r in results))
+    # and the provider ran exactly one batch line per job, and no realtime call
+    s = bmock.summary()
+    lines = [cid for b in s["batches"] for cid in b["custom_ids"]]
+    assert len(lines) == 2000 and set(lines) == {custom_id(c.team, j, 0, 0) for j in ids}
+    assert len(s["batches"]) == 4 and all(b["status"] == "completed" for b in s["batches"])
+    log = bmock.log()
+    assert len(log) == 2000 and len({e["request_id"] for e in log}) == 2000
+
+
+async def test_an_expired_provider_batch_falls_back_to_realtime_and_meets_the_deadline(lstack, bmock):
+    # Given a provider whose "24h" window lasts 1 s on the mock's clock, and which never finishes in it
+    bmock.control(validate_ms=0, delay_ms=600_000, window_s=1.0)
+    async with Client(lstack.nats_url) as c:
+        # When jobs with a 30 s deadline ride the batch lane
+        deadline = time.time() + 30
+        ids = await submit(c, 20, deadline, f"exp-{uuid.uuid4().hex[:6]}")
+        results = await asyncio.gather(*(c.result(j, timeout=60) for j in ids))
+        done_at = time.time()
+        costs = await costs_of(c, ids)
+    # Then the batch expires, every job is answered realtime, before its deadline
+    assert [b["status"] for b in bmock.summary()["batches"]] == ["expired"]
+    assert all(isinstance(r, Completed) and r.lane is None for r in results), results[0]
+    assert done_at < deadline
+    assert all(r.attempts[0].attempt == BATCH_ATTEMPT and r.attempts[0].decision == "realtime" for r in results)
+    assert len(costs) == 20 and all(r.lane is None for r in costs)  # expired lines are not billed
+
+
+async def test_a_provider_batch_running_late_is_cancelled_and_its_jobs_go_realtime_in_time(lstack, bmock):
+    # Given a provider batch that would take 10 minutes
+    bmock.control(validate_ms=0, delay_ms=600_000)
+    async with Client(lstack.nats_url) as c:
+        # When jobs whose deadline is 12 s away ride it (reserve_s: 4 s)
+        deadline = time.time() + 12
+        ids = await submit(c, 20, deadline, f"late-{uuid.uuid4().hex[:6]}")
+        results = await asyncio.gather(*(c.result(j, timeout=60) for j in ids))
+        done_at = time.time()
+    # Then it is cancelled provider-side and the jobs are answered realtime before the deadline
+    assert [b["status"] for b in bmock.summary()["batches"]] == ["cancelled"]
+    assert all(isinstance(r, Completed) and r.lane is None for r in results)
+    assert done_at < deadline
