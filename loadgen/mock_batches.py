@@ -344,7 +344,7 @@ class BatchStore:
         for name, p in self.providers.items():
             if want and name != want:
                 continue
-            out[name] = {"files": len(p.files), "lines_run": p.lines_run,
+            out[name] = {"files": len(p.files), "input_files": sum(f.purpose == "batch" for f in p.files.values()), "lines_run": p.lines_run,
                          "batches": [{"id": b.id, "status": self.status(name, b, now), "metadata": b.metadata,
                                       "custom_ids": [ln.get("custom_id") for ln in b.lines]} for b in p.batches.values()]}
         return _json(out)

@@ -67,7 +67,7 @@ def consumer_config(cfg: Config, provider: str) -> ConsumerConfig:
         filter_subject=wire.batch_lane(provider),
         ack_policy=AckPolicy.EXPLICIT,
         # Held unacked while a collection lingers; a dead owner's are redelivered after this.
-        ack_wait=max(c.linger_s for c in caps) + 30.0,
+        ack_wait=1.5 * max(c.linger_s for c in caps) + 10.0,
         max_ack_pending=min(2 * max(c.max_requests for c in caps), 100_000),
         max_deliver=-1,
     )
@@ -185,11 +185,11 @@ class BatchLane:
     async def _load_states(self) -> list[tuple[ProviderBatch, int]]:
         assert self.kv is not None
         try:
-            keys = await self.kv.keys(filters=[f"batch.{self.provider}.*"])
+            keys = await self.kv.keys()  # (nats-py's `filters` finds nothing here: filtered below)
         except NoKeysError:
             return []
         out = []
-        for key in keys:
+        for key in (k for k in keys if k.startswith(f"batch.{self.provider}.")):
             try:
                 entry = await self.kv.get(key)
             except KeyNotFoundError:
