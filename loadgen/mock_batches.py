@@ -25,7 +25,7 @@ import uuid
 from typing import Any, Literal
 
 import msgspec
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 Fault = Literal["fail", "expire"]
 ENDPOINT = "/v1/chat/completions"
@@ -162,10 +162,10 @@ class BatchStore:
             cid = line.get("custom_id", "")
             if i >= run:
                 if status in ("expired", "cancelled"):
-                    code = "batch_expired" if status == "expired" else "batch_cancelled"
+                    why = "batch_expired" if status == "expired" else "batch_cancelled"
                     msg = ("This request could not be executed before the completion window expired." if status == "expired"
                            else "This request was not executed because the batch was cancelled.")
-                    err.append(msgspec.json.encode({"id": rid, "custom_id": cid, "response": None, "error": {"code": code, "message": msg}}))
+                    err.append(msgspec.json.encode({"id": rid, "custom_id": cid, "response": None, "error": {"code": why, "message": msg}}))
                     failed += 1
                 continue
             n = p.lines_run = p.lines_run + 1
@@ -219,12 +219,14 @@ class BatchStore:
         p = self.provider(request.match_info["provider"])
         purpose, filename, content = "", "", None
         reader = await request.multipart()  # streamed: no client_max_size on a file
-        async for part in reader:  # type: ignore[union-attr]
+        async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue
             if part.name == "purpose":
-                purpose = (await part.read()).decode()  # type: ignore[union-attr]
+                purpose = (await part.read()).decode()
             elif part.name == "file":
-                filename = part.filename or "upload.jsonl"  # type: ignore[union-attr]
-                content = bytes(await part.read())  # type: ignore[union-attr]
+                filename = part.filename or "upload.jsonl"
+                content = bytes(await part.read())
         if content is None or not purpose:
             return _error(400, "'file' and 'purpose' are required", "invalid_request_error")
         f = self._file(p, filename, purpose, content)

@@ -35,6 +35,7 @@ from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_dispatch, encode
 from panelboard.schemas.config import BatchLane as Capability
 from panelboard.schemas.config import Config
+from panelboard.schemas.errors import ResponseTooLarge
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch
 from panelboard.schemas.lanes import BATCH_ATTEMPT, Owner, ProviderBatch, capability, custom_id, owner_key, state_key
 from panelboard.transport import bus, logs
@@ -298,7 +299,7 @@ class BatchLane:
             except NotFoundError:  # aged out of PB_LANES: nothing left to run or answer
                 log.error("batch_lane.job_missing", provider=self.provider, seq=seq)
                 return None
-            return seq, decode_dispatch(raw.data)
+            return seq, decode_dispatch(raw.data or b"")
 
         return dict(x for x in await _gather_bounded([one(s) for s in seqs]) if x is not None)
 
@@ -439,11 +440,9 @@ class BatchLane:
                 try:
                     await bus.publish_result(self.js, job.team, job.id, result, job.run)
                 except bus.PayloadTooLarge:  # billed already; realtime could only bill it again
-                    from panelboard.schemas.errors import ResponseTooLarge
-
                     err = ResponseTooLarge(message=f"{self.provider}'s batch answer for job {job.id} is over the NATS message limit",
                                            hint="lower max_tokens; the call is billed in its cost record")
-                    await bus.fail_job(self.js, job.team, job.id, err, reason=err.__struct_config__.tag, job=job, attempts=[*d.history, this])
+                    await bus.fail_job(self.js, job.team, job.id, err, reason="response_too_large", job=job, attempts=[*d.history, this])
                 counts["answered"] += 1
                 return
             why = f"batch line {line.code}: {line.message}" if isinstance(line, Errored) else f"no answer in the provider batch ({st.status})"

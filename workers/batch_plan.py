@@ -105,8 +105,8 @@ def _line(out: _OutLine) -> Line:
     if r is not None:
         err = (r.body or {}).get("error") or {}
         return Errored(r.status_code, str(err.get("code") or err.get("type") or r.status_code), str(err.get("message") or "")[:300])
-    e = out.error or _Error()
-    return Errored(0, e.code or "unknown", (e.message or "")[:300])
+    failure = out.error or _Error()
+    return Errored(0, failure.code or "unknown", (failure.message or "")[:300])
 
 
 def parse_results(*files: bytes) -> dict[str, Line]:
