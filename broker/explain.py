@@ -17,7 +17,7 @@ from typing import Literal, Mapping
 
 import msgspec
 
-from panelboard.broker import routing, strategies
+from panelboard.broker import lanes, routing, strategies
 from panelboard.broker.classify import Classification, intent_for
 from panelboard.broker.health import Health, HealthState, order_chain
 from panelboard.schemas.config import Config, RetryPolicy
@@ -70,6 +70,7 @@ class Explanation(msgspec.Struct, kw_only=True, omit_defaults=True):
     probe_share: float = 0.0
     notes: list[str] = []
     error: JobError | None = None
+    lane: lanes.LaneChoice | None = None  # realtime or the first hop's provider batch, and why
 
 
 def _error(job: Job, cfg: Config, intent: str | None) -> JobError:
@@ -80,9 +81,11 @@ def _error(job: Job, cfg: Config, intent: str | None) -> JobError:
                          hint=f"use one of: {', '.join(sorted(cfg.intents))}; or add it under intents in the config", intent=intent)
 
 
-def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[str, int] | None = None) -> Explanation:
+def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[str, int] | None = None,
+            now: float | None = None) -> Explanation:
     """`health`: (provider, model) -> HealthState, or None when PB_HEALTH was not read.
-    `load`: provider -> queued + running dispatches, for strategies that use it."""
+    `load`: provider -> queued + running dispatches, for strategies that use it.
+    `now`: the moment the job's deadline is measured from (default: its submitted_at)."""
     intent, source, cls = intent_for(job, cfg)
     base = dict(job_id=job.id, intent=intent, intent_source=source, classification=cls, health_read=health is not None)
     tier_name = cfg.intents.get(intent) if intent else None
@@ -145,7 +148,7 @@ def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[s
         notes.append("min_precision leaves no hop: the config check should have refused this tier")
     return Explanation(**base, tier=tier_name, strategy=strategy if grouped else None, retry_policy=tier.retry_policy,
                        min_precision=tier.min_precision, chain=chain, excluded=excluded, probe_share=cfg.health.probe_share,
-                       notes=notes)
+                       notes=notes, lane=lanes.choose(job, final, cfg, job.submitted_at if now is None else now))
 
 
 def _state(h: Health, provider: str, model: str) -> Literal["healthy", "degraded", "unknown"]:
@@ -210,6 +213,8 @@ def render(e: Explanation) -> str:
             out.append(line + (f": {x.health_reason}" if x.health_reason else ""))
     for ex in e.excluded:
         out.append(f"  excluded {ex.model} [{ex.provider}]: {ex.reason}")
+    if e.lane is not None:
+        out.append(f"lane     {e.lane.lane}: {e.lane.why}")
     for n in e.notes:
         out.append(f"note     {n}")
     return "\n".join(out)

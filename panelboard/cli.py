@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from panelboard.transport import logs
 
@@ -299,7 +300,7 @@ def cmd_route_explain(a: argparse.Namespace) -> int:
             health, load_ = asyncio.run(read())
         except Exception as e:  # no server there: explain without health
             print(f"(health not read from {url}: {type(e).__name__})", file=sys.stderr)
-    e = explain(job, cfg, health, load_)
+    e = explain(job, cfg, health, load_, now=time.time())  # a deadline in the file is measured from now
     print(msgspec.json.format(msgspec.json.encode(e)).decode() if a.json else render(e))
     return 0 if e.error is None else 1
 

@@ -80,3 +80,13 @@ def test_result_files_map_each_custom_id_to_its_answer_or_error():
     assert isinstance(lines["a"], Answered) and lines["a"].response.usage.total_tokens == 7
     assert lines["b"] == Errored(500, "server_error", "boom")
     assert lines["c"] == Errored(0, "batch_expired", "late")
+
+
+def test_route_explain_says_which_lane_a_job_takes_and_why():
+    from panelboard.broker.explain import explain, render
+
+    now = 1_000_000.0
+    e = explain(job(intent="t", deadline=now + 86_400), CFG, now=now)
+    assert e.lane is not None and e.lane.lane == "batch"
+    assert "lane     batch: its deadline is 86400s away" in render(e)
+    assert "lane     realtime: no deadline" in render(explain(job(intent="t"), CFG, now=now))
