@@ -1,10 +1,13 @@
-"""The mock provider's OpenAI Files + Batches endpoints, mounted by loadgen/mock_provider.py:
+"""The mock provider's OpenAI Files + Batches and Anthropic Message Batches endpoints, mounted
+by loadgen/mock_provider.py:
 
     POST /{provider}/v1/files                multipart: purpose=batch, file=<jsonl>
     GET  /{provider}/v1/files[?purpose=]     GET /{provider}/v1/files/{id}[/content]
     POST /{provider}/v1/batches              {input_file_id, endpoint, completion_window, metadata}
     GET  /{provider}/v1/batches[?limit&after]   GET /{provider}/v1/batches/{id}
     POST /{provider}/v1/batches/{id}/cancel
+    POST /{provider}/v1/messages/batches     {requests: [{custom_id, params}]}    (Anthropic)
+    GET  /{provider}/v1/messages/batches[/{id}[/results]]   POST .../{id}/cancel
     POST /_mock/batches/control   GET /_mock/batches   POST /_mock/batches/reset
 
 A batch moves validating -> in_progress -> finalizing -> completed on the mock's clock:
@@ -73,6 +76,8 @@ class _Batch(msgspec.Struct, kw_only=True):
     output_file_id: str | None = None
     error_file_id: str | None = None
     counts: tuple[int, int] = (0, 0)  # completed, failed
+    api: str = "openai"  # "anthropic": a Message Batch (inline requests, one results file)
+    results: list[dict[str, Any]] = []  # anthropic: one {custom_id, result} per request
 
 
 class _Provider:
@@ -99,23 +104,23 @@ class BatchStore:
         """The chat mock's module: the one the state came from (`python -m` runs it as __main__)."""
         return sys.modules[type(self.state).__module__]
 
-    def answer(self, provider: str, body: dict[str, Any], cid: str) -> tuple[int, Any, str]:
+    def answer(self, provider: str, body: dict[str, Any], cid: str, api: str = "openai") -> tuple[int, Any, str]:
         """(status, JSON body, model) of one line: the chat mock's answer, scripted faults included."""
         mp = self._chat_mock()
         try:
-            req = msgspec.convert(body, mp.OpenAIRequest)
+            req = msgspec.convert(body, mp.OpenAIRequest if api == "openai" else mp.AnthropicRequest)
         except msgspec.ValidationError as e:
             return 400, {"error": {"message": f"invalid request body: {e}", "type": "invalid_request_error", "code": None}}, ""
         p = self.state.provider(provider)
         fault, _ = self.state._plan(p, req.model)  # the line's latency is the batch's own
-        resp = self.state._respond("openai", provider, p.settings, req, cid, fault)
+        resp = self.state._respond(api, provider, p.settings, req, cid, fault)
         try:
             return resp.status, msgspec.json.decode(resp.body), req.model
         except msgspec.DecodeError:  # a `malformed` fault: the line's body is cut off
             return 500, {"error": {"message": "mock fault: malformed answer", "type": "server_error", "code": None}}, req.model
 
-    def record(self, provider: str, cid: str, model: str, status: int) -> None:
-        self.state.record(self._chat_mock().LogEntry(time.time(), provider, "openai", cid, model, status, 0.0, None))
+    def record(self, provider: str, cid: str, model: str, status: int, api: str = "openai") -> None:
+        self.state.record(self._chat_mock().LogEntry(time.time(), provider, api, cid, model, status, 0.0, None))
 
     def provider(self, name: str) -> _Provider:
         return self.providers.setdefault(name, _Provider(BatchSettings()))
@@ -161,6 +166,10 @@ class BatchStore:
             rid = f"batch_req_{uuid.uuid4().hex[:24]}"
             cid = line.get("custom_id", "")
             if i >= run:
+                if b.api == "anthropic" and status in ("expired", "cancelled"):
+                    b.results.append({"custom_id": cid, "result": {"type": "expired" if status == "expired" else "canceled"}})
+                    failed += 1
+                    continue
                 if status in ("expired", "cancelled"):
                     why = "batch_expired" if status == "expired" else "batch_cancelled"
                     msg = ("This request could not be executed before the completion window expired." if status == "expired"
@@ -172,8 +181,14 @@ class BatchStore:
             if b.settings.line_error_every and n % b.settings.line_error_every == 0:
                 code, body, model = 500, {"error": {"message": "mock fault: this line failed", "type": "server_error", "code": None}}, ""
             else:
-                code, body, model = self.answer(provider, line.get("body") or {}, cid)
-            self.record(provider, cid, model, code)
+                code, body, model = self.answer(provider, line.get((("body", "params")[b.api == "anthropic"])) or {}, cid, b.api)
+            self.record(provider, cid, model, code, b.api)
+            if b.api == "anthropic":
+                result = ({"type": "succeeded", "message": body} if code == 200 else
+                          {"type": "errored", "error": {"type": "error", "error": (body or {}).get("error") or {"type": "api_error", "message": str(code)}}})
+                b.results.append({"custom_id": cid, "result": result})
+                ok, failed = ok + (code == 200), failed + (code != 200)
+                continue
             entry = msgspec.json.encode({"id": rid, "custom_id": cid, "response": {"status_code": code, "request_id": rid, "body": body}, "error": None})
             if code == 200:
                 out.append(entry)
@@ -329,6 +344,87 @@ class BatchStore:
         out = self.public(name, b)
         return _json(out)
 
+    # -- Anthropic Message Batches ------------------------------------------------------
+    def public_anthropic(self, provider: str, b: _Batch, base: str) -> dict[str, Any]:
+        now = time.time()
+        status = self.status(provider, b, now)
+        ended = status in ("completed", "failed", "expired", "cancelled")
+        kinds = {k: 0 for k in ("succeeded", "errored", "canceled", "expired")}
+        for r in b.results:
+            kinds[r["result"]["type"]] += 1
+        return {
+            "id": b.id, "type": "message_batch", "processing_status": "ended" if ended else ("canceling" if b.cancelled_at else "in_progress"),
+            "request_counts": {"processing": 0 if ended else len(b.lines), **kinds},
+            "ended_at": _rfc3339(b.ended_at) if ended and b.ended_at else None, "created_at": _rfc3339(b.created),
+            "expires_at": _rfc3339(b.created + b.settings.window_s), "archived_at": None,
+            "cancel_initiated_at": _rfc3339(b.cancelled_at) if b.cancelled_at else None,
+            "results_url": f"{base}/v1/messages/batches/{b.id}/results" if ended else None,
+        }
+
+    @staticmethod
+    def _base(request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}/{request.match_info['provider']}"
+
+    async def create_anthropic(self, request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        p = self.provider(name)
+        try:
+            body = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as e:
+            return _anthropic_error(400, f"invalid JSON body: {e}")
+        reqs = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(reqs, list) or not reqs:
+            return _anthropic_error(400, "requests: a non-empty list is required")
+        cids = [r.get("custom_id") for r in reqs]
+        if len(set(cids)) != len(cids) or not all(isinstance(c, str) and 1 <= len(c) <= 64 for c in cids):
+            return _anthropic_error(400, "requests: each custom_id must be unique, 1-64 characters")
+        if p.settings.fault == "fail":
+            return _anthropic_error(400, "mock fault: this batch was refused")
+        b = _Batch(id=f"msgbatch_{uuid.uuid4().hex[:24]}", input_file_id="", completion_window="24h", metadata=None,
+                   created=time.time(), settings=p.settings, lines=reqs, api="anthropic")
+        p.batches[b.id] = b
+        if p.settings.create_delay_ms:
+            await asyncio.sleep(p.settings.create_delay_ms / 1000)
+        return _json(self.public_anthropic(name, b, self._base(request)))
+
+    async def list_anthropic(self, request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        newest = [b for b in reversed(self.provider(name).batches.values()) if b.api == "anthropic"]
+        after = request.query.get("after_id")
+        if after:
+            ids = [b.id for b in newest]
+            newest = newest[ids.index(after) + 1:] if after in ids else []
+        limit = int(request.query.get("limit", "20"))
+        page = newest[:limit]
+        return _json({"data": [self.public_anthropic(name, b, self._base(request)) for b in page], "has_more": len(newest) > limit,
+                      "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None})
+
+    async def get_anthropic(self, request: web.Request) -> web.Response:
+        b = self._get_batch(request)
+        if b is None or b.api != "anthropic":
+            return _anthropic_error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
+        return _json(self.public_anthropic(request.match_info["provider"], b, self._base(request)))
+
+    async def cancel_anthropic(self, request: web.Request) -> web.Response:
+        b = self._get_batch(request)
+        name = request.match_info["provider"]
+        if b is None or b.api != "anthropic":
+            return _anthropic_error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
+        self.status(name, b, time.time())
+        if not b.ended and b.cancelled_at is None:
+            b.cancelled_at = time.time()
+        return _json(self.public_anthropic(name, b, self._base(request)))
+
+    async def results_anthropic(self, request: web.Request) -> web.Response:
+        b = self._get_batch(request)
+        name = request.match_info["provider"]
+        if b is None or b.api != "anthropic":
+            return _anthropic_error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
+        if not b.ended and self.status(name, b, time.time()) == "in_progress":
+            return _anthropic_error(400, "the batch is still processing: results are available once it has ended")
+        body = b"".join(msgspec.json.encode(r) + b"\n" for r in b.results)
+        return web.Response(body=body, content_type="application/binary")
+
     async def control(self, request: web.Request) -> web.Response:
         try:
             ctl = msgspec.json.decode(await request.read(), type=BatchControl)
@@ -364,6 +460,14 @@ def _error(status: int, message: str, type_: str) -> web.Response:
     return _json({"error": {"message": message, "type": type_, "param": None, "code": None}}, status)
 
 
+def _anthropic_error(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
+    return _json({"type": "error", "error": {"type": type_, "message": message}}, status)
+
+
+def _rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+
 def mount(app: web.Application, store: BatchStore) -> None:
     prefix = "/{provider}/v1"
     app.add_routes([
@@ -375,6 +479,11 @@ def mount(app: web.Application, store: BatchStore) -> None:
         web.get(prefix + "/batches", store.list_batches),
         web.get(prefix + "/batches/{batch_id}", store.batch),
         web.post(prefix + "/batches/{batch_id}/cancel", store.cancel),
+        web.post(prefix + "/messages/batches", store.create_anthropic),
+        web.get(prefix + "/messages/batches", store.list_anthropic),
+        web.get(prefix + "/messages/batches/{batch_id}", store.get_anthropic),
+        web.post(prefix + "/messages/batches/{batch_id}/cancel", store.cancel_anthropic),
+        web.get(prefix + "/messages/batches/{batch_id}/results", store.results_anthropic),
         web.post("/_mock/batches/control", store.control),
         web.get("/_mock/batches", store.summary),
         web.post("/_mock/batches/reset", store.reset),

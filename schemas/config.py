@@ -19,7 +19,7 @@ class BatchLane(Base):
     """A provider's (or model's) batch API: about half price, answers within its window.
     Jobs whose deadline leaves room ride it (see broker/lanes.py, workers/batch_lane.py)."""
 
-    api: Literal["openai"]  # the API shape: OpenAI Files + Batches
+    api: Literal["openai", "anthropic"]  # the API shape: OpenAI Files + Batches, or Anthropic Message Batches
     discount: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5  # share of list price billed
     completion_window: Duration = "24h"  # the provider's window, as its API spells it
     max_requests: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 50_000  # per provider batch

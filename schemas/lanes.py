@@ -74,6 +74,9 @@ class ProviderBatch(msgspec.Struct, kw_only=True, omit_defaults=True):
     output_file_id: str | None = None
     error_file_id: str | None = None
     polls: int = 0
+    # Anthropic: when the create was sent. Its batches carry no name of ours, so a create whose
+    # answer a crash lost is found as the one batch created since that no other state claims.
+    creating_since: float | None = None
 
 
 def state_key(provider: str, batch_id: str) -> str:

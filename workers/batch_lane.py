@@ -41,8 +41,9 @@ from panelboard.schemas.lanes import BATCH_ATTEMPT, Owner, ProviderBatch, capabi
 from panelboard.transport import bus, logs
 from panelboard.transport.lanes import ensure_state_kv
 from panelboard.transport.streams import ensure_consumer
-from panelboard.workers.batch_plan import TERMINAL, Answered, Errored, Line, encode_line, fallback_at, fits, flush_due, parse_results, poll_delay_s, too_late
-from panelboard.workers.providers.openai_batch import BatchAPIError, OpenAIBatchAPI
+from panelboard.workers.batch_plan import TERMINAL, Answered, Errored, Line, fallback_at, fits, flush_due, poll_delay_s, too_late
+from panelboard.workers.providers.anthropic_batch import AnthropicBatchAPI
+from panelboard.workers.providers.openai_batch import BatchAPIError, BatchObject, OpenAIBatchAPI
 from panelboard.workers.usage import checked_usage
 
 log = logs.get("batch_lane")
@@ -97,7 +98,10 @@ class BatchLane:
         caps = lane_caps(cfg, provider)
         assert caps, f"{provider} declares no batch lane"
         self.lease_s = min(c.lease_s for c in caps)
-        self.api = OpenAIBatchAPI(cfg.providers[provider], api_key)
+        api = AnthropicBatchAPI if caps[0].api == "anthropic" else OpenAIBatchAPI
+        self.api: OpenAIBatchAPI | AnthropicBatchAPI = api(cfg.providers[provider], api_key)
+        self.creating = asyncio.Lock()  # one create in flight: how a lost Anthropic create is found again
+        self.claimed: set[str] = set()  # provider batch ids our states hold
         self.me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}".replace(".", "-")
         self.stopping = asyncio.Event()
         self.suspect_before = 0.0  # runtime sets it on reconnect; every step here is checked anyway
@@ -199,6 +203,8 @@ class BatchLane:
                 continue
             st = msgspec.json.decode(entry.value, type=ProviderBatch)
             self.known.update(st.seqs)
+            if st.batch_id:
+                self.claimed.add(st.batch_id)
             self.revs[key] = entry.revision or 0
             if st.stage != "done":
                 out.append((st, entry.revision or 0))
@@ -269,7 +275,7 @@ class BatchLane:
             await bus.publish_dispatch(self.js, d)
             await m.ack()
             return
-        line = encode_line(custom_id(job.team, job.id, job.run, d.hop), job.request, self.cfg.models[hop.model])
+        line = self.api.encode_line(custom_id(job.team, job.id, job.run, d.hop), job.request, self.cfg.models[hop.model])
         coll = pending.setdefault(hop.model, _Collection())
         if coll.jobs and not fits(len(coll.jobs), coll.size, len(line), cap):
             del pending[hop.model]
@@ -316,16 +322,12 @@ class BatchLane:
                 if st.stage in ("collected", "uploaded", "created") and fb is not None and now >= fb:
                     st = await self._fall_back(st, jobs)
                 elif st.stage == "collected":
-                    content = b"".join(encode_line(custom_id(d.job.team, d.job.id, d.job.run, d.hop), d.job.request,
-                                                   self.cfg.models[st.model]) for d in (jobs[s] for s in st.seqs if s in jobs))
-                    file_id = await self.api.find_file(st.id) or await self.api.upload(st.id, content)
+                    file_id = await self.api.prepare(st.id, self._lines(st, jobs))
                     st = msgspec.structs.replace(st, stage="uploaded", file_id=file_id)
                     log.info("batch_lane.uploaded", provider=self.provider, batch=st.id, file_id=file_id)
                 elif st.stage == "uploaded":
-                    assert st.file_id is not None
-                    b = await self.api.find_batch(st.id) or await self.api.create(st.file_id, cap.completion_window, st.id)
-                    st = msgspec.structs.replace(st, stage="created", batch_id=b.id, created_at=time.time(), status=b.status)
-                    log.info("batch_lane.created", provider=self.provider, batch=st.id, provider_batch=b.id)
+                    st = await self._create(st, jobs, cap)
+                    continue
                 elif st.stage in ("created", "fell_back"):
                     if st.batch_id is None:
                         st = msgspec.structs.replace(st, stage="done")
@@ -367,11 +369,33 @@ class BatchLane:
                 continue
             await self._save(st)
 
+    def _lines(self, st: ProviderBatch, jobs: dict[int, Dispatch]) -> list[bytes]:
+        return [self.api.encode_line(custom_id(d.job.team, d.job.id, d.job.run, d.hop), d.job.request, self.cfg.models[st.model])
+                for d in (jobs[s] for s in st.seqs if s in jobs)]
+
+    async def _create(self, st: ProviderBatch, jobs: dict[int, Dispatch], cap: Capability) -> ProviderBatch:
+        """Create the provider batch, once: the moment is recorded before the create is sent,
+        and a create sent before (by us or a crashed owner) is looked up and adopted."""
+        file_id = st.file_id
+        assert file_id is not None
+        lines = self._lines(st, jobs)
+        async with self.creating:
+            since = st.creating_since
+            if since is None:
+                st = msgspec.structs.replace(st, creating_since=time.time())
+                await self._save(st)
+            b = await self.api.lookup(st.id, since, len(lines), self.claimed) or await self.api.create_batch(st.id, file_id, cap.completion_window, lines)
+            self.claimed.add(b.id)
+            st = msgspec.structs.replace(st, stage="created", batch_id=b.id, created_at=time.time(), status=b.status)
+            await self._save(st)
+        log.info("batch_lane.created", provider=self.provider, batch=st.id, provider_batch=b.id, adopted=since is not None)
+        return st
+
     async def _fall_back(self, st: ProviderBatch, jobs: dict[int, Dispatch]) -> ProviderBatch:
         """The earliest deadline is near: cancel provider-side, send every job realtime. A
         provider batch that ended meanwhile is fanned out as usual instead."""
         if st.stage == "uploaded" and st.batch_id is None:  # a create whose answer a crash lost
-            found = await self.api.find_batch(st.id)
+            found = await self.api.lookup(st.id, st.creating_since, len(st.seqs), self.claimed)
             st = msgspec.structs.replace(st, batch_id=found.id) if found else st
         if st.batch_id is not None:
             b = await self.api.get(st.batch_id)
@@ -418,14 +442,16 @@ class BatchLane:
                            metadata=job.metadata, reported_usage=reported, lane="batch")
         return rec, result, this
 
-    async def _lines(self, st: ProviderBatch) -> dict[str, Line]:
-        return parse_results(await self.api.content(st.output_file_id), await self.api.content(st.error_file_id))
+    async def _answers(self, st: ProviderBatch) -> dict[str, Line]:
+        assert st.batch_id is not None
+        return await self.api.results(BatchObject(id=st.batch_id, status=st.status or "", output_file_id=st.output_file_id,
+                                                  error_file_id=st.error_file_id))
 
     async def _fan_out(self, st: ProviderBatch, jobs: dict[int, Dispatch], cap: Capability) -> None:
         """Each job's answer as the ordinary path would give it (cost first, then result);
         a job whose line errored or never ran goes realtime. Redone after a crash: jobs with
         a result are skipped, the rest republished under the same ids."""
-        lines = await self._lines(st)
+        lines = await self._answers(st)
         now = time.time()
         counts = {"answered": 0, "realtime": 0}
 
@@ -457,7 +483,7 @@ class BatchLane:
         """A provider batch we gave up on may still have answered some lines before it was
         cancelled: those calls are billed, so each gets its cost record (its job's result
         came from the realtime lane)."""
-        lines = await self._lines(st)
+        lines = await self._answers(st)
         now = time.time()
         recs = [self._cost(st, d, line, cap, now)[0] for d in jobs.values()
                 if isinstance(line := lines.get(custom_id(d.job.team, d.job.id, d.job.run, d.hop)), Answered)]

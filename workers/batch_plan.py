@@ -17,10 +17,11 @@ import msgspec
 
 from panelboard.schemas.chat import ChatRequest, ChatResponse
 from panelboard.schemas.config import BatchLane, Model
+from panelboard.workers.providers.anthropic import encode_request, parse_response
 
 CHAT_URL = "/v1/chat/completions"
 # Provider statuses after which a batch changes no more.
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled", "ended"})  # "ended": Anthropic
 _encode = msgspec.json.Encoder().encode
 
 
@@ -58,6 +59,15 @@ def encode_line(custom_id: str, request: ChatRequest, model: Model) -> bytes:
     """An OpenAI batch input line; the catalog entry picks the upstream model, as realtime."""
     body = msgspec.structs.replace(request, model=model.model)
     return _encode({"custom_id": custom_id, "method": "POST", "url": CHAT_URL, "body": body}) + b"\n"
+
+
+def encode_anthropic_line(custom_id: str, request: ChatRequest, model: Model) -> bytes:
+    """One request of an Anthropic Message Batch: the Messages body the realtime adapter sends."""
+    return b'{"custom_id":' + _encode(custom_id) + b',"params":' + encode_request(request, model) + b"}"
+
+
+def anthropic_body(lines: list[bytes]) -> bytes:
+    return b'{"requests":[' + b",".join(lines) + b"]}"
 
 
 class Answered(msgspec.Struct, frozen=True):
@@ -124,4 +134,38 @@ def parse_results(*files: bytes) -> dict[str, Line]:
             parsed = _line(line)
             if isinstance(parsed, Answered) or line.custom_id not in out:  # an answer wins over an error
                 out[line.custom_id] = parsed
+    return out
+
+
+class _AnthropicResult(msgspec.Struct):
+    type: str
+    message: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class _AnthropicLine(msgspec.Struct):
+    custom_id: str
+    result: _AnthropicResult
+
+
+_decode_anthropic_line = msgspec.json.Decoder(_AnthropicLine).decode
+
+
+def parse_anthropic_results(data: bytes) -> dict[str, Line]:
+    """A Message Batch's results (JSONL): succeeded lines as answers, the rest as errors."""
+    out: dict[str, Line] = {}
+    for raw in data.splitlines():
+        try:
+            line = _decode_anthropic_line(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        r = line.result
+        if r.type == "succeeded" and r.message is not None:
+            try:
+                out[line.custom_id] = Answered(parse_response(_encode(r.message)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                out[line.custom_id] = Errored(502, "unparseable", f"unparseable message: {e}")
+            continue
+        inner = ((r.error or {}).get("error") or {}) if r.type == "errored" else {}
+        out[line.custom_id] = Errored(0, str(inner.get("type") or r.type), str(inner.get("message") or "")[:300])
     return out

@@ -36,19 +36,21 @@ def lstack(tmp_path_factory):
 
 
 class BatchMock:
-    def __init__(self, url: str):
+    def __init__(self, url: str, provider: str = "bat"):
+        self.provider = provider
         self.http = httpx.Client(base_url=url, timeout=10)
         self.http.post("/_mock/batches/reset").raise_for_status()
         self.http.post("/_mock/reset").raise_for_status()
 
     def control(self, **settings) -> None:
-        self.http.post("/_mock/batches/control", json={"provider": "bat", **settings}).raise_for_status()
+        self.http.post("/_mock/batches/control", json={"provider": self.provider, **settings}).raise_for_status()
 
     def summary(self) -> dict:
-        return self.http.get("/_mock/batches", params={"provider": "bat"}).json().get("bat", {"files": 0, "lines_run": 0, "batches": []})
+        empty = {"files": 0, "input_files": 0, "lines_run": 0, "batches": []}
+        return self.http.get("/_mock/batches", params={"provider": self.provider}).json().get(self.provider, empty)
 
     def log(self) -> list[dict]:
-        return self.http.get("/_mock/log", params={"provider": "bat"}).json()
+        return self.http.get("/_mock/log", params={"provider": self.provider}).json()
 
 
 @pytest.fixture
@@ -56,13 +58,13 @@ def bmock(lstack) -> BatchMock:
     return BatchMock(lstack.mock_url)
 
 
-async def submit(c: Client, n: int, deadline: float, prefix: str) -> list[str]:
+async def submit(c: Client, n: int, deadline: float, prefix: str, intent: str = "bat") -> list[str]:
     ids = [f"{prefix}-{i}" for i in range(n)]
     sem = asyncio.Semaphore(256)
 
     async def one(j: str) -> None:
         async with sem:
-            await c.submit(MSG, intent="bat", job_id=j, max_tokens=32, deadline=deadline)
+            await c.submit(MSG, intent=intent, job_id=j, max_tokens=32, deadline=deadline)
 
     await asyncio.gather(*(one(j) for j in ids))
     return ids
@@ -73,13 +75,15 @@ async def costs_of(c: Client, ids: list[str]) -> list:
     return [r for r in (decode_cost(d) for _, d in await read_all(c.js, wire.COSTS_STREAM, wire.cost(c.team))) if r.job_id in want]
 
 
-async def test_2000_jobs_with_a_24h_window_ride_the_openai_batch_api_at_half_price(lstack, bmock):
-    # Given a provider whose batch API bills half price, 500 lines a batch
+@pytest.mark.parametrize("provider, model_name", [("bat", "bat/small"), ("abat", "abat/claude")], ids=["openai", "anthropic"])
+async def test_2000_jobs_with_a_24h_window_ride_the_provider_batch_api_at_half_price(lstack, provider, model_name):
+    # Given a provider whose batch API (OpenAI Files + Batches, or Anthropic Message Batches) bills half price, 500 lines a batch
+    bmock = BatchMock(lstack.mock_url, provider)
     bmock.control(validate_ms=50, delay_ms=500)
-    model = load(CONFIG).models["bat/small"]
+    model = load(CONFIG).models[model_name]
     async with Client(lstack.nats_url) as c:
         # When 2,000 jobs arrive with a 24 h deadline
-        ids = await submit(c, 2000, time.time() + DAY, f"b24-{uuid.uuid4().hex[:6]}")
+        ids = await submit(c, 2000, time.time() + DAY, f"b24{provider}-{uuid.uuid4().hex[:6]}", intent=provider)
         results = await asyncio.gather(*(c.result(j, timeout=180) for j in ids))
         costs = await costs_of(c, ids)
     # Then each ends in one Completed answered by the batch lane, billed at half the list price
@@ -96,6 +100,7 @@ async def test_2000_jobs_with_a_24h_window_ride_the_openai_batch_api_at_half_pri
     lines = [cid for b in s["batches"] for cid in b["custom_ids"]]
     assert len(lines) == 2000 and set(lines) == {custom_id(c.team, j, 0, 0) for j in ids}
     assert len(s["batches"]) == 4 and all(b["status"] == "completed" for b in s["batches"])
+    assert s["input_files"] == (4 if provider == "bat" else 0)  # Anthropic's requests travel inline
     log = bmock.log()
     assert len(log) == 2000 and len({e["request_id"] for e in log}) == 2000
 

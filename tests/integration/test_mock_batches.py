@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -97,3 +98,32 @@ async def test_faults_fail_a_batch_error_some_lines_and_cancel_stops_it(mock, oa
     assert cancelled.status == "cancelled"
     with pytest.raises(openai.BadRequestError):  # only the 24h window exists
         await oai.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="1h")  # type: ignore[arg-type]
+
+
+async def test_anthropic_message_batches_run_to_ended_with_one_result_per_request(mock):
+    await control(mock, validate_ms=0, delay_ms=150)
+    reqs = [{"custom_id": f"r{i}", "params": {"model": "claude-x", "max_tokens": 32, "messages": [{"role": "user", "content": f"q{i}"}]}}
+            for i in range(4)]
+    async with anthropic.AsyncAnthropic(base_url=f"{mock.url}/bp", api_key="x", max_retries=0) as claude:
+        b = await claude.messages.batches.create(requests=reqs)  # type: ignore[arg-type]
+        assert b.processing_status == "in_progress" and b.request_counts.processing == 4
+        for _ in range(200):
+            b = await claude.messages.batches.retrieve(b.id)
+            if b.processing_status == "ended":
+                break
+            await asyncio.sleep(0.05)
+        assert b.processing_status == "ended" and b.request_counts.succeeded == 4 and b.results_url
+        results = [r async for r in await claude.messages.batches.results(b.id)]
+        assert sorted(r.custom_id for r in results) == [f"r{i}" for i in range(4)]
+        assert all(r.result.type == "succeeded" and r.result.message.usage.output_tokens > 0 for r in results)
+        assert [x.id for x in (await claude.messages.batches.list()).data] == [b.id]
+        # an expiring batch ends with every request expired; cancel ends one with them canceled
+        await control(mock, validate_ms=0, delay_ms=60_000, window_s=0.2)
+        e = await claude.messages.batches.create(requests=reqs)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        assert (await claude.messages.batches.retrieve(e.id)).request_counts.expired == 4
+        await control(mock, validate_ms=0, delay_ms=60_000)
+        c = await claude.messages.batches.create(requests=reqs)  # type: ignore[arg-type]
+        await claude.messages.batches.cancel(c.id)
+        done = await claude.messages.batches.retrieve(c.id)
+        assert done.processing_status == "ended" and done.request_counts.canceled == 4

@@ -10,6 +10,7 @@ import httpx
 import msgspec
 
 from panelboard.schemas.config import Provider
+from panelboard.workers.batch_plan import Line, encode_line, parse_results
 
 PB_BATCH = "pb_batch"  # the metadata key naming our ProviderBatch id
 _LIST_PAGES = 20  # batches listed (100 a page) when looking for one we may have created
@@ -109,6 +110,23 @@ class OpenAIBatchAPI:
         if not file_id:
             return b""
         return (await self._call("GET", f"/files/{file_id}/content")).content
+
+    # -- the lane's three steps (workers/batch_lane.py), the same for each API shape ------
+    encode_line = staticmethod(encode_line)
+
+    async def prepare(self, pb_id: str, lines: list[bytes]) -> str:
+        """The uploaded input file's id: the one a crashed upload left, or a new upload."""
+        return await self.find_file(pb_id) or await self.upload(pb_id, b"".join(lines))
+
+    async def lookup(self, pb_id: str, since: float | None, n: int, claimed: set[str]) -> BatchObject | None:
+        """The provider batch a crashed create may have made: the one named pb_id."""
+        return await self.find_batch(pb_id)
+
+    async def create_batch(self, pb_id: str, file_id: str, window: str, lines: list[bytes]) -> BatchObject:
+        return await self.create(file_id, window, pb_id)
+
+    async def results(self, b: BatchObject) -> dict[str, Line]:
+        return parse_results(await self.content(b.output_file_id), await self.content(b.error_file_id))
 
     async def aclose(self) -> None:
         await self.http.aclose()
