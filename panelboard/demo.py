@@ -71,6 +71,7 @@ async def drive(url: str, n: int, concurrency: int, cfg_path: str | None, deferr
         await asyncio.gather(*(one(i, r, d) for (i, r), d in zip(jobs, deferred)))
     progress.close()
     elapsed = time.perf_counter() - started
+    list_price = totals.pop("list_price_cost_usd")
     return {
         **totals,
         "elapsed_s": round(elapsed, 2),
@@ -81,7 +82,7 @@ async def drive(url: str, n: int, concurrency: int, cfg_path: str | None, deferr
         "deferrable_jobs": sum(deferred),
         "by_lane": {k: {"jobs": int(v["jobs"]), "cost_usd": round(v["cost_usd"], 6)} for k, v in sorted(by_lane.items())},
         "cost_usd": round(totals["cost_usd"], 6),
-        "cost_without_lanes_usd": round(totals["list_price_cost_usd"], 6),
+        "cost_without_lanes_usd": round(list_price, 6),
         "all_frontier_cost_usd": round(totals["all_frontier_cost_usd"], 6),
         "share_of_all_frontier": round(totals["cost_usd"] / totals["all_frontier_cost_usd"], 4) if totals["all_frontier_cost_usd"] else None,
         "frontier_model": frontier.model if frontier else None,
