@@ -72,6 +72,7 @@ costs = Table(
     Column("latency_ms", BigInteger, nullable=False),  # the provider call; 0 for a lost call
     Column("queue_ms", BigInteger, nullable=False),  # admission to the start of the call
     Column("outcome", String(32), nullable=False),  # ok, RateLimited, ServerError, Timeout, ..., lost
+    Column("lane", String(16)),  # "batch": a provider-batch line, billed at its discount; NULL: realtime
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="cost_records_pkey"),
     # Every report reads a time window.
     Index("ix_cost_records_ts", "ts"),
@@ -96,7 +97,7 @@ def row(rec: CostRecord) -> dict[str, Any]:
         "provider": rec.provider, "model": rec.model, "quantization": rec.quantization,
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
         "cost_nano_usd": round(rec.cost_usd * NANO), "latency_ms": round(rec.latency_ms), "queue_ms": round(rec.queue_ms),
-        "outcome": rec.outcome,
+        "outcome": rec.outcome, "lane": rec.lane,
     }
 
 

@@ -11,6 +11,7 @@ import uuid
 import httpx
 import pytest
 
+from panelboard import db, queries, render
 from panelboard.broker.pricing import call_cost
 from panelboard.clients import Client
 from panelboard.config import load
@@ -136,3 +137,37 @@ async def test_a_provider_batch_running_late_is_cancelled_and_its_jobs_go_realti
     assert [b["status"] for b in bmock.summary()["batches"]] == ["cancelled"]
     assert all(isinstance(r, Completed) and r.lane is None for r in results)
     assert done_at < deadline
+
+
+async def test_report_savings_shows_what_the_batch_lane_saved_against_list_price(lstack):
+    # Given batch-lane jobs and realtime jobs, their cost records in the stack's SQLite ledger
+    BatchMock(lstack.mock_url).control(validate_ms=0, delay_ms=100)
+    async with Client(lstack.nats_url) as c:
+        tag = uuid.uuid4().hex[:6]
+        deferred = await submit(c, 30, time.time() + DAY, f"sv-b-{tag}")
+        now = [f"sv-r-{tag}-{i}" for i in range(10)]
+        for j in now:
+            await c.submit(MSG, intent="bat", job_id=j, max_tokens=32)
+        results = await asyncio.gather(*(c.result(j, timeout=60) for j in deferred + now))
+    spent = sum(r.cost_usd for r in results[:30])
+    engine = db.open_engine(db.default_url(lstack.home))
+    try:
+        async def ledger_has_them() -> bool:
+            import sqlite3
+
+            path = db.sqlite_path(str(engine.url))
+            with sqlite3.connect(str(path)) as con:  # this test's own rows, by job id
+                n = con.execute("SELECT count(*) FROM cost_records WHERE job_id LIKE ?", (f"sv-%-{tag}%",)).fetchone()[0]
+            return n >= 40
+        deadline = time.monotonic() + 60
+        while not await ledger_has_them() and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        # When the savings report is read
+        rep = await queries.savings(engine, load(CONFIG), days=1)
+    finally:
+        await engine.dispose()
+    # Then the batch lane saved half of list price on its calls, the realtime lane nothing
+    lanes = {ln.lane: ln for ln in rep.lanes}
+    assert lanes["batch"].saved_pct == 50.0 and lanes["batch"].actual_usd >= round(spent, 6) - 1e-9
+    assert lanes["realtime"].saved_usd == 0
+    assert "lane batch:" in "\n".join(render.savings_table(rep).notes)

@@ -90,3 +90,13 @@ def test_route_explain_says_which_lane_a_job_takes_and_why():
     assert e.lane is not None and e.lane.lane == "batch"
     assert "lane     batch: its deadline is 86400s away" in render(e)
     assert "lane     realtime: no deadline" in render(explain(job(intent="t"), CFG, now=now))
+
+
+def test_lane_savings_prices_each_lane_against_list_price():
+    from panelboard.reports import LaneGroup, lane_savings
+
+    rows = lane_savings([LaneGroup("batch", "b/m", 2, 1_000_000, 0, 500_000_000), LaneGroup(None, "b/m", 1, 0, 500_000, 1_000_000_000),
+                         LaneGroup("batch", "gone/m", 1, 10, 10, 5)], CFG)
+    batch, realtime = rows
+    assert (batch.lane, batch.requests, batch.actual_usd, batch.list_usd, batch.saved_pct) == ("batch", 3, 0.500000005, 1.000000005, 50.0)
+    assert (realtime.lane, realtime.saved_usd) == ("realtime", 0.0)
