@@ -167,8 +167,8 @@ class Broker:
         if isinstance(decision, Route):
             if mirror is not None:  # before the live one: both or neither on a crash
                 await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
-            d = Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved)
             lane = lanes.choose(job, decision, self.cfg, now)
+            d = Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), reserved_usd=reserved, lane="flex" if lane.lane == "flex" else None)
             await (publish_to_batch_lane(self.js, d) if lane.lane == "batch" else bus.publish_dispatch(self.js, d))
             log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider, lane=lane.lane)
         else:

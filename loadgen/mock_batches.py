@@ -43,6 +43,7 @@ class BatchSettings(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     line_error_every: int = 0  # 0: none
     upload_delay_ms: float = 0.0
     create_delay_ms: float = 0.0
+    flex_unavailable_every: int = 0  # every N-th `service_tier: flex` chat call answers 429 resource_unavailable
 
 
 class BatchControl(BatchSettings, forbid_unknown_fields=True, kw_only=True):
@@ -83,6 +84,7 @@ class _Batch(msgspec.Struct, kw_only=True):
 class _Provider:
     def __init__(self, settings: BatchSettings) -> None:
         self.settings = settings
+        self.flex_calls = 0
         self.files: dict[str, _File] = {}
         self.batches: dict[str, _Batch] = {}
         self.lines_run = 0
@@ -99,6 +101,19 @@ class BatchStore:
     def __init__(self, state: Any) -> None:
         self.state = state
         self.providers: dict[str, _Provider] = {}
+
+    def flex_refusal(self, provider: str, req: Any) -> web.Response | None:
+        """OpenAI's flex tier out of capacity: a 429 that waiting out will not fix soon."""
+        if getattr(req, "service_tier", None) != "flex":
+            return None
+        p = self.provider(provider)
+        p.flex_calls += 1
+        every = p.settings.flex_unavailable_every
+        if not every or p.flex_calls % every:
+            return None
+        return _json({"error": {"message": "Resource unavailable: the flex tier has no capacity for this request right now; retry later "
+                                           "or use the default service tier.", "type": "resource_unavailable", "param": None,
+                                "code": "resource_unavailable"}}, 429)
 
     def _chat_mock(self) -> Any:
         """The chat mock's module: the one the state came from (`python -m` runs it as __main__)."""
@@ -469,6 +484,7 @@ def _rfc3339(ts: float) -> str:
 
 
 def mount(app: web.Application, store: BatchStore) -> None:
+    store.state.flex_hook = store.flex_refusal
     prefix = "/{provider}/v1"
     app.add_routes([
         web.post(prefix + "/files", store.upload),

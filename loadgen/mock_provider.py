@@ -123,6 +123,7 @@ class OpenAIRequest(msgspec.Struct):
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     stream: bool = False
+    service_tier: str | None = None  # "flex": see loadgen/mock_batches.py
 
 
 class AnthropicMessage(msgspec.Struct):
@@ -322,6 +323,7 @@ class MockState:
         self.providers: dict[str, _Provider] = {}
         self.log: list[LogEntry] = []
         self._unwritten: list[LogEntry] = []  # waiting for the next flush to log_path
+        self.flex_hook: Callable[[str, OpenAIRequest | AnthropicRequest], web.Response | None] | None = None  # mock_batches
 
     def provider(self, name: str) -> _Provider:
         if (p := self.providers.get(name)) is None:
@@ -393,7 +395,8 @@ class MockState:
                 fault, delay_ms = self._plan(p, model)
                 if delay_ms > 0:
                     await asyncio.sleep(delay_ms / 1000)
-                resp = self._respond(api, name, p.settings, req, rid, fault)
+                refused = self.flex_hook(name, req) if self.flex_hook else None
+                resp = refused or self._respond(api, name, p.settings, req, rid, fault)
             resp.headers["x-request-id"] = rid
             if api == "anthropic":
                 resp.headers["request-id"] = rid

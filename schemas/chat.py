@@ -38,6 +38,7 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     user: str | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+    service_tier: str | None = None  # set by the flex lane ("flex"); a job's own value is sent as is
 
 
 class Usage(msgspec.Struct):

@@ -35,6 +35,16 @@ class BatchLane(Base):
     lease_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # a dead owner's batches are taken over after this
 
 
+class FlexLane(Base):
+    """A cheaper synchronous tier (OpenAI's `service_tier: flex`): batch prices, slower answers,
+    and 429 "resource unavailable" when it has no capacity, which moves the job to the standard
+    tier of the same hop, not along the chain."""
+
+    discount: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    timeout_ms: Annotated[int, msgspec.Meta(gt=0)] = 900_000  # flex answers can take minutes
+    min_slack_s: Annotated[float, msgspec.Meta(ge=0)] = 3_600.0  # as the batch lane's
+
+
 class Provider(Base):
     api: Literal["openai", "anthropic"]
     base_url: str
@@ -50,6 +60,7 @@ class Provider(Base):
     batch_share: float | None = None
     headers: dict[str, str] = {}
     batch: BatchLane | None = None  # the provider's batch API, for every model it serves
+    flex: FlexLane | None = None  # its flex tier, for deferrable jobs where no batch lane is declared
 
 
 class Model(Base):

@@ -34,7 +34,7 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     run: int = 0  # bumped by `panelboard dead replay`, so a replay is not deduped as a duplicate
     # None: chosen from the deadline (broker/lanes.py); "batch" asks for the provider's batch
     # API where the route's first hop has one; "realtime" never waits in one.
-    lane: Literal["batch", "realtime"] | None = None
+    lane: Literal["batch", "flex", "realtime"] | None = None
 
 
 class Hop(msgspec.Struct, frozen=True):
@@ -71,6 +71,7 @@ class Dispatch(msgspec.Struct, kw_only=True):
     admitted_at: float = 0.0
     reserved_usd: float = 0.0
     shadow: bool = False  # a mirrored call: billed and recorded, never answered to the client
+    lane: str | None = None  # "flex": call this hop on the provider's flex tier; None: standard
 
 
 class Completed(msgspec.Struct, tag="completed", kw_only=True):
@@ -87,7 +88,7 @@ class Completed(msgspec.Struct, tag="completed", kw_only=True):
     # The provider's own usage when it was implausible (see workers/usage.py); response.usage
     # then holds the clamped counts that were billed.
     reported_usage: Usage | None = None
-    lane: str | None = None  # "batch": answered by a provider batch at its discount
+    lane: str | None = None  # "batch" / "flex": answered on that lane, at its discount
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):

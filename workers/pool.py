@@ -33,7 +33,8 @@ from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, link_timeout_ms, number_attempt
-from panelboard.workers.outcome import Ok, Outcome, status_of
+from panelboard.workers.flex import first_attempt, flex_of, to_standard
+from panelboard.workers.outcome import Ok, Outcome, RateLimited, status_of
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
 from panelboard.workers.usage import checked_usage
@@ -131,7 +132,8 @@ class Pool:
         replayed = msg.metadata.timestamp.timestamp() < self.suspect_before
         # A first delivery is attempt 0 at no cost; only a redelivery, or one a restarted server
         # may be repeating, reads what was recorded (see `recover`).
-        numbering, earlier = Numbering(attempt=0), []
+        numbering = Numbering(attempt=first_attempt(d))
+        earlier: list[Attempt] = []
         if delivered > 1 or replayed:
             found = await self.recover(d, delivered, lease, now)
             if found is None:
@@ -141,7 +143,8 @@ class Pool:
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
         link, policy = self._link(d)
-        timeout_s = call_timeout_s(link_timeout_ms(link, self.settings.timeout_ms), job.deadline, now)
+        flex = flex_of(d, self.settings)  # the flex tier: its own (long) timeout, its discount
+        timeout_s = call_timeout_s(flex.timeout_ms if flex else link_timeout_ms(link, self.settings.timeout_ms), job.deadline, now)
         if timeout_s is None:
             err = DeadlineExceeded(message=f"job {job.id} passed its deadline before {self.provider} could start it", hint="submit with a later deadline, or none")
             await bus.fail_job(self.js, job.team, job.id, err, reason="deadline", job=job, attempts=[*d.history, *earlier])
@@ -149,7 +152,8 @@ class Pool:
             return
 
         queue_ms = (now - (d.admitted_at or now)) * 1000
-        outcome = await self.adapter.call(job.request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
+        request = msgspec.structs.replace(job.request, service_tier="flex") if flex else job.request
+        outcome = await self.adapter.call(request, model, request_id(job.id, job.run, d.hop, attempt, d.shadow), timeout_s)
         self.calls += 1
         reported = None
         if isinstance(outcome, Ok):
@@ -163,6 +167,8 @@ class Pool:
         decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
                           provider=self.provider, rng=self.rng, past_deadline=past_deadline)
         cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)
+        if flex is not None:
+            cost = msgspec.structs.replace(cost, cost_usd=cost.cost_usd * flex.discount, lane="flex")
         status = status_of(outcome)
         this = Attempt(
             provider=self.provider, model=hop.model, hop=d.hop, attempt=attempt, status=status, run=job.run,
@@ -170,6 +176,15 @@ class Pool:
             decision=type(decision).__name__.lower(),
         )
         history = [*d.history, *earlier, this]
+
+        if flex is not None and isinstance(outcome, RateLimited) and outcome.unavailable:
+            # The flex tier is full: the same hop on the standard tier, not the next hop.
+            this = history[-1] = msgspec.structs.replace(this, decision="standard")
+            await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
+            await bus.publish_dispatch(self.js, to_standard(d, history))
+            await self._ack(lease)
+            log.info("job.flex_unavailable", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt)
+            return
 
         if d.shadow:
             await self._shadow_step(d, lease, decision, cost, this, attempt)
@@ -181,7 +196,7 @@ class Pool:
                 result = Completed(
                     job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                     cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
-                    metadata=job.metadata, reported_usage=reported,
+                    metadata=job.metadata, reported_usage=reported, lane=cost.lane,
                 )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)

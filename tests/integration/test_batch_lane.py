@@ -171,3 +171,29 @@ async def test_report_savings_shows_what_the_batch_lane_saved_against_list_price
     assert lanes["batch"].saved_pct == 50.0 and lanes["batch"].actual_usd >= round(spent, 6) - 1e-9
     assert lanes["realtime"].saved_usd == 0
     assert "lane batch:" in "\n".join(render.savings_table(rep).notes)
+
+
+async def test_flex_tier_refusals_move_to_the_standard_tier_of_the_same_hop(lstack):
+    # Given a provider whose flex tier refuses every second call with 429 resource_unavailable
+    fm = BatchMock(lstack.mock_url, "flx")
+    fm.control(flex_unavailable_every=2)
+    model = load(CONFIG).models["flx/small"]
+    async with Client(lstack.nats_url) as c:
+        # When 20 deferrable jobs run there (no retries, and a 429 would otherwise move them to `bat`)
+        ids = await submit(c, 20, time.time() + DAY, f"flex-{uuid.uuid4().hex[:6]}", intent="flx")
+        results = await asyncio.gather(*(c.result(j, timeout=60) for j in ids))
+        costs = await costs_of(c, ids)
+    assert all(isinstance(r, Completed) and r.provider == "flx" for r in results)
+    flexed = [r for r in results if r.lane == "flex"]
+    moved = [r for r in results if r.lane is None]
+    # Then the answered flex calls bill half price; the refused ones were answered on the standard tier
+    assert len(flexed) == 10 and len(moved) == 10
+    for r in flexed:
+        u = r.response.usage
+        assert r.cost_usd == pytest.approx(0.5 * call_cost(model, u.prompt_tokens, u.completion_tokens))
+    for r in moved:
+        assert [(a.attempt, a.status, a.decision) for a in r.attempts] == [(0, 429, "standard"), (1, 200, "succeed")]
+        u = r.response.usage
+        assert r.cost_usd == pytest.approx(call_cost(model, u.prompt_tokens, u.completion_tokens))
+    assert len(costs) == 30 and sum(r.lane == "flex" for r in costs) == 20  # every call billed once: 20 flex, 10 standard
+    assert all(r.provider == "flx" for r in costs) and len(fm.log()) == 30  # none moved along the chain to bat

@@ -100,3 +100,22 @@ def test_lane_savings_prices_each_lane_against_list_price():
     batch, realtime = rows
     assert (batch.lane, batch.requests, batch.actual_usd, batch.list_usd, batch.saved_pct) == ("batch", 3, 0.500000005, 1.000000005, 50.0)
     assert (realtime.lane, realtime.saved_usd) == ("realtime", 0.0)
+
+
+def test_flex_is_chosen_for_deferrable_jobs_where_no_batch_lane_is_declared_and_numbers_past_the_flex_call():
+    from panelboard.schemas.config import FlexLane
+    from panelboard.schemas.job import Attempt, Dispatch
+    from panelboard.workers.flex import first_attempt, flex_of, to_standard
+
+    flex = FlexLane(min_slack_s=600)
+    cfg = msgspec.structs.replace(CFG, providers={**CFG.providers, "r": Provider(api="openai", base_url="http://y", flex=flex)})
+    other = Route(tier="t", chain=(Hop("r/m", "r"),))
+    now = 1e6
+    assert choose(job(deadline=now + 3600), other, cfg, now).lane == "flex"
+    assert choose(job(deadline=now + 60), other, cfg, now).lane == "realtime"
+    assert choose(job(lane="flex"), ROUTE, cfg, now).lane == "realtime"  # b has no flex tier
+    d = Dispatch(job=job(), route=other, lane="flex")
+    assert flex_of(d, cfg.providers["r"]) == flex and flex_of(msgspec.structs.replace(d, shadow=True), cfg.providers["r"]) is None
+    refused = Attempt(provider="r", model="r/m", hop=0, attempt=0, status=429, latency_ms=1.0, decision="standard")
+    std = to_standard(d, [refused])
+    assert std.lane is None and first_attempt(std) == 1 and first_attempt(d) == 0
