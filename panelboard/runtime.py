@@ -61,9 +61,9 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
             if key:
                 logs.register_secret(key)  # redacted from every log line, whatever its format
         parts += [Pool(js, cfg, p, api_key=api_keys[p]) for p in providers]
-        from panelboard.workers.batch_lane import BatchLane, lane_caps
+        from panelboard.workers.batch_lane import BatchLane, batch_caps
 
-        parts += [BatchLane(js, cfg, p, api_key=api_keys[p]) for p in providers if lane_caps(cfg, p)]
+        parts += [BatchLane(js, cfg, p, api_key=api_keys[p]) for p in providers if batch_caps(cfg, p)]
 
     loop = asyncio.get_running_loop()
 

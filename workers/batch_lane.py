@@ -56,14 +56,13 @@ def lane_consumer(provider: str) -> str:
     return f"lane-{provider}"
 
 
-def lane_caps(cfg: Config, provider: str) -> list[Capability]:
+def batch_caps(cfg: Config, provider: str) -> list[Capability]:
     """The batch lanes of a provider's models (its own and any model's override)."""
-    caps = [c for name, m in cfg.models.items() if m.provider == provider and (c := capability(cfg, name)) is not None]
-    return caps
+    return [c for name, m in cfg.models.items() if m.provider == provider and (c := capability(cfg, name)) is not None]
 
 
 def consumer_config(cfg: Config, provider: str) -> ConsumerConfig:
-    caps = lane_caps(cfg, provider)
+    caps = batch_caps(cfg, provider)
     return ConsumerConfig(
         durable_name=lane_consumer(provider),
         filter_subject=wire.batch_lane(provider),
@@ -95,7 +94,7 @@ class BatchLane:
         self.js = js
         self.cfg = cfg
         self.provider = provider
-        caps = lane_caps(cfg, provider)
+        caps = batch_caps(cfg, provider)
         assert caps, f"{provider} declares no batch lane"
         self.lease_s = min(c.lease_s for c in caps)
         api = AnthropicBatchAPI if caps[0].api == "anthropic" else OpenAIBatchAPI
