@@ -13,11 +13,12 @@ chain shown is what most jobs get.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any, Literal, Mapping
 
 import msgspec
 
-from panelboard.broker import routing, strategies
+from panelboard.broker import lanes, routing, strategies
 from panelboard.broker.classify import Classification, IntentSource
 from panelboard.broker.health import Health, HealthState
 from panelboard.broker.plan import plan
@@ -72,6 +73,7 @@ class Explanation(msgspec.Struct, kw_only=True, omit_defaults=True):
     notes: list[str] = []
     error: JobError | None = None
     max_tokens: int | None = None  # the output cap the job runs with (its own, or the bound)
+    lane: lanes.LaneChoice | None = None  # realtime or the first hop's provider batch, and why
 
 
 def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[str, int] | None = None,
@@ -141,7 +143,7 @@ def explain(job: Job, cfg: Config, health: Health | None = None, load: Mapping[s
         notes.append("min_precision leaves no hop: the config check should have refused this tier")
     return Explanation(**base, tier=tier_name, strategy=strategy if grouped else None, retry_policy=tier.retry_policy,
                        min_precision=tier.min_precision, chain=chain, excluded=excluded, probe_share=cfg.health.probe_share,
-                       max_tokens=p.job.request.max_tokens, notes=notes)
+                       max_tokens=p.job.request.max_tokens, notes=notes, lane=lanes.choose(p.job, final, cfg, time.time() if now is None else now))
 
 
 def _state(h: Health, provider: str, model: str) -> Literal["healthy", "degraded", "unknown"]:
@@ -206,6 +208,8 @@ def render(e: Explanation) -> str:
             out.append(line + (f": {x.health_reason}" if x.health_reason else ""))
     for ex in e.excluded:
         out.append(f"  excluded {ex.model} [{ex.provider}]: {ex.reason}")
+    if e.lane is not None:
+        out.append(f"lane     {e.lane.lane}: {e.lane.why}")
     for n in e.notes:
         out.append(f"note     {n}")
     return "\n".join(out)

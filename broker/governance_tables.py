@@ -1,6 +1,6 @@
 """The governance tables (keys, teams, rate buckets, admissions, settled calls), how their rows
 read as the pure decisions' types, and the engine they live behind. Same database as the cost
-ledger (SQLite by default, Postgres for several nodes), through panelboard/db.py's engine.
+ledger (SQLite by default, Postgres for several nodes), through transport/db.py's engine.
 
 The hot path lives in governance_admit.py (admission) and governance_settle.py (settlement),
 the CLI's administration in governance_admin.py; governance_store.Store puts them together.

@@ -20,7 +20,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from panelboard.broker import admission, difficulty, health, routing, waiting
+from panelboard.broker import admission, difficulty, health, lanes, routing, waiting
 from panelboard.broker.admission import Governor, Wait
 from panelboard.broker.governance_store import Admitted
 from panelboard.broker.health_aggregator import Aggregator
@@ -28,6 +28,7 @@ from panelboard.broker.health_view import HealthView, pool_load
 from panelboard.broker.plan import Plan, plan
 from panelboard.transport import bus, logs, meters, tracing
 from panelboard.transport.consumer import Consumer
+from panelboard.transport.lanes import publish_to_batch_lane
 from panelboard.transport.streams import BROKER_CONSUMER, ensure_health_kv
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_job
@@ -165,8 +166,10 @@ class Broker:
         if isinstance(decision, Route):
             if mirror is not None:  # before the live one: both or neither on a crash
                 await bus.publish_dispatch(self.js, Dispatch(job=job, route=mirror, hop=0, admitted_at=time.time(), shadow=True))
-            await bus.publish_dispatch(self.js, Dispatch(job=job, route=decision, hop=0, admitted_at=time.time()))
-            log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider)
+            lane = lanes.choose(job, decision, self.cfg, now)
+            d = Dispatch(job=job, route=decision, hop=0, admitted_at=time.time(), lane="flex" if lane.lane == "flex" else None)
+            await (publish_to_batch_lane(self.js, d) if lane.lane == "batch" else bus.publish_dispatch(self.js, d))
+            log.debug("job.dispatched", job_id=job.id, tier=decision.tier, provider=decision.chain[0].provider, lane=lane.lane)
         else:
             reason = decision.kind
             await bus.fail_job(self.js, team, job.id, decision, reason=reason, job=job)

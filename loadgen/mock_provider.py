@@ -183,6 +183,7 @@ def embeddings(req: EmbeddingsRequest) -> dict[str, Any]:
         value: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if req.encoding_format == "base64" else vec
         data.append({"object": "embedding", "index": i, "embedding": value})
     return {"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    service_tier: str | None = None  # "flex": see loadgen/mock_batches.py
 
 
 class AnthropicMessage(msgspec.Struct):
@@ -390,6 +391,7 @@ class MockState:
         self.providers: dict[str, _Provider] = {}
         self.log: list[LogEntry] = []
         self._unwritten: list[LogEntry] = []  # waiting for the next flush to log_path
+        self.flex_hook: Callable[[str, OpenAIRequest | AnthropicRequest], web.Response | None] | None = None  # mock_batches
 
     def provider(self, name: str) -> _Provider:
         if (p := self.providers.get(name)) is None:
@@ -462,7 +464,11 @@ class MockState:
                 fault, delay_ms = self._plan(p, model)
                 if delay_ms > 0:
                     await asyncio.sleep(delay_ms / 1000)
-                answer, images = self._respond(api, name, p.settings, req, rid, fault)
+                refused = self.flex_hook(name, req) if self.flex_hook else None
+                if refused is not None:
+                    answer, images = refused, []
+                else:
+                    answer, images = self._respond(api, name, p.settings, req, rid, fault)
             headers = {"x-request-id": rid}
             if api == "anthropic":
                 headers["request-id"] = rid
@@ -687,6 +693,9 @@ def create_app(cfg: MockConfig) -> web.Application:
         ]
     )
     app.cleanup_ctx.append(_log_writer)
+    from panelboard.loadgen import mock_batches  # OpenAI Files + Batches, beside the chat endpoints
+
+    mock_batches.mount(app, mock_batches.BatchStore(state))
     return app
 
 

@@ -199,7 +199,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from panelboard.demo import run_demo
 
-    return run_demo(a.jobs, a.concurrency, a.config, a.nats_url, a.mock_latency_ms, a.json)
+    return run_demo(a.jobs, a.concurrency, a.config, a.nats_url, a.mock_latency_ms, a.json, a.deferrable)
 
 
 def cmd_dead(a: argparse.Namespace) -> int:
@@ -581,6 +581,8 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--mock-latency-ms", type=float, default=50)
+    p.add_argument("--deferrable", type=float, default=0.4, metavar="SHARE",
+                   help="share of jobs with a 24 h deadline, which may ride a provider's batch lane (default 0.4; 0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_demo)
 

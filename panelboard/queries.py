@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
+
 from sqlalchemy import ColumnElement, and_, case, false, func, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -92,8 +94,14 @@ def _token_groups_stmt(days: float, now: float) -> Any:
 
 async def savings(engine: AsyncEngine, cfg: Config, days: float, now: float | None = None) -> r.SavingsReport:
     now = time.time() if now is None else now
-    groups = [r.TokenGroup(*row) for row in await _rows(engine, _token_groups_stmt(days, now))] if await has_ledger(engine) else []
-    return r.savings(days, groups, r.tier_prices(cfg))
+    ledger = await has_ledger(engine)
+    groups = [r.TokenGroup(*row) for row in await _rows(engine, _token_groups_stmt(days, now))] if ledger else []
+    rep = r.savings(days, groups, r.tier_prices(cfg))
+    if ledger and groups:
+        lane_stmt = (select(c.lane, c.model, func.count(), func.sum(c.prompt_tokens), func.sum(c.completion_tokens), func.sum(c.cost_nano_usd))
+                     .where(_since(days, now), c.shadow == false()).group_by(c.lane, c.model))
+        rep = msgspec.structs.replace(rep, lanes=r.lane_savings([r.LaneGroup(*row) for row in await _rows(engine, lane_stmt)], cfg))
+    return rep
 
 
 async def traffic(engine: AsyncEngine, days: float, now: float | None = None) -> r.Traffic:

@@ -41,6 +41,9 @@ def savings_table(rep: r.SavingsReport) -> Table:
     notes = list(rep.notes)
     if rep.below_frontier_share is not None:
         notes.insert(0, f"{100 * rep.below_frontier_share:.1f}% of requests ran below the frontier tier")
+    for ln in rep.lanes:
+        notes.append(f"lane {ln.lane}: {ln.requests} calls, ${ln.actual_usd:.6f} against ${ln.list_usd:.6f} at list price: "
+                     f"saved ${ln.saved_usd:.6f}" + (f" ({ln.saved_pct:.1f}%)" if ln.saved_pct is not None else ""))
     return Table(f"savings by intent, last {rep.days:g} days", cols, rows, notes, rep.empty)
 
 

@@ -170,6 +170,26 @@ class SavingsRow(msgspec.Struct):
     saved_vs_frontier_pct: float | None
 
 
+class LaneGroup(msgspec.Struct, array_like=True):
+    """A query row: the calls of one lane on one catalog model."""
+
+    lane: str | None
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nano_usd: int
+
+
+class LaneRow(msgspec.Struct):
+    lane: str  # "realtime", "batch"
+    requests: int
+    actual_usd: float
+    list_usd: float  # the same calls at the catalog's list price
+    saved_usd: float
+    saved_pct: float | None
+
+
 class SavingsReport(msgspec.Struct):
     days: float
     frontier: TierPrice | None
@@ -179,6 +199,27 @@ class SavingsReport(msgspec.Struct):
     below_frontier_share: float | None  # requests that ran on a cheaper tier than the frontier one
     notes: list[str]
     empty: str | None = None
+    lanes: list[LaneRow] = []  # what each lane saved against list price
+
+
+def lane_savings(groups: list[LaneGroup], cfg: Config) -> list[LaneRow]:
+    """Each lane's calls against the same calls at their model's list price (a model no longer
+    in the catalog is taken at what it was billed)."""
+    acc: dict[str, list[float]] = {}
+    for g in groups:
+        m = cfg.models.get(g.model)
+        actual = usd(g.cost_nano_usd)
+        listed = (g.prompt_tokens * m.input_per_m + g.completion_tokens * m.output_per_m) / 1_000_000 if m else actual
+        row = acc.setdefault(g.lane or "realtime", [0, 0.0, 0.0])
+        row[0] += g.requests
+        row[1] += actual
+        row[2] += listed
+    out = []
+    for lane, (n, actual, listed) in sorted(acc.items()):
+        saved = round(listed - actual, 9)
+        out.append(LaneRow(lane=lane, requests=int(n), actual_usd=round(actual, 9), list_usd=round(listed, 9), saved_usd=saved,
+                           saved_pct=round(100 * saved / listed, 1) if listed else None))
+    return out
 
 
 def tier_prices(cfg: Config) -> list[TierPrice]:

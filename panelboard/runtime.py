@@ -19,6 +19,7 @@ from panelboard.schemas.config import Config
 if TYPE_CHECKING:
     from panelboard.broker.admission import Governor
     from panelboard.broker.service import Broker
+    from panelboard.workers.batch_lane import BatchLane
     from panelboard.workers.pool import Pool
 
 log = logs.get("runtime")
@@ -33,7 +34,7 @@ async def prepare(nc: NATS, cfg: Config, providers: list[str] | None = None, wit
 
 
 async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) -> None:
-    parts: list[Broker | Pool] = []
+    parts: list[Broker | Pool | BatchLane] = []
 
     async def reconnected() -> None:
         # A restarted server may have lost recent acks and redeliver finished work as if
@@ -61,6 +62,9 @@ async def serve(url: str, cfg: Config, *, broker: bool, providers: list[str]) ->
             if key:
                 logs.register_secret(key)  # redacted from every log line, whatever its format
         parts += [Pool(js, cfg, p, api_key=api_keys[p]) for p in providers]
+        from panelboard.workers.batch_lane import BatchLane, batch_caps
+
+        parts += [BatchLane(js, cfg, p, api_key=api_keys[p]) for p in providers if batch_caps(cfg, p)]
 
     loop = asyncio.get_running_loop()
 

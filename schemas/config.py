@@ -13,6 +13,39 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_on
     pass
 
 
+Duration = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(ms|s|m|h|d)$")]
+
+
+class BatchLane(Base, frozen=True):
+    """A provider's (or model's) batch API: about half price, answers within its window.
+    Jobs whose deadline leaves room ride it (see broker/lanes.py, workers/batch_lane.py)."""
+
+    api: Literal["openai", "anthropic"]  # the API shape: OpenAI Files + Batches, or Anthropic Message Batches
+    discount: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5  # share of list price billed
+    completion_window: Duration = "24h"  # the provider's window, as its API spells it
+    max_requests: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 50_000  # per provider batch
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 200 * 1024 * 1024  # of its uploaded JSONL file
+    linger_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # a partial batch is sent once its oldest job waited this long
+    # A job without lane: batch rides the lane when its deadline is at least this far off.
+    min_slack_s: Annotated[float, msgspec.Meta(ge=0)] = 3_600.0
+    # A provider batch still running this long before the earliest deadline it holds is
+    # cancelled and its jobs go realtime: time for a realtime call (and its retries).
+    reserve_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    poll_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # first poll; doubled up to max_poll_s
+    max_poll_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0  # a dead owner's batches are taken over after this
+
+
+class FlexLane(Base, frozen=True):
+    """A cheaper synchronous tier (OpenAI's `service_tier: flex`): batch prices, slower answers,
+    and 429 "resource unavailable" when it has no capacity, which moves the job to the standard
+    tier of the same hop, not along the chain."""
+
+    discount: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    timeout_ms: Annotated[int, msgspec.Meta(gt=0)] = 900_000  # flex answers can take minutes
+    min_slack_s: Annotated[float, msgspec.Meta(ge=0)] = 3_600.0  # as the batch lane's
+
+
 class Provider(Base, frozen=True):
     api: Literal["openai", "anthropic"]
     base_url: str
@@ -27,6 +60,8 @@ class Provider(Base, frozen=True):
     # the rest is kept for interactive jobs, which are then never stuck behind a batch.
     batch_share: float | None = None
     headers: dict[str, str] = {}
+    batch: BatchLane | None = None  # the provider's batch API, for every model it serves
+    flex: FlexLane | None = None  # its flex tier, for deferrable jobs where no batch lane is declared
 
 
 class Model(Base, frozen=True):
@@ -42,6 +77,7 @@ class Model(Base, frozen=True):
     quantization: str | None = None  # e.g. fp8, fp4: cheap hosts often serve quantized builds
     context_window: int = 128_000
     max_output_tokens: int = 4_096
+    batch: BatchLane | None = None  # overrides the provider's batch lane for this model
 
 
 class RetryPolicy(Base, frozen=True):

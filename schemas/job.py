@@ -45,6 +45,9 @@ class Job(msgspec.Struct, kw_only=True, omit_defaults=True):
     priority: Priority = "interactive"
     deadline: float | None = None  # unix seconds; a job past it is not started
     run: int = 0  # bumped by `panelboard dead replay`, so a replay is not deduped as a duplicate
+    # None: chosen from the deadline (broker/lanes.py); "batch" asks for the provider's batch
+    # API where the route's first hop has one; "realtime" never waits in one.
+    lane: Literal["batch", "flex", "realtime"] | None = None
 
 
 class Hop(msgspec.Struct, frozen=True):
@@ -80,6 +83,7 @@ class Dispatch(msgspec.Struct, kw_only=True):
     history: list[Attempt] = msgspec.field(default_factory=list)
     admitted_at: float = 0.0
     shadow: bool = False  # a mirrored call: billed and recorded, never answered to the client
+    lane: str | None = None  # "flex": call this hop on the provider's flex tier; None: standard
 
 
 class Completed(msgspec.Struct, tag="completed", kw_only=True):
@@ -100,6 +104,7 @@ class Completed(msgspec.Struct, tag="completed", kw_only=True):
     # the first one left the worker (ms from the start of the provider call).
     chunks: int | None = None
     ttft_ms: float | None = None
+    lane: str | None = None  # "batch" / "flex": answered on that lane, at its discount
 
 
 class Failed(msgspec.Struct, tag="failed", kw_only=True):
@@ -154,6 +159,7 @@ class CostRecord(msgspec.Struct, kw_only=True):
     reasoning_tokens: int = 0  # of completion_tokens
     ttft_ms: float | None = None  # a streamed call: time to its first forwarded chunk
     usage_unknown: bool = False  # a stream broken before the provider reported its usage: the counts are what was known
+    lane: str | None = None  # "batch": a line of a provider batch, billed at its discount; None: realtime
 
     @property
     def request_id(self) -> str:

@@ -9,6 +9,8 @@ COSTS_STREAM = "PB_COSTS"
 DEAD_STREAM = "PB_DEAD"
 ATTEMPTS_STREAM = "PB_ATTEMPTS"
 CLAIMS_STREAM = "PB_CLAIMS"
+LANES_STREAM = "PB_LANES"  # dispatches waiting for a provider batch (workers/batch_lane.py)
+LANE_STATE_BUCKET = "PB_LANE_STATE"  # KV: provider batches in flight and who owns each provider's lane
 
 HDR_MSG_ID = "Nats-Msg-Id"  # JetStream dedupe of a publish retried after a timeout
 HDR_CHUNK = "Pb-Chunk"  # a streamed chunk's index within its job's stream: 0, 1, 2...
@@ -37,6 +39,15 @@ LANES = ("interactive", "batch")  # priority lanes: each has its own share of a 
 
 def dispatch(provider: str, lane: str = "interactive") -> str:
     return f"pb.dispatch.{provider}.{lane}"
+
+
+def batch_lane(provider: str) -> str:
+    """A Dispatch (hop 0) the broker sent to the provider's batch lane instead of pb.dispatch."""
+    return f"pb.lanes.batch.{provider}"
+
+
+def batch_lane_msg_id(team: str, job_id: str, run: int, hop: int) -> str:
+    return f"{team}.{job_id}:{run}:b{hop}"
 
 
 def result(team: str, job_id: str) -> str:

@@ -77,6 +77,7 @@ costs = Table(
     Column("reasoning_tokens", BigInteger, nullable=False, server_default=text("0")),  # of completion_tokens
     Column("ttft_ms", BigInteger),  # a streamed call's time to first chunk; NULL when not streamed
     Column("usage_unknown", Boolean, nullable=False, server_default=text("false")),  # a broken stream's usage was not reported
+    Column("lane", String(16)),  # "batch": a provider-batch line, billed at its discount; NULL: realtime
     PrimaryKeyConstraint("job_id", "run", "hop", "attempt", "shadow", name="cost_records_pkey"),
     # Every report reads a time window.
     Index("ix_cost_records_ts", "ts"),
@@ -104,6 +105,7 @@ def row(rec: CostRecord) -> dict[str, Any]:
         "outcome": rec.outcome, "cached_tokens": rec.cached_tokens, "cache_write_tokens": rec.cache_write_tokens,
         "reasoning_tokens": rec.reasoning_tokens, "ttft_ms": None if rec.ttft_ms is None else round(rec.ttft_ms),
         "usage_unknown": rec.usage_unknown,
+        "lane": rec.lane,
     }
 
 

@@ -147,7 +147,7 @@ def decided(d: Any, decision: Any, outcome: Any, cost: Any) -> None:
 def ended(result: Any) -> None:
     """A terminal Result was published: counted as `completed`, or by its error kind."""
     error = getattr(result, "error", None)
-    JOBS.inc(("completed" if error is None else str(error.__struct_config__.tag),))
+    JOBS.inc(("completed" if error is None else error.kind,))
 
 
 @contextmanager

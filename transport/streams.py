@@ -59,6 +59,9 @@ def stream_configs(cfg: Config) -> list[StreamConfig]:
         # as results, so they outlive the results of a batch that took a long time to run.
         StreamConfig(name=BATCHES_STREAM, subjects=["pb.batch.>"], max_msgs_per_subject=1, max_age=2.0 * n.results_ttl_s,
                      allow_direct=True, **common),
+        # Jobs for a provider's batch lane. Kept (not a work queue) while their provider batch
+        # runs: its KV state names them by sequence, and every stage reads them back from here.
+        StreamConfig(name=wire.LANES_STREAM, subjects=["pb.lanes.>"], max_age=3 * DAY, allow_direct=True, **common),
     ]
 
 

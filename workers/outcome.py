@@ -37,6 +37,7 @@ class RateLimited(msgspec.Struct):
     retry_after_s: float | None = None
     # insufficient_quota / enforced_spend_limit_reached: waiting will not help, move on.
     hard: bool = False
+    unavailable: bool = False  # the flex tier has no capacity now: the standard tier may
 
 
 class Timeout(msgspec.Struct):

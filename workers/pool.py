@@ -34,7 +34,8 @@ from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooL
 from panelboard.schemas.embeddings import EmbeddingsResponse
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Embedded, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, number_attempt
-from panelboard.workers.outcome import Inexpressible, Ok, Outcome, StreamBroken, Timeout, outcome_name, status_of
+from panelboard.workers.flex import first_attempt, flex_of, to_standard
+from panelboard.workers.outcome import Inexpressible, Ok, Outcome, RateLimited, StreamBroken, Timeout, outcome_name, status_of
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
 from panelboard.workers.stream import stream_call
@@ -133,7 +134,7 @@ class Pool:
         replayed = msg.metadata.timestamp.timestamp() < self.suspect_before
         # A first delivery is attempt 0 at no cost; only a redelivery, or one a restarted server
         # may be repeating, reads what was recorded (see `recover`).
-        numbering, earlier = Numbering(attempt=0), list[Attempt]()
+        numbering, earlier = Numbering(attempt=first_attempt(d)), list[Attempt]()
         if delivered > 1 or replayed:
             found = await self.recover(d, delivered, lease, now)
             if found is None:
@@ -143,7 +144,8 @@ class Pool:
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
         link, policy = self._link(d)
-        link_ms = link_timeout_ms(link, self.settings.timeout_ms)
+        flex = flex_of(d, self.settings)  # the flex tier: its own (long) timeout, its discount
+        link_ms = flex.timeout_ms if flex else link_timeout_ms(link, self.settings.timeout_ms)
         timeout_s = call_timeout_s(link_ms, job.deadline, now)
         if timeout_s is None:
             err = DeadlineExceeded(message=f"job {job.id} passed its deadline before {self.provider} could start it", hint="submit with a later deadline, or none")
@@ -153,12 +155,13 @@ class Pool:
 
         queue_ms = (now - (d.admitted_at or now)) * 1000
         rid = request_id(job.id, job.run, d.hop, attempt, d.shadow)
+        request = msgspec.structs.replace(job.request, service_tier="flex") if flex else job.request
         if job.embeddings is not None:
             outcome = await self.adapter.embed(job.embeddings, model, rid, timeout_s)
-        elif job.request.stream and not d.shadow:  # a mirror never streams to the client
-            outcome = await stream_call(self.adapter, self.js._nc, job, model, rid, timeout_s)
+        elif request.stream and not d.shadow:  # a mirror never streams to the client
+            outcome = await stream_call(self.adapter, self.js._nc, msgspec.structs.replace(job, request=request) if flex else job, model, rid, timeout_s)
         else:
-            outcome = await self.adapter.call(job.request, model, rid, timeout_s)
+            outcome = await self.adapter.call(request, model, rid, timeout_s)
         self.calls += 1
         meters.called(self.provider, hop.model, outcome, now, msg.metadata.timestamp.timestamp())
         tracing.called(self.provider, hop.model, outcome)
@@ -177,6 +180,8 @@ class Pool:
         decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
                           provider=self.provider, rng=self.rng, past_deadline=past_deadline)
         cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)
+        if flex is not None:
+            cost = msgspec.structs.replace(cost, cost_usd=cost.cost_usd * flex.discount, lane="flex")
         status = status_of(outcome)
         this = Attempt(
             provider=self.provider, model=hop.model, hop=d.hop, attempt=attempt, status=status, run=job.run,
@@ -185,6 +190,15 @@ class Pool:
         )
         history = [*d.history, *earlier, this]
         meters.decided(d, decision, outcome, cost)
+
+        if flex is not None and isinstance(outcome, RateLimited) and outcome.unavailable:
+            # The flex tier is full: the same hop on the standard tier, not the next hop.
+            this = history[-1] = msgspec.structs.replace(this, decision="standard")
+            await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_attempt(self.js, job.team, job.id, this))
+            await bus.publish_dispatch(self.js, to_standard(d, history))
+            await self._ack(lease)
+            log.info("job.flex_unavailable", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt)
+            return
 
         if d.shadow:
             if isinstance(decision, Succeed) and isinstance(outcome, Ok):  # kept beside the live answer (`report quality`)
@@ -205,7 +219,7 @@ class Pool:
                     result = Completed(
                         job_id=job.id, response=outcome.response, tier=d.route.tier, provider=self.provider, model=hop.model,
                         cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
-                        metadata=job.metadata, reported_usage=reported, chunks=outcome.chunks, ttft_ms=outcome.ttft_ms,
+                        metadata=job.metadata, reported_usage=reported, chunks=outcome.chunks, ttft_ms=outcome.ttft_ms, lane=cost.lane,
                     )
                 # Cost first: a result must never exist without the record of what it cost.
                 await bus.publish_cost(self.js, cost)

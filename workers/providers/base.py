@@ -64,7 +64,7 @@ def classify_error(status: int, headers: httpx.Headers, body: bytes, latency_ms:
     if any(marker in body for marker in _HARD_429):
         return RateLimited(latency_ms, message, retry_after_s(headers), hard=True)
     if status == 429:
-        return RateLimited(latency_ms, message, retry_after_s(headers))
+        return RateLimited(latency_ms, message, retry_after_s(headers), unavailable=b"resource_unavailable" in body)
     if status >= 500 or status in (408, 409):
         return ServerError(status, latency_ms, message, retry_after_s(headers))
     if status in (401, 403, 404):
