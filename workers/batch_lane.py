@@ -30,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_dispatch, encode
 from panelboard.schemas.config import BatchLane as Capability

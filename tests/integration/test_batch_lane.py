@@ -13,7 +13,7 @@ import pytest
 
 from panelboard import queries, render
 from panelboard.transport import db
-from panelboard.broker.pricing import call_cost
+from panelboard.schemas.pricing import call_cost
 from panelboard.clients import Client
 from panelboard.config import load
 from panelboard.schemas import wire
