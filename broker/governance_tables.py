@@ -192,7 +192,7 @@ def key_record(row: Any) -> KeyRecord:
     return KeyRecord(
         prefix=row.prefix, hash=row.hash, team=row.team, models=_json_list(row.models), tiers=_json_list(row.tiers),
         expires_at=row.expires_at, revoked_at=row.revoked_at, rpm=row.rpm, tpm=row.tpm, max_parallel=row.max_parallel,
-        on_limit=row.on_limit,  # type: ignore[arg-type]
+        on_limit=row.on_limit,
     )
 
 

@@ -4,6 +4,7 @@ waiting on a rate limit; gathered (status) and rendered as text (render_status).
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import msgspec
 from nats.js import JetStreamContext
@@ -84,7 +85,7 @@ def render_status(st: Status) -> str:
     return "\n".join(out)
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     if not rows:
         return ["  (none)"]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]

@@ -4,7 +4,7 @@ order_chain), one-off reads, and the pools' queue depths the strategies weigh.""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Any, Callable
 
 import msgspec
 from nats.js import JetStreamContext
@@ -51,7 +51,7 @@ class HealthView:
         self.kv = kv
         self.states: dict[Key, HealthState] = {}
         self._task: asyncio.Task[None] | None = None
-        self._watcher = None
+        self._watcher: Any = None  # nats-py's KeyWatcher, once started
         self.ready = asyncio.Event()  # set once the initial values are in
         self._changed = asyncio.Event()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import msgspec
@@ -306,9 +306,9 @@ class Client:
         key = (team or self.team, job_id)
         fut = self._future(key)
         if stored and not fut.done() and key not in self._watched:
-            stored = await self.lookup(job_id, key[0])
-            if stored is not None and not fut.done():
-                fut.set_result(stored)
+            found = await self.lookup(job_id, key[0])
+            if found is not None and not fut.done():
+                fut.set_result(found)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
@@ -447,10 +447,10 @@ class ChunkStream:
         self.client, self.messages, self.intent, self.timeout, self.id, self.kw = client, messages, intent, timeout, job_id, kw
         self.result: Result | None = None
 
-    def __aiter__(self) -> AsyncIterator[ChatChunk]:
+    def __aiter__(self) -> AsyncGenerator[ChatChunk, None]:
         return self._run()
 
-    async def _run(self) -> AsyncIterator[ChatChunk]:
+    async def _run(self) -> AsyncGenerator[ChatChunk, None]:
         c = self.client
         assert c.nc is not None, "connect the client first"
         team = self.kw.get("team") or c.team

@@ -196,6 +196,7 @@ class Ingress:
             return self.error(r, "openai")
         if isinstance(r, Failed):
             return self.error(for_job_error(r.error, "openai"), "openai")
+        assert isinstance(r, Completed)  # a chat job ends Completed or Failed
         return web.Response(body=msgspec.json.encode(openai_shape.completion(r)), content_type="application/json",
                             headers=served_headers(r))
 
@@ -235,6 +236,7 @@ class Ingress:
             return self.error(r, "anthropic")
         if isinstance(r, Failed):
             return self.error(for_job_error(r.error, "anthropic"), "anthropic")
+        assert isinstance(r, Completed)  # a chat job ends Completed or Failed
         msg = anthropic_shape.message(openai_shape.completion(r), model)
         return web.Response(body=msgspec.json.encode(msg), content_type="application/json", headers=served_headers(r))
 

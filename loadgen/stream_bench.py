@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from panelboard.loadgen.bench import INTENT, MAX_TOKENS, PROVIDER, CpuMeter, closed_loop, event_loop_runner, log, ms, percentile, prompt, with_stack
+from panelboard.loadgen.bench import INTENT, MAX_TOKENS, PROVIDER, CpuMeter, closed_loop, event_loop_runner, log, ms, open_stack, percentile, prompt
 
 SETTLE_S = 1.0
 
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the figures here as JSON")
     args = ap.parse_args(argv)
     runner, loop_name = event_loop_runner()
-    data = with_stack(0.0, lambda stack: runner(run(stack, args)))
+    with open_stack(0.0, governance=False) as (stack, _):
+        data = runner(run(stack, args))
     data["loop"] = loop_name
     text = json.dumps(data, indent=2)
     print(text)

@@ -169,7 +169,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
                     cancelled = await batch.cancel(js, a.batch_id, cfg)
                     st = await batch.status(js, a.batch_id)
                     if a.json:
-                        print(json.dumps({"cancel": msgspec.structs.asdict(rep), "batch": st}))
+                        print(json.dumps({"cancel": msgspec.structs.asdict(cancelled), "batch": st}))
                     else:
                         print(f"batch {a.batch_id}: {cancelled.cancelled} queued job(s) cancelled, never called; "
                               f"{cancelled.running} already with a broker or worker run to their own result")

@@ -175,7 +175,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from panelboard.clients import Client
     from panelboard.transport.connection import require_url
     from panelboard.schemas.codec import encode
-    from panelboard.schemas.job import Completed
+    from panelboard.schemas.job import Completed, Failed
 
     url = require_url(a.nats_url)
     key = resolve_key(a)
@@ -189,9 +189,11 @@ def cmd_submit(a: argparse.Namespace) -> int:
         elif isinstance(r, Completed):
             print(r.response.text)
             print(f"-- {r.provider} {r.model} tier={r.tier} cost=${r.cost_usd:.6f} tokens={r.response.usage.total_tokens} job={r.job_id}", file=sys.stderr)
-        else:
+        elif isinstance(r, Failed):
             print(f"failed: {r.error.message}\nhint: {r.error.hint}", file=sys.stderr)
-        return 0 if isinstance(r, Completed) else 1
+        else:  # embeddings
+            print(encode(r.response).decode())
+        return 0 if not isinstance(r, Failed) else 1
 
     return asyncio.run(go())
 

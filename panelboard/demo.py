@@ -136,6 +136,7 @@ def run_demo(jobs: int, concurrency: int, config: str | None, nats_url: str | No
         with stack:
             stack.start(ingress=True)
             print(f"HTTP ingress (OpenAI/Anthropic compatible) at {stack.ingress_url}", file=sys.stderr)
+            assert stack.nats_url is not None  # start() started the embedded server
             summary = asyncio.run(drive(stack.nats_url, jobs, concurrency, config, deferrable))
             summary["http"] = asyncio.run(http_probe(stack.ingress_url or ""))
     print(json.dumps(summary) if as_json else render(summary))

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from panelboard.schemas.config import Config
-from panelboard.schemas.job import Attempt, Completed, Result
+from panelboard.schemas.job import Attempt, Completed, Failed, Result
 
 Mode = Literal["429", "500", "hang"]
 HANG_PAST_MS = 5_000  # a hang outlasts the provider's timeout by this much
@@ -61,7 +61,7 @@ def summarise(tier: str, intent: str, mode: str, chain: list[tuple[str, str]], r
         attempts.extend(r.attempts)
         if isinstance(r, Completed):
             answered[r.attempts[-1].hop if r.attempts else 0] += 1  # the last attempt is the one that answered
-        else:
+        elif isinstance(r, Failed):
             failed[r.error.kind] += 1
     hops = []
     for i, (provider, model) in enumerate(chain):
@@ -184,7 +184,7 @@ def cmd_break_primary(a: argparse.Namespace) -> int:
     return 0 if d.completed == d.jobs else 1
 
 
-def add_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None],  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None],
                key_options: Callable[[argparse.ArgumentParser, str], None]) -> None:
     p = sub.add_parser("drill", help="fallback drills against the running stack: `drill break-primary TIER`")
     dsub = p.add_subparsers(dest="drill", required=True)

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 
 from panelboard.broker import ratelimit
 from panelboard.broker.budgets import NANO
-from panelboard.broker.governance_store import Store, rate_buckets, team_scope
+from panelboard.broker.governance_store import Store, rate_buckets
+from panelboard.broker.governance_tables import team_scope
 from panelboard.transport import logs, meters
 
 log = logs.get("teams")

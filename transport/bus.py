@@ -20,7 +20,7 @@ from panelboard.schemas import redact, shadow
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
 from panelboard.schemas.errors import JobError
-from panelboard.schemas.job import ID_RE, Attempt, Completed, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
+from panelboard.schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
 
 
 PUBLISH_PATIENCE_S = 30.0
@@ -104,7 +104,7 @@ async def _index_batch(js: JetStreamContext, team: str, job_id: str, result: Res
     of a batch is in the index (a crash between the two redoes both, deduped)."""
     if not result.metadata or (batch_id := B.batch_of(job_id, result.metadata)) is None:
         return
-    kind = "completed" if isinstance(result, Completed) else result.error.kind
+    kind = result.error.kind if isinstance(result, Failed) else "completed"
     await publish(js, B.done_subject(batch_id, team, job_id), encode(B.Done(kind=kind, subject=subject)),
                   headers={wire.HDR_MSG_ID: msg_id + ":done"})
 

@@ -13,7 +13,7 @@ import time
 import weakref
 from bisect import bisect_left
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sized
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -166,7 +166,8 @@ def admission(msg: "Msg") -> Iterator[None]:
 class _PoolLike(Protocol):
     provider: str
     lanes: dict[str, int]
-    inflight: dict[Any, Any]
+    @property
+    def inflight(self) -> Sized: ...
     paused_until: float
 
 

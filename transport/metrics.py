@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 from aiohttp import web
 from nats.js import JetStreamContext
@@ -88,7 +88,7 @@ class _Queues(Collector):
                     self.unacked.add_metric([stream, c.config.durable_name], c.num_ack_pending or 0)
         return self
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         return [self.pending, self.unacked]
 
 
@@ -133,11 +133,11 @@ async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | Non
 
 
 async def alongside(port: int | None, url: str, main: Awaitable[None], host: str = DEFAULT_HOST, cfg: Config | None = None,
-                    follower: Callable[[], Awaitable[None]] | None = None) -> None:
+                    follower: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
     """Serve this process's metrics while `main` runs. `follower`: a task of the caller's kept
     running beside it (the app passes the team budget gauges; transport knows no SQL tables)."""
     nc = await connect(url, "panelboard-metrics")
-    extra = asyncio.create_task(follower()) if follower is not None else None
+    extra: asyncio.Task[None] | None = asyncio.create_task(follower()) if follower is not None else None
     try:
         async with serving(port, nc.jetstream(), host=host, cfg=cfg):
             await main

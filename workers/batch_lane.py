@@ -36,7 +36,7 @@ from panelboard.schemas.codec import decode_dispatch, encode
 from panelboard.schemas.config import BatchLane as Capability
 from panelboard.schemas.config import Config
 from panelboard.schemas.errors import ResponseTooLarge
-from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch
+from panelboard.schemas.job import Attempt, AttemptDecision, Completed, CostRecord, Dispatch
 from panelboard.schemas.lanes import BATCH_ATTEMPT, Owner, ProviderBatch, capability, custom_id, owner_key, state_key
 from panelboard.transport import bus, logs
 from panelboard.transport.lanes import ensure_state_kv
@@ -408,7 +408,7 @@ class BatchLane:
         log.warning("batch_lane.fell_back", provider=self.provider, batch=st.id, jobs=len(jobs), stage=st.stage)
         return msgspec.structs.replace(st, stage="fell_back")
 
-    def _attempt(self, st: ProviderBatch, d: Dispatch, status: int, error: str | None, decision: str, latency_ms: float) -> Attempt:
+    def _attempt(self, st: ProviderBatch, d: Dispatch, status: int, error: str | None, decision: AttemptDecision, latency_ms: float) -> Attempt:
         return Attempt(provider=self.provider, model=st.model, hop=d.hop, attempt=BATCH_ATTEMPT, status=status, run=d.job.run,
                        latency_ms=round(latency_ms, 2), error=error, decision=decision)
 

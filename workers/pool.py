@@ -27,7 +27,7 @@ from panelboard.transport import bus, logs, meters, tracing
 from panelboard.transport.consumer import Consumer
 from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
 from panelboard.schemas import shadow, wire
-from panelboard.schemas.chat import Usage
+from panelboard.schemas.chat import ChatResponse, Usage
 from panelboard.schemas.codec import decode_dispatch
 from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
@@ -202,7 +202,8 @@ class Pool:
 
         if d.shadow:
             if isinstance(decision, Succeed) and isinstance(outcome, Ok):  # kept beside the live answer (`report quality`)
-                await bus.publish_shadow_answer(self.js, shadow.answer_of(d, outcome.response, self.provider, hop.model, cost.cost_usd, now))
+                if isinstance(outcome.response, ChatResponse):  # embeddings have no answer to compare
+                    await bus.publish_shadow_answer(self.js, shadow.answer_of(d, outcome.response, self.provider, hop.model, cost.cost_usd, now))
             await self._shadow_step(d, lease, decision, cost, this, attempt, billable=not isinstance(outcome, Inexpressible))
             return
 

@@ -14,7 +14,7 @@ from panelboard.schemas.config import Config
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="offline router evaluation on labelled prompts: `eval router`, `eval train`")
     esub = p.add_subparsers(dest="eval_cmd", required=True)
 
@@ -149,7 +149,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_quality_report(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_quality_report(rsub: argparse._SubParsersAction) -> None:
     text_ = "shadow answers beside the live answers of the same jobs: agreement, score spread and cost, per intent and tier pair"
     r = rsub.add_parser("quality", help=text_, description=text_)
     r.add_argument("--config", help="config file (default: $PANELBOARD_CONFIG or examples/mock.yaml)")
