@@ -60,9 +60,10 @@ def _serve(a: argparse.Namespace, broker: bool) -> int:
     if unknown:
         print(f"unknown provider(s) {unknown}; the config has {list(cfg.providers)}", file=sys.stderr)
         return 2
+    from panelboard import dashboard, teams_view
     from panelboard.transport import meters, metrics
 
-    from panelboard import teams_view
+    metrics.dashboard_page = dashboard.page
 
     async def follow_teams() -> None:  # budget and headroom gauges, once this process runs a broker (workers never load SQL)
         while not meters.STATE.brokers:
@@ -105,6 +106,10 @@ def cmd_ledger(a: argparse.Namespace) -> int:
     from panelboard.transport.connection import home, require_url
     from panelboard.runtime import run
 
+    from panelboard import dashboard
+    from panelboard.transport import metrics
+
+    metrics.dashboard_page = dashboard.page  # the page at / of the ledger's metrics port
     cfg = load(a.config)
     url = require_url(a.nats_url, cfg)
     try:

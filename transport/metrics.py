@@ -98,6 +98,12 @@ async def exposition(js: JetStreamContext, cost: CostMeters | None) -> bytes:
     return generate_latest(meters.REGISTRY) + generate_latest(queues) + (generate_latest(cost.registry) if cost else b"")
 
 
+# The page at / belongs to the operator app (panelboard/dashboard.py), which registers it here
+# when it starts a process, so this layer serves it without importing upward.
+Page = Callable[[JetStreamContext, Config, "dict[str, float] | None"], Awaitable[str]]
+dashboard_page: Page | None = None
+
+
 @asynccontextmanager
 async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | None = None,
                   host: str = DEFAULT_HOST, cfg: Config | None = None) -> AsyncIterator[int | None]:
@@ -110,15 +116,15 @@ async def serving(port: int | None, js: JetStreamContext, cost: CostMeters | Non
     async def handle(_req: web.Request) -> web.Response:
         return web.Response(body=await exposition(js, cost), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
-    async def dashboard(_req: web.Request) -> web.Response:
-        from panelboard.dashboard import page
+    page = dashboard_page
 
-        assert cfg is not None
+    async def dashboard(_req: web.Request) -> web.Response:
+        assert cfg is not None and page is not None
         return web.Response(text=await page(js, cfg, cost.by_tier if cost else None), content_type="text/html")
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
-    if cfg is not None:
+    if cfg is not None and page is not None:
         app.router.add_get("/", dashboard)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
