@@ -22,12 +22,13 @@ from panelboard.clients import Client
 from panelboard.clients.client import JobHandle, new_id
 from panelboard.clients.errors import JobFailed, ResultTimeout
 from panelboard.ingress import anthropic_shape, choose, openai_shape
-from panelboard.ingress.errors import Api, HttpError, bad_request, for_job_error, gateway_timeout, not_implemented, too_large
+from panelboard.ingress.errors import Api, HttpError, bad_request, for_job_error, gateway_timeout, too_large
 from panelboard.ingress.keys import KeyTeams
 from panelboard.schemas import wire
 from panelboard.schemas.chat import ChatRequest
 from panelboard.schemas.config import Config
-from panelboard.schemas.job import Completed, Failed, Job, Result
+from panelboard.schemas.embeddings import EmbeddingsRequest
+from panelboard.schemas.job import Completed, Embedded, Failed, Job, Result
 from panelboard.transport import logs
 
 log = logs.get("ingress")
@@ -204,12 +205,39 @@ class Ingress:
         return web.json_response(openai_shape.model_list(choose.model_ids(self.cfg)))
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        raw = await self.body(request)
-        if isinstance(raw, HttpError):
-            return self.error(raw, "openai")
-        return self.error(not_implemented(
-            "embeddings are not served yet: the queue has no embeddings job kind (issue 12 adds it); "
-            "POST /v1/chat/completions works, and embeddings calls must go to a provider directly for now"), "openai")
+        """An embeddings job through the same queue (admission, route, pool caps, cost record)."""
+        body = await self.json_body(request)
+        if isinstance(body, HttpError):
+            return self.error(body, "openai")
+        opts = self.options(request, body.get("model"))
+        if isinstance(opts, HttpError):
+            return self.error(opts, "openai")
+        req = {k: v for k, v in body.items() if k != "model"}
+        if opts.choice.pinned:
+            req["model"] = opts.choice.pinned
+        try:
+            typed = msgspec.convert(req, EmbeddingsRequest)
+        except msgspec.ValidationError as e:
+            return self.error(bad_request(f"the request does not fit the embeddings shape: {e}"), "openai")
+        key = self.key_of(request, "openai")
+        team = await self.teams.team_of(key)
+        job = Job(id=opts.job_id or new_id(), embeddings=typed, client=self.client.client_id, intent=opts.choice.intent,
+                  key=key, team=team, feature=opts.feature, priority=opts.priority,  # type: ignore[arg-type]
+                  deadline=choose.deadline_at(opts))
+        request["pb_job"] = job.id
+        request["pb_key"] = prefix_of(key) or ("-" if key is None else "other")
+        try:
+            h = await self.client.submit_job(job, reuse=opts.job_id is not None)
+        except JobFailed as e:
+            return self.error(for_job_error(e.error, "openai"), "openai")
+        r = await self.result(h, opts)
+        if isinstance(r, HttpError):
+            return self.error(r, "openai")
+        if isinstance(r, Failed):
+            return self.error(for_job_error(r.error, "openai"), "openai")
+        if not isinstance(r, Embedded):  # a job id reused for a chat job
+            return self.error(bad_request(f"job {r.job_id} is a chat completion, not embeddings: use another x-pb-job-id"), "openai")
+        return web.Response(body=msgspec.json.encode(r.response), content_type="application/json", headers=served_headers(r))
 
     # -- Anthropic -----------------------------------------------------------------------------
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -279,7 +307,7 @@ class Ingress:
             self.counters.requests[(route, status)] += 1
 
 
-def served_headers(r: Completed) -> dict[str, str]:
+def served_headers(r: Completed | Embedded) -> dict[str, str]:
     return {"x-pb-job-id": r.job_id, "x-pb-tier": r.tier, "x-pb-provider": r.provider, "x-pb-model": r.model,
             "x-pb-cost-usd": f"{r.cost_usd:.9f}"}
 

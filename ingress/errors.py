@@ -59,8 +59,6 @@ def too_large(message: str) -> HttpError:
     return HttpError(413, message, "invalid_request_error", "request_too_large", "request_too_large", NO_RETRY)
 
 
-def not_implemented(message: str) -> HttpError:
-    return HttpError(501, message, "not_implemented", "not_implemented", "api_error", NO_RETRY)
 
 
 def gateway_timeout(message: str) -> HttpError:

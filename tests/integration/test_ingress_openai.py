@@ -154,11 +154,16 @@ async def test_a_real_stream_relays_the_workers_chunks_and_adds_up_to_the_result
     assert got[-1].usage is not None and got[-1].usage.completion_tokens == r.response.usage.completion_tokens
 
 
-def test_embeddings_say_what_is_missing_without_being_retried(ingress):
-    with openai.OpenAI(base_url=ingress + "/v1", api_key="x") as c:  # default retries: x-should-retry stops them
-        with pytest.raises(openai.InternalServerError) as e:
-            c.embeddings.create(model="fast", input="hello")
-    assert e.value.status_code == 501 and "embeddings job kind" in e.value.message
+def test_embeddings_ride_the_queue_and_parse_with_the_sdk(oai, mock):
+    job_id = "emb-" + uuid.uuid4().hex[:8]
+    raw = oai.embeddings.with_raw_response.create(model="fast", input=["hello", "world"], dimensions=8,
+                                                  extra_headers={"x-pb-job-id": job_id})
+    r = raw.parse()  # openai.types.CreateEmbeddingResponse
+    assert [d.index for d in r.data] == [0, 1] and all(len(d.embedding) == 8 for d in r.data)
+    assert r.usage.prompt_tokens > 0 and raw.headers["x-pb-job-id"] == job_id
+    assert len(calls_for(mock, job_id)) == 1  # one provider call, through the worker pool
+    with pytest.raises(openai.BadRequestError):  # a family that cannot embed says so
+        oai.embeddings.create(model="claude", input="x")
 
 
 def test_health_ready_and_metrics(ingress):
