@@ -128,9 +128,11 @@ class BatchStore:
             return 400, {"error": {"message": f"invalid request body: {e}", "type": "invalid_request_error", "code": None}}, ""
         p = self.state.provider(provider)
         fault, _ = self.state._plan(p, req.model)  # the line's latency is the batch's own
-        resp = self.state._respond(api, provider, p.settings, req, cid, fault)
+        resp, _images = self.state._respond(api, provider, p.settings, req, cid, fault)
+        if not isinstance(resp, web.Response):  # a line asking to stream: batch APIs answer whole bodies
+            return 400, {"error": {"message": "stream is not supported in a batch line", "type": "invalid_request_error", "code": None}}, req.model
         try:
-            return resp.status, msgspec.json.decode(resp.body), req.model
+            return resp.status, msgspec.json.decode(resp.body if isinstance(resp.body, (bytes, bytearray)) else b""), req.model
         except msgspec.DecodeError:  # a `malformed` fault: the line's body is cut off
             return 500, {"error": {"message": "mock fault: malformed answer", "type": "server_error", "code": None}}, req.model
 

@@ -163,6 +163,7 @@ class OpenAIRequest(msgspec.Struct):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    service_tier: str | None = None  # "flex": see loadgen/mock_batches.py
 
 
 class EmbeddingsRequest(msgspec.Struct):
@@ -183,7 +184,6 @@ def embeddings(req: EmbeddingsRequest) -> dict[str, Any]:
         value: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if req.encoding_format == "base64" else vec
         data.append({"object": "embedding", "index": i, "embedding": value})
     return {"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-    service_tier: str | None = None  # "flex": see loadgen/mock_batches.py
 
 
 class AnthropicMessage(msgspec.Struct):

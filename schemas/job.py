@@ -15,7 +15,9 @@ from panelboard.schemas.errors import JobError
 # (workers/outcome.py), or "lost" (its worker died mid-call).
 CallOutcome = Literal["ok", "RateLimited", "Timeout", "ServerError", "ClientError", "Inexpressible", "StreamBroken", "lost"]
 # What the worker did after an attempt (workers/decide.py), or "lost" (it never finished).
-AttemptDecision = Literal["succeed", "retry", "forward", "fail", "lost", "realtime"]  # realtime: a provider-batch line sent on to the realtime lane
+# realtime: a provider-batch line sent on to the realtime lane; standard: a flex call refused, redone on
+# the standard tier of the same hop. Decoders enforce this set: a new decision must be added here.
+AttemptDecision = Literal["succeed", "retry", "forward", "fail", "lost", "realtime", "standard"]
 
 Priority = Literal["interactive", "batch"]
 
