@@ -37,7 +37,10 @@ async def test_a_team_near_its_budget_shows_spend_remaining_and_headroom(tmp_pat
             for _ in range(JOBS):  # each answer: 8 tokens at $6,250/M = $0.05, so $0.15 of $0.20
                 assert isinstance(await (await c.submit(PRICED, intent="priced", max_tokens=8)).result(timeout=60), Completed)
 
-        settled = lambda s: abs(value(s, "panelboard_budget_remaining_usd", team="spenders") - 0.05) < 1e-9  # noqa: E731
+        # Remaining is budget - spent - reserved: a last call still reserved (its reservation
+        # equals its cost here) shows the same remaining, so wait for the spend itself too.
+        settled = lambda s: (abs(value(s, "panelboard_budget_remaining_usd", team="spenders") - 0.05) < 1e-9  # noqa: E731
+                             and abs(value(s, "panelboard_budget_spent_usd", team="spenders") - 0.15) < 1e-9)
         b = wait_for(stack.metrics_ports["broker"], settled, 60)  # settlement, then the next refresh
         assert value(b, "panelboard_budget_usd", team="spenders", period="daily") == pytest.approx(0.20)
         assert value(b, "panelboard_budget_spent_usd", team="spenders") == pytest.approx(0.15)
