@@ -15,7 +15,10 @@ from panelboard.evals import curve as cv
 from panelboard.evals import mmlu
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("PANELBOARD_MMLU_DATA", ROOT.parent / "shared" / "data" / "routellm-mmlu"))
+# The data sit beside the project (../shared); a clone elsewhere on the same machine finds
+# them at the workplace's shared folder, or where PANELBOARD_MMLU_DATA says.
+_CANDIDATES = [ROOT.parent / "shared" / "data" / "routellm-mmlu", Path("/work/shared/data/routellm-mmlu")]
+DATA = Path(os.environ.get("PANELBOARD_MMLU_DATA") or next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0]))
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"RouteLLM MMLU data not at {DATA} (set PANELBOARD_MMLU_DATA)")
 
 
