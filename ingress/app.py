@@ -174,6 +174,19 @@ class Ingress:
         self.cancels.add(t)
         t.add_done_callback(self.cancels.discard)
 
+    async def answer(self, request: web.Request, body: dict[str, Any], opts: choose.Options, api: Api) -> Completed | web.Response:
+        """Submit a chat request and await its Completed result; anything else as `api`'s error."""
+        h = await self.submit(request, body, opts, api)
+        if isinstance(h, HttpError):
+            return self.error(h, api)
+        r = await self.result(h, opts)
+        if isinstance(r, HttpError):
+            return self.error(r, api)
+        if isinstance(r, Failed):
+            return self.error(for_job_error(r.error, api), api)
+        assert isinstance(r, Completed)  # a chat job ends Completed or Failed
+        return r
+
     def error(self, err: HttpError, api: Api) -> web.Response:
         return web.Response(status=err.status, body=err.body(api), content_type="application/json", headers=err.headers)
 
@@ -189,15 +202,9 @@ class Ingress:
             from panelboard.ingress.sse import stream_openai
 
             return await stream_openai(self, request, body, opts)
-        h = await self.submit(request, body, opts, "openai")
-        if isinstance(h, HttpError):
-            return self.error(h, "openai")
-        r = await self.result(h, opts)
-        if isinstance(r, HttpError):
-            return self.error(r, "openai")
-        if isinstance(r, Failed):
-            return self.error(for_job_error(r.error, "openai"), "openai")
-        assert isinstance(r, Completed)  # a chat job ends Completed or Failed
+        r = await self.answer(request, body, opts, "openai")
+        if isinstance(r, web.Response):
+            return r
         return web.Response(body=msgspec.json.encode(openai_shape.completion(r)), content_type="application/json",
                             headers=served_headers(r))
 
@@ -256,15 +263,9 @@ class Ingress:
             from panelboard.ingress.sse import stream_anthropic
 
             return await stream_anthropic(self, request, req, opts, model)
-        h = await self.submit(request, req, opts, "anthropic")
-        if isinstance(h, HttpError):
-            return self.error(h, "anthropic")
-        r = await self.result(h, opts)
-        if isinstance(r, HttpError):
-            return self.error(r, "anthropic")
-        if isinstance(r, Failed):
-            return self.error(for_job_error(r.error, "anthropic"), "anthropic")
-        assert isinstance(r, Completed)  # a chat job ends Completed or Failed
+        r = await self.answer(request, req, opts, "anthropic")
+        if isinstance(r, web.Response):
+            return r
         msg = anthropic_shape.message(openai_shape.completion(r), model)
         return web.Response(body=msgspec.json.encode(msg), content_type="application/json", headers=served_headers(r))
 
