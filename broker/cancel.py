@@ -14,6 +14,16 @@ the whole scan, and the pause carries its own end (PAUSE_S), so a cancel that di
 cannot leave a pool stopped. The result is published before the delete: if NATS fails in
 between, the job keeps exactly one result.
 
+A job routed to a provider's batch lane waits in PB_LANES (not a work queue: it stays there
+while its provider batch runs), held by the lane (workers/batch_lane.py) from collection to
+fan-out. There the cancel claims the job's end (wire.end_claim) before the lane does: won, the
+job gets its `cancelled` result, which the lane honours at every step (left out of the upload,
+no Completed at the fan-out, only the cost record of a line the provider answered anyway), and
+its provider batch is marked (CancelMarks) so that one whose every job is cancelled is
+cancelled provider-side; lost, the lane has answered it or sent it realtime, where the next
+round finds it in PB_DISPATCH. Only the live part of PB_LANES is read: above the lane
+consumers' ack floors, and the jobs of provider batches not done (their KV states).
+
 Scanning reads each queued message once (STREAM.MSG.GET, `next_by_subj`), in chunks of
 sequence numbers processed concurrently, from the back of the queue: memory stays flat, time
 grows with the depth of the queues (not only with the jobs being cancelled).
@@ -31,13 +41,16 @@ from dataclasses import dataclass, field
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
 
 from panelboard.transport import bus
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_dispatch, decode_job
 from panelboard.schemas.errors import Cancelled
-from panelboard.schemas.job import Attempt, Failed, Job
+from panelboard.schemas.job import Attempt, Dispatch, Failed, Job
+from panelboard.schemas.lanes import END_CANCEL, ProviderBatch, lane_cancelled
+from panelboard.transport.lanes import add_marks, claim_end
 
 CHUNK = 256  # sequence numbers per scan step
 PAUSE_S = 30.0  # a pause ends by itself after this, should its resume never come
@@ -85,6 +98,7 @@ class _Consumer:
 @dataclass
 class CancelReport:
     cancelled: int = 0  # taken out of a queue, given a `cancelled` result, never called
+    lane: int = 0  # of those, ended in a batch lane (its provider batch may have run it: billed)
     running: int = 0  # found already handed to a broker or worker: left to finish
     scanned: int = 0  # queued messages read
     ids: list[str] = field(default_factory=list)  # the cancelled job ids, when asked for
@@ -229,10 +243,11 @@ class _Scan:
         await asyncio.gather(*(self.publish(job, history) for (_, job, history), mine in zip(hits, owned) if mine))
         await asyncio.gather(*(self.delete(stream, m.seq) for m, _, _ in hits))
 
-    async def publish(self, job: Job, history: list[Attempt]) -> None:
+    async def publish(self, job: Job, history: list[Attempt], result: Failed | None = None) -> None:
         err = Cancelled(message=f"job {job.id} was cancelled before it started ({self.reason})",
                         hint="nothing was called for it; submit it again (a new job id) if it is still wanted")
-        await bus.publish_result(self.js, job.team, job.id, Failed(job_id=job.id, error=err, attempts=history, metadata=job.metadata), job.run)
+        result = result or Failed(job_id=job.id, error=err, attempts=history, metadata=job.metadata)
+        await bus.publish_result(self.js, job.team, job.id, result, job.run)
         self.report.cancelled += 1
         self.running.discard(job.id)
         if self.keep_ids:
@@ -268,6 +283,7 @@ async def cancel_queued(
     PB_JOBS first, then PB_DISPATCH (a job the broker moves meanwhile is found there); then
     again over what arrived since, while a round still finds matching jobs."""
     scan = _Scan(js, match, prefilter, reason, keep_ids, on_cancel)
+    lanes = _LaneCancel(scan)
     floor = {wire.JOBS_STREAM: 1, wire.DISPATCH_STREAM: 1}
     for _ in range(rounds):
         before = scan.found
@@ -280,8 +296,123 @@ async def cancel_queued(
             floor[stream] = hi + 1
             if info.state.messages and lo <= hi:
                 await scan.stream(stream, lo, hi)
+        await lanes.round()
         if scan.found == before:
             break
     scan.report.running = len(scan.running)
     return scan.report
 
+
+
+# -- the batch lane ---------------------------------------------------------------------------
+class _LaneCancel:
+    """Jobs held by a provider's batch lane (PB_LANES): ended through their end claim, which
+    the lane honours, never deleted (the lane reads its provider batches' jobs back by
+    sequence). Each round reads what is live there and has arrived since the last round."""
+
+    def __init__(self, scan: _Scan):
+        self.scan = scan
+        self.floor: int | None = None  # the next PB_LANES sequence to read; None: first round
+
+    async def round(self) -> None:
+        js = self.scan.js
+        try:
+            info = await js.stream_info(wire.LANES_STREAM)
+        except NotFoundError:
+            return  # no batch lane was ever started
+        hi = info.state.last_seq
+        where: dict[int, tuple[str, str]] = {}  # seq -> (provider, provider batch) of live batches
+        extra: list[int] = []  # live sequences below the floor: recorded in a batch not done
+        if self.floor is None:
+            lo = await self._ack_floor(info.state.first_seq)
+            where = await self._live_batches()
+            extra = sorted(s for s in where if s < lo)
+        else:
+            lo = self.floor
+        self.floor = hi + 1
+        hits: list[tuple[int, Dispatch]] = []
+        sem = asyncio.Semaphore(PARALLEL)
+
+        async def chunk(a: int, b: int) -> None:  # [a, b)
+            async with sem:
+                seq = a
+                while seq < b and (m := await self.scan.get_next(wire.LANES_STREAM, seq)) is not None and m.seq < b:
+                    self._hit(m.seq, m.data, hits)
+                    seq = m.seq + 1
+
+        await asyncio.gather(*(chunk(a, min(a + CHUNK, hi + 1)) for a in range(lo, hi + 1, CHUNK)),
+                             *(chunk(s, s + 1) for s in extra))
+        if not hits:
+            return
+        self.scan.found += len(hits)
+        won = await asyncio.gather(*(self._end(d) for _, d in hits))
+        marks: dict[tuple[str, str], set[int]] = {}
+        for (s, _), mine in zip(hits, won):
+            if mine and s in where:
+                marks.setdefault(where[s], set()).add(s)
+        kv = await self._kv()
+        if kv is not None:
+            await asyncio.gather(*(add_marks(kv, p, b, seqs) for (p, b), seqs in marks.items()))
+
+    def _hit(self, seq: int, data: bytes, hits: list[tuple[int, Dispatch]]) -> None:
+        self.scan.report.scanned += 1
+        if self.scan.prefilter is not None and self.scan.prefilter not in data:
+            return
+        try:
+            d = decode_dispatch(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # the broker wrote it; not ours to cancel
+        if self.scan.match(d.job):
+            hits.append((seq, d))
+
+    async def _end(self, d: Dispatch) -> bool:
+        """Claim the job's end; True: cancelled here (its result published)."""
+        job, scan = d.job, self.scan
+        if await bus.result_exists(scan.js, job.team, job.id, job.run):
+            return False  # answered, or cancelled before: it has its one result
+        mine = END_CANCEL + scan.reason.encode()
+        owner = await claim_end(scan.js, job.team, job.id, job.run, mine)
+        if not owner.startswith(END_CANCEL):  # the lane answered it or sent it realtime
+            scan.running.add(job.id)
+            return False
+        provider = d.route.chain[d.hop].provider
+        reason = owner[len(END_CANCEL):].decode(errors="replace")  # an earlier cancel's, if it died after its claim
+        await scan.publish(job, d.history, lane_cancelled(job, d.history, provider, reason))
+        scan.report.lane += 1
+        return True
+
+    async def _ack_floor(self, first_seq: int) -> int:
+        """The first sequence a lane consumer may still hold unacked (or never delivered)."""
+        floors = [ci.ack_floor.stream_seq for ci in await self.scan.js.consumers_info(wire.LANES_STREAM) if ci.ack_floor]
+        return max(first_seq, min(floors) + 1) if floors else first_seq
+
+    async def _kv(self) -> KeyValue | None:
+        try:
+            return await self.scan.js.key_value(wire.LANE_STATE_BUCKET)
+        except BucketNotFoundError:
+            return None
+
+    async def _live_batches(self) -> dict[int, tuple[str, str]]:
+        """Each sequence of a provider batch not yet done: its provider and batch id."""
+        kv = await self._kv()
+        if kv is None:
+            return {}
+        try:
+            keys = [k for k in await kv.keys() if k.startswith("batch.")]
+        except NoKeysError:
+            return {}
+        sem = asyncio.Semaphore(PARALLEL)
+
+        async def one(key: str) -> ProviderBatch | None:
+            async with sem:
+                try:
+                    entry = await kv.get(key)
+                except KeyNotFoundError:
+                    return None
+            return msgspec.json.decode(entry.value, type=ProviderBatch) if entry.value else None
+
+        out: dict[int, tuple[str, str]] = {}
+        for st in await asyncio.gather(*(one(k) for k in keys)):
+            if st is not None and st.stage != "done":
+                out.update((s, (st.provider, st.id)) for s in st.seqs)
+        return out

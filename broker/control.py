@@ -8,7 +8,8 @@ handlers and its AsyncAPI document are worth its per-message cost (~0.4 ms). The
 
     cancel   CancelRequest -> CancelReply: the team's queued jobs (one job id, or every job
              of a client id, i.e. a batch) get a `cancelled` result and leave the queues
-             (broker/cancel.py); jobs already handed to a broker or worker run to their end.
+             (broker/cancel.py), or their batch lane (`lane` of them); jobs already handed to a
+             broker or worker run to their end.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ async def cancel(js: JetStreamContext, team: str, req: CancelRequest) -> CancelR
         rep = await cancel_queued(js, lambda j: j.team == team and j.client == client, prefilter=f'"client":"{client}"'.encode(),
                                   reason=reason or f"client {client} was cancelled")
     log.info("control.cancelled", team=team, job_id=req.job_id or None, client=req.client or None, cancelled=rep.cancelled,
-             running=rep.running, scanned=rep.scanned)
-    return CancelReply(cancelled=rep.cancelled, running=rep.running, scanned=rep.scanned, ids=rep.ids)
+             lane=rep.lane, running=rep.running, scanned=rep.scanned)
+    return CancelReply(cancelled=rep.cancelled, lane=rep.lane, running=rep.running, scanned=rep.scanned, ids=rep.ids)
 
 
 def control_plane(js: JetStreamContext | None, url: str = "nats://127.0.0.1:4222", *, credentials: bool = True) -> NatsBroker:

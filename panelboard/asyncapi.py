@@ -41,6 +41,8 @@ CONTRACT: list[tuple[str, Any, str]] = [
      "PB_RESULTS. A Failed for a publish refused before it was claimed; seq is its PB_JOBS sequence, from the PubAck."),
     (wire.claim("{team}", "{job}", "{run}"), int,  # type: ignore[arg-type]
      "PB_CLAIMS. Who owns a job id: the PB_JOBS sequence that claimed it. Broker only."),
+    (wire.end_claim("{team}", "{job}", "{run}"), str,  # type: ignore[arg-type]
+     "PB_CLAIMS. Who ends a job held by a provider's batch lane: `lane`, or `cancel:<reason>`. Broker and lane only."),
     (wire.cost("{team}"), CostRecord, "PB_COSTS. One CostRecord per provider call."),
     (wire.attempts("{team}", "{job}"), Attempt, "PB_ATTEMPTS. Failed attempts of a job, read back for its Failed result."),
     (wire.dead("{reason}"), DeadLetter, "PB_DEAD (limits, capped). The job (keys cut to their prefix), the error, every attempt."),

@@ -171,7 +171,9 @@ def cmd_batch(a: argparse.Namespace) -> int:
                     if a.json:
                         print(json.dumps({"cancel": msgspec.structs.asdict(cancelled), "batch": st}))
                     else:
-                        print(f"batch {a.batch_id}: {cancelled.cancelled} queued job(s) cancelled, never called; "
+                        queued = cancelled.cancelled - cancelled.lane
+                        print(f"batch {a.batch_id}: {queued} queued job(s) cancelled, never called; "
+                              f"{cancelled.lane} cancelled in a provider batch lane (a line the provider had already run is billed); "
                               f"{cancelled.running} already with a broker or worker run to their own result")
                         if st is not None:
                             print(_status_text(st))

@@ -20,6 +20,9 @@ class CancelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 class CancelReply(msgspec.Struct, kw_only=True):
     cancelled: int = 0  # taken out of a queue, given a `cancelled` result, never called
+    # Of those, ended in a provider's batch lane (waiting for, or inside, a provider batch): a
+    # provider batch that had already run its line bills that call (its cost record is kept).
+    lane: int = 0
     running: int = 0  # found already handed to a broker or worker: left to finish
     scanned: int = 0  # queued messages read
     ids: list[str] = []  # the cancelled job ids (for a single-job cancel)

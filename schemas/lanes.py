@@ -3,6 +3,9 @@ and the ids that make every step of it safe to redo after a crash.
 
     PB_LANE_STATE (KV)   owner.<provider>           Owner: which process drives the lane
                          batch.<provider>.<id>      ProviderBatch: one provider batch
+                         cancels.<provider>.<id>    CancelMarks: its jobs a cancel has ended
+    PB_CLAIMS (stream)   pb.claims.<team>.<job>.<run>.end   END_LANE or END_CANCEL + reason:
+                                                    who ends a job the lane holds (wire.end_claim)
     PB_LANES (stream)    pb.lanes.batch.<provider>  the Dispatches waiting for (or in) one
 """
 
@@ -15,6 +18,8 @@ from typing import Literal
 import msgspec
 
 from panelboard.schemas.config import BatchLane, Config
+from panelboard.schemas.errors import Cancelled
+from panelboard.schemas.job import Attempt, Failed, Job
 
 # A provider-batch call's attempt number: far from realtime attempts (0, 1, 2...), so a job
 # that falls back to realtime never reuses its request id, cost-record key or ledger row.
@@ -74,6 +79,8 @@ class ProviderBatch(msgspec.Struct, kw_only=True, omit_defaults=True):
     output_file_id: str | None = None
     error_file_id: str | None = None
     polls: int = 0
+    # Sequences a cancel ended before the upload: left out of its lines, never sent.
+    dropped: list[int] = []
     # Anthropic: when the create was sent. Its batches carry no name of ours, so a create whose
     # answer a crash lost is found as the one batch created since that no other state claims.
     creating_since: float | None = None
@@ -85,3 +92,29 @@ def state_key(provider: str, batch_id: str) -> str:
 
 def owner_key(provider: str) -> str:
     return f"owner.{provider}"
+
+
+def cancels_key(provider: str, batch_id: str) -> str:
+    return f"cancels.{provider}.{batch_id}"
+
+
+class CancelMarks(msgspec.Struct, kw_only=True):
+    """Sequences of one provider batch whose jobs a cancel has ended (it won their end claim):
+    the lane cancels the provider batch once they are all of its jobs. A hint only: the end
+    claims decide, so a mark that is late costs a provider call, never a second result."""
+
+    seqs: list[int] = []
+
+
+# Data of a job's end claim (wire.end_claim): the lane, or a cancel followed by its reason.
+END_LANE = b"lane"
+END_CANCEL = b"cancel:"
+
+
+def lane_cancelled(job: Job, history: list[Attempt], provider: str, reason: str) -> Failed:
+    """The `cancelled` result of a job a cancel took from a batch lane: the same whoever
+    publishes it (the cancel, or the lane finishing a cancel that died after its claim)."""
+    err = Cancelled(message=f"job {job.id} was cancelled while it waited in {provider}'s batch lane ({reason})",
+                    hint="no answer is delivered for it; if the provider batch had already run its line, that call is billed "
+                         "(a cost record with lane=batch); submit it again (a new job id) if it is still wanted")
+    return Failed(job_id=job.id, error=err, attempts=history, metadata=job.metadata)

@@ -82,6 +82,13 @@ def claim(team: str, job_id: str, run: int = 0) -> str:
     return f"pb.claims.{team}.{job_id}.{run}"
 
 
+def end_claim(team: str, job_id: str, run: int = 0) -> str:
+    """Who decides how a job held by a provider's batch lane ends: the lane (its answer, or a
+    realtime dispatch) or a cancel. Created once (expected last subject sequence 0), so a cancel
+    racing the lane's fan-out loses or wins as a whole: one terminal result either way."""
+    return f"pb.claims.{team}.{job_id}.{run}.end"
+
+
 def cost(team: str) -> str:
     return f"pb.costs.{team}"
 

@@ -13,6 +13,13 @@ before anything relies on it, and its jobs stay in PB_LANES, named by sequence:
   - mid fan-out: jobs that already have a result are skipped, the rest redone (deduped ids).
 A provider batch that fails or expires sends its unanswered jobs realtime; one still running
 reserve_s before its earliest deadline is cancelled and all its jobs go realtime.
+
+Cancel (broker/cancel.py) reaches a job here through its end claim (wire.end_claim): before
+the lane publishes a job's Completed result or sends it realtime, it claims the job's end; a
+cancel that claimed it first has given it its `cancelled` result, and the lane publishes only
+the cost record of a line the provider answered anyway (billed). Jobs cancelled before the
+upload are left out of it (ProviderBatch.dropped); a provider batch whose every job a cancel
+has marked (CancelMarks) is cancelled provider-side, and what it ran before is billed.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ from panelboard.schemas.config import BatchLane as Capability
 from panelboard.schemas.config import Config
 from panelboard.schemas.errors import ResponseTooLarge
 from panelboard.schemas.job import Attempt, AttemptDecision, Completed, CostRecord, Dispatch
-from panelboard.schemas.lanes import BATCH_ATTEMPT, Owner, ProviderBatch, capability, custom_id, owner_key, state_key
+from panelboard.schemas.lanes import (BATCH_ATTEMPT, END_CANCEL, END_LANE, Owner, ProviderBatch, capability, custom_id, lane_cancelled,
+                                      owner_key, state_key)
 from panelboard.transport import bus, logs
-from panelboard.transport.lanes import ensure_state_kv
+from panelboard.transport.lanes import claim_end, ensure_state_kv, read_end, read_marks
 from panelboard.transport.streams import ensure_consumer
 from panelboard.workers.batch_plan import TERMINAL, Answered, Errored, Line, fallback_at, fits, flush_due, poll_delay_s, too_late
 from panelboard.workers.providers.anthropic_batch import AnthropicBatchAPI
@@ -105,6 +113,7 @@ class BatchLane:
         self.stopping = asyncio.Event()
         self.suspect_before = 0.0  # runtime sets it on reconnect; every step here is checked anyway
         self.known: set[int] = set()  # PB_LANES sequences already in a provider batch
+        self.cancel_asked: set[str] = set()  # provider batches we asked the provider to cancel
         self.revs: dict[str, int] = {}  # KV revision of each provider batch we drive
         self.kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -271,7 +280,8 @@ class BatchLane:
         hop = d.route.chain[d.hop]
         cap = capability(self.cfg, hop.model)
         if cap is None or too_late(job.deadline, now, cap):  # config changed, or it waited too long
-            await bus.publish_dispatch(self.js, d)
+            if await self._decide(d):
+                await bus.publish_dispatch(self.js, d)
             await m.ack()
             return
         line = self.api.encode_line(custom_id(job.team, job.id, job.run, d.hop), job.request, self.cfg.models[hop.model])
@@ -321,18 +331,30 @@ class BatchLane:
                 if st.stage in ("collected", "uploaded", "created") and fb is not None and now >= fb:
                     st = await self._fall_back(st, jobs)
                 elif st.stage == "collected":
-                    file_id = await self.api.prepare(st.id, self._lines(st, jobs))
-                    st = msgspec.structs.replace(st, stage="uploaded", file_id=file_id)
-                    log.info("batch_lane.uploaded", provider=self.provider, batch=st.id, file_id=file_id)
+                    st = msgspec.structs.replace(st, dropped=await self._cancelled(jobs))
+                    if not self._lines(st, jobs):  # every job cancelled: the provider never sees them
+                        st = msgspec.structs.replace(st, stage="done")
+                        log.info("batch_lane.all_cancelled", provider=self.provider, batch=st.id, stage="collected")
+                    else:
+                        file_id = await self.api.prepare(st.id, self._lines(st, jobs))
+                        st = msgspec.structs.replace(st, stage="uploaded", file_id=file_id)
+                        log.info("batch_lane.uploaded", provider=self.provider, batch=st.id, file_id=file_id, dropped=len(st.dropped))
                 elif st.stage == "uploaded":
-                    st = await self._create(st, jobs, cap)
-                    continue
+                    if st.creating_since is None and await self._all_cancelled(st, jobs):  # no create was ever sent
+                        st = msgspec.structs.replace(st, stage="done")
+                        log.info("batch_lane.all_cancelled", provider=self.provider, batch=st.id, stage="uploaded")
+                    else:
+                        st = await self._create(st, jobs, cap)
+                        continue
                 elif st.stage in ("created", "fell_back"):
                     if st.batch_id is None:
                         st = msgspec.structs.replace(st, stage="done")
                     else:
                         b = await self.api.get(st.batch_id)
                         if b.status not in TERMINAL:
+                            if st.stage == "created" and st.batch_id not in self.cancel_asked and await self._all_cancelled(st, jobs):
+                                await self._cancel_provider_batch(st)
+                                continue
                             st.polls += 1  # not saved: a resumed poll may start fast again
                             await self._sleep(poll_delay_s(st.polls, cap, time.time(), fb if st.stage == "created" else None))
                             continue
@@ -369,8 +391,58 @@ class BatchLane:
             await self._save(st)
 
     def _lines(self, st: ProviderBatch, jobs: dict[int, Dispatch]) -> list[bytes]:
+        dropped = set(st.dropped)
         return [self.api.encode_line(custom_id(d.job.team, d.job.id, d.job.run, d.hop), d.job.request, self.cfg.models[st.model])
-                for d in (jobs[s] for s in st.seqs if s in jobs)]
+                for d in (jobs[s] for s in st.seqs if s in jobs and s not in dropped)]
+
+    # -- cancel ---------------------------------------------------------------------------
+    async def _decide(self, d: Dispatch) -> bool:
+        """Claim the job's end for the lane: True when the lane ends it (its answer, or realtime);
+        False when a cancel claimed it first. Then its `cancelled` result is made sure of: a
+        cancel that died between its claim and its result leaves that to whoever comes next."""
+        job = d.job
+        owner = await claim_end(self.js, job.team, job.id, job.run, END_LANE)
+        if owner == END_LANE:
+            return True
+        await self._finish_cancel(d, owner)
+        return False
+
+    async def _finish_cancel(self, d: Dispatch, owner: bytes) -> None:
+        job = d.job
+        if owner.startswith(END_CANCEL) and not await bus.result_exists(self.js, job.team, job.id, job.run):
+            reason = owner[len(END_CANCEL):].decode(errors="replace")
+            await bus.publish_result(self.js, job.team, job.id, lane_cancelled(job, d.history, self.provider, reason), job.run)
+
+    async def _cancelled(self, jobs: dict[int, Dispatch]) -> list[int]:
+        """The sequences whose end a cancel has claimed, each one's result made sure of."""
+        async def one(seq: int, d: Dispatch) -> int | None:
+            owner = await read_end(self.js, d.job.team, d.job.id, d.job.run)
+            if owner is None or not owner.startswith(END_CANCEL):
+                return None
+            await self._finish_cancel(d, owner)
+            return seq
+
+        return sorted(s for s in await _gather_bounded([one(s, d) for s, d in jobs.items()]) if s is not None)
+
+    async def _all_cancelled(self, st: ProviderBatch, jobs: dict[int, Dispatch]) -> bool:
+        """Every job of the provider batch ended by a cancel (its marks, one KV read)."""
+        assert self.kv is not None
+        ended = set(st.dropped) | await read_marks(self.kv, self.provider, st.id)
+        return all(s in ended for s in st.seqs if s in jobs)
+
+    async def _cancel_provider_batch(self, st: ProviderBatch) -> None:
+        """Nobody wants its answers: cancel it provider-side (what it ran meanwhile is billed at
+        the fan-out). Asked once per process; one that ended meanwhile is fanned out as usual."""
+        assert st.batch_id is not None
+        self.cancel_asked.add(st.batch_id)
+        try:
+            await self.api.cancel(st.batch_id)
+            log.info("batch_lane.cancelled", provider=self.provider, batch=st.id, provider_batch=st.batch_id)
+        except BatchAPIError as e:
+            if e.transient:
+                self.cancel_asked.discard(st.batch_id)
+                raise
+            log.info("batch_lane.cancel_failed", provider=self.provider, batch=st.id, error=str(e)[:200])
 
     async def _create(self, st: ProviderBatch, jobs: dict[int, Dispatch], cap: Capability) -> ProviderBatch:
         """Create the provider batch, once: the moment is recorded before the create is sent,
@@ -394,7 +466,7 @@ class BatchLane:
         """The earliest deadline is near: cancel provider-side, send every job realtime. A
         provider batch that ended meanwhile is fanned out as usual instead."""
         if st.stage == "uploaded" and st.batch_id is None:  # a create whose answer a crash lost
-            found = await self.api.lookup(st.id, st.creating_since, len(st.seqs), self.claimed)
+            found = await self.api.lookup(st.id, st.creating_since, len(self._lines(st, jobs)), self.claimed)
             st = msgspec.structs.replace(st, batch_id=found.id) if found else st
         if st.batch_id is not None:
             b = await self.api.get(st.batch_id)
@@ -414,7 +486,7 @@ class BatchLane:
 
     async def _realtime(self, st: ProviderBatch, jobs: dict[int, Dispatch], why: str, status: int = 0) -> None:
         async def one(d: Dispatch) -> None:
-            if await bus.result_exists(self.js, d.job.team, d.job.id, d.job.run):
+            if await bus.result_exists(self.js, d.job.team, d.job.id, d.job.run) or not await self._decide(d):
                 return
             this = self._attempt(st, d, status, why[:300], "realtime", 0.0)
             await bus.publish_dispatch(self.js, msgspec.structs.replace(d, history=[*d.history, this]))
@@ -448,20 +520,27 @@ class BatchLane:
 
     async def _fan_out(self, st: ProviderBatch, jobs: dict[int, Dispatch], cap: Capability) -> None:
         """Each job's answer as the ordinary path would give it (cost first, then result);
-        a job whose line errored or never ran goes realtime. Redone after a crash: jobs with
-        a result are skipped, the rest republished under the same ids."""
+        a job whose line errored or never ran goes realtime. A job a cancel ended keeps its
+        `cancelled` result; if its line was answered, that call is billed: its cost record only.
+        Redone after a crash: jobs with a result get no other, the rest are republished under
+        the same ids."""
         lines = await self._answers(st)
         now = time.time()
-        counts = {"answered": 0, "realtime": 0}
+        counts = {"answered": 0, "realtime": 0, "cancelled": 0}
 
         async def one(d: Dispatch) -> None:
             job = d.job
-            if await bus.result_exists(self.js, job.team, job.id, job.run):
-                return
             line = lines.get(custom_id(job.team, job.id, job.run, d.hop))
+            if await bus.result_exists(self.js, job.team, job.id, job.run):
+                if isinstance(line, Answered):  # billed whatever its result (a redo is deduped)
+                    await bus.publish_cost(self.js, self._cost(st, d, line, cap, now)[0])
+                return
             if isinstance(line, Answered):
                 rec, result, this = self._cost(st, d, line, cap, now)
                 await bus.publish_cost(self.js, rec)
+                if not await self._decide(d):
+                    counts["cancelled"] += 1
+                    return
                 try:
                     await bus.publish_result(self.js, job.team, job.id, result, job.run)
                 except bus.PayloadTooLarge:  # billed already; realtime could only bill it again
@@ -469,6 +548,9 @@ class BatchLane:
                                            hint="lower max_tokens; the call is billed in its cost record")
                     await bus.fail_job(self.js, job.team, job.id, err, reason="response_too_large", job=job, attempts=[*d.history, this])
                 counts["answered"] += 1
+                return
+            if not await self._decide(d):
+                counts["cancelled"] += 1
                 return
             why = f"batch line {line.code}: {line.message}" if isinstance(line, Errored) else f"no answer in the provider batch ({st.status})"
             this = self._attempt(st, d, line.status if isinstance(line, Errored) else 0, why[:300], "realtime", 0.0)

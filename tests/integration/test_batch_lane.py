@@ -17,7 +17,10 @@ from panelboard.schemas.pricing import call_cost
 from panelboard.clients import Client
 from panelboard.config import load
 from panelboard.schemas import wire
-from panelboard.schemas.job import Completed
+from panelboard.clients import control
+from panelboard.schemas.codec import decode_result
+from panelboard.schemas.control import CancelReply, CancelRequest
+from panelboard.schemas.job import Completed, Failed
 from panelboard.schemas.lanes import BATCH_ATTEMPT, custom_id
 from panelboard.stack import Stack
 from tests.conftest import ROOT
@@ -198,3 +201,116 @@ async def test_flex_tier_refusals_move_to_the_standard_tier_of_the_same_hop(lsta
         assert r.cost_usd == pytest.approx(call_cost(model, u.prompt_tokens, u.completion_tokens))
     assert len(costs) == 30 and sum(r.lane == "flex" for r in costs) == 20  # every call billed once: 20 flex, 10 standard
     assert all(r.provider == "flx" for r in costs) and len(fm.log()) == 30  # none moved along the chain to bat
+
+
+# -- cancel reaches the batch lane ---------------------------------------------------------
+async def cancel_one(c: Client, job_id: str, team: str | None = None) -> CancelReply:
+    return await control.cancel(c.nc, team or c.team, CancelRequest(job_id=job_id, reason="test"), 60)
+
+
+async def stored_results(c: Client, job_id: str) -> list:
+    return [decode_result(d) for _, d in await read_all(c.js, wire.RESULTS_STREAM, wire.result(c.team, job_id))]
+
+
+def cancelled(r) -> bool:
+    return isinstance(r, Failed) and r.error.kind == "cancelled"
+
+
+async def eventually(check, within_s: float) -> bool:
+    """Poll `check` (sync or async) until it holds or `within_s` passes."""
+    end = time.monotonic() + within_s
+    while True:
+        ok = check()
+        if asyncio.iscoroutine(ok):
+            ok = await ok
+        if ok or time.monotonic() > end:
+            return bool(ok)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_cancel_while_jobs_linger_in_the_lane_keeps_them_from_the_provider(lstack):
+    # Given a batch lane that lingers 6 s before it sends a collection
+    bmock = BatchMock(lstack.mock_url, "lbat")
+    bmock.control(validate_ms=0, delay_ms=100)
+    async with Client(lstack.nats_url) as c:
+        info = await c.js.stream_info(wire.LANES_STREAM, subjects_filter=wire.batch_lane("lbat"))
+        before = sum((info.state.subjects or {}).values())
+        # When five deferrable jobs and one more wait in the lane
+        tag = uuid.uuid4().hex[:6]
+        ids = await submit(c, 6, time.time() + DAY, f"lc-{tag}", intent="lbat")
+        doomed, kept = ids[:5], ids[5]
+
+        async def routed() -> bool:
+            i = await c.js.stream_info(wire.LANES_STREAM, subjects_filter=wire.batch_lane("lbat"))
+            return sum((i.state.subjects or {}).values()) >= before + 6
+        assert await eventually(routed, 30)
+        # and the five are cancelled there, before the flush
+        replies = [await cancel_one(c, j) for j in doomed[:4]]
+        assert await c.cancel(doomed[4]) is True  # the SDK's answer
+        results = await asyncio.gather(*(c.result(j, timeout=60) for j in ids))
+        costs = await costs_of(c, ids)
+    # Then each cancel says it ended one job in the batch lane, and each ends `cancelled`
+    assert all(r.cancelled == 1 and r.lane == 1 and r.ids == [j] for r, j in zip(replies, doomed))
+    assert all(cancelled(r) for r in results[:5]), results[0]
+    assert "batch lane" in results[0].error.message
+    # the other job of the same collection is answered by the provider batch
+    assert isinstance(results[5], Completed) and results[5].lane == "batch"
+    # and the provider never saw the cancelled ones: its one batch holds only the survivor
+    s = bmock.summary()
+    assert [b["custom_ids"] for b in s["batches"]] == [[custom_id(c.team, kept, 0, 0)]]
+    assert [e["request_id"] for e in bmock.log()] == [custom_id(c.team, kept, 0, 0)]
+    assert [r.job_id for r in costs] == [kept]
+
+
+async def test_a_cancel_after_the_provider_batch_is_created_cancels_it_or_leaves_the_rest_to_finish(lstack, bmock):
+    # Given provider batches that take 15 s to process
+    bmock.control(validate_ms=0, delay_ms=15_000)
+    tag = uuid.uuid4().hex[:6]
+    async with Client(lstack.nats_url) as c:
+        def batch_of(ids: list[str]) -> dict | None:
+            want = {custom_id(c.team, j, 0, 0) for j in ids}
+            return next((b for b in bmock.summary()["batches"] if set(b["custom_ids"]) == want), None)
+
+        # When two provider batches are created, one after the other
+        first = await submit(c, 4, time.time() + DAY, f"pa-{tag}")
+        assert await eventually(lambda: batch_of(first) is not None, 30)
+        second = await submit(c, 4, time.time() + DAY, f"pb-{tag}")
+        assert await eventually(lambda: batch_of(second) is not None, 30)
+        # and every job of the first is cancelled, and two of the second
+        replies = [await cancel_one(c, j) for j in first + second[:2]]
+        results = await asyncio.gather(*(c.result(j, timeout=90) for j in first + second))
+        # (every job has ended: the second batch has been fanned out)
+        stored = {j: await stored_results(c, j) for j in first + second}
+        costs = await costs_of(c, first + second)
+    assert all(r.cancelled == 1 and r.lane == 1 for r in replies)
+    # Then the first provider batch is cancelled provider-side
+    assert batch_of(first)["status"] == "cancelled"
+    assert batch_of(second)["status"] == "completed"
+    # the cancelled jobs end `cancelled`, and keep that one result: no Completed came after
+    assert all(cancelled(r) for r in results[:6])
+    assert all(len(stored[j]) == 1 and cancelled(stored[j][0]) for j in first + second[:2])
+    # the rest of the second batch still completes from it
+    assert all(isinstance(r, Completed) and r.lane == "batch" for r in results[6:])
+    assert all(len(stored[j]) == 1 for j in second[2:])
+    # and every line the provider ran is billed, cancelled or not: one cost record per call
+    ran = {e["request_id"] for e in bmock.log()}
+    assert {custom_id(c.team, j, 0, 0) for j in second} <= ran
+    assert sorted(custom_id(c.team, r.job_id, 0, 0) for r in costs) == sorted(ran)
+    assert all(r.lane == "batch" for r in costs)
+
+
+async def test_a_team_cannot_cancel_another_teams_jobs_in_a_provider_batch(lstack, bmock):
+    # Given team default's jobs inside a created provider batch
+    bmock.control(validate_ms=0, delay_ms=3_000)
+    async with Client(lstack.nats_url) as c, Client(lstack.nats_url, team="intruder") as other:
+        ids = await submit(c, 3, time.time() + DAY, f"ti-{uuid.uuid4().hex[:6]}")
+        want = {custom_id(c.team, j, 0, 0) for j in ids}
+        assert await eventually(lambda: any(set(b["custom_ids"]) == want for b in bmock.summary()["batches"]), 30)
+        # When another team asks to cancel them, by job id and by their client id
+        replies = [await cancel_one(other, j) for j in ids]
+        by_client = await control.cancel(other.nc, other.team, CancelRequest(client=c.client_id), 60)
+        results = await asyncio.gather(*(c.result(j, timeout=60) for j in ids))
+    # Then nothing is cancelled, and the jobs are answered by their provider batch
+    assert all(r.cancelled == 0 and r.lane == 0 and r.ids == [] for r in replies + [by_client])
+    assert all(isinstance(r, Completed) and r.lane == "batch" for r in results)
+    assert [b["status"] for b in bmock.summary()["batches"]] == ["completed"]
