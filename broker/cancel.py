@@ -153,8 +153,8 @@ class _Scan:
                 if not c.paused:
                     await self.js.resume_consumer(stream, c.name)
 
-    async def get_next(self, stream: str, seq: int) -> _Msg | None:
-        req = json.dumps({"seq": seq, "next_by_subj": ">"}).encode()
+    async def get_next(self, stream: str, seq: int, subject: str = ">") -> _Msg | None:
+        req = json.dumps({"seq": seq, "next_by_subj": subject}).encode()
         for attempt in range(5):
             try:
                 r = await self.nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", req, timeout=5)
@@ -312,7 +312,7 @@ class _LaneCancel:
 
     def __init__(self, scan: _Scan):
         self.scan = scan
-        self.floor: int | None = None  # the next PB_LANES sequence to read; None: first round
+        self.floors: dict[str, int] | None = None  # per lane subject, the next sequence to read; None: first round
 
     async def round(self) -> None:
         js = self.scan.js
@@ -321,31 +321,32 @@ class _LaneCancel:
         except NotFoundError:
             return  # no batch lane was ever started
         hi = info.state.last_seq
-        where: dict[int, tuple[str, str]] = {}  # seq -> (provider, provider batch) of live batches
-        extra: list[int] = []  # live sequences below the floor: recorded in a batch not done
-        if self.floor is None:
-            lo = await self._ack_floor(info.state.first_seq)
-            where = await self._live_batches()
-            extra = sorted(s for s in where if s < lo)
-        else:
-            lo = self.floor
-        self.floor = hi + 1
+        extra: list[int] = []  # live sequences below the floors: recorded in a batch not done
+        if self.floors is None:
+            self.floors = await self._ack_floors(info.state.first_seq)
+            extra = sorted(s for s, (p, _) in (await self._live_batches()).items() if s < self.floors.get(wire.batch_lane(p), hi + 1))
         hits: list[tuple[int, Dispatch]] = []
         sem = asyncio.Semaphore(PARALLEL)
 
-        async def chunk(a: int, b: int) -> None:  # [a, b)
+        async def chunk(subject: str, a: int, b: int) -> None:  # [a, b) of one lane's subject
             async with sem:
                 seq = a
-                while seq < b and (m := await self.scan.get_next(wire.LANES_STREAM, seq)) is not None and m.seq < b:
+                while seq < b and (m := await self.scan.get_next(wire.LANES_STREAM, seq, subject)) is not None and m.seq < b:
                     self._hit(m.seq, m.data, hits)
                     seq = m.seq + 1
 
-        await asyncio.gather(*(chunk(a, min(a + CHUNK, hi + 1)) for a in range(lo, hi + 1, CHUNK)),
-                             *(chunk(s, s + 1) for s in extra))
+        await asyncio.gather(*(chunk(subj, a, min(a + CHUNK, hi + 1)) for subj, lo in self.floors.items() for a in range(lo, hi + 1, CHUNK)),
+                             *(chunk(">", s, s + 1) for s in extra))
+        self.floors = {subj: hi + 1 for subj in self.floors}
         if not hits:
             return
         self.scan.found += len(hits)
         won = await asyncio.gather(*(self._end(d) for _, d in hits))
+        if not any(won):
+            return
+        # Read after the claims: a collection the lane recorded meanwhile is marked too (one it
+        # records later checks the claims at its upload).
+        where = await self._live_batches()
         marks: dict[tuple[str, str], set[int]] = {}
         for (s, _), mine in zip(hits, won):
             if mine and s in where:
@@ -381,10 +382,16 @@ class _LaneCancel:
         scan.report.lane += 1
         return True
 
-    async def _ack_floor(self, first_seq: int) -> int:
-        """The first sequence a lane consumer may still hold unacked (or never delivered)."""
-        floors = [ci.ack_floor.stream_seq for ci in await self.scan.js.consumers_info(wire.LANES_STREAM) if ci.ack_floor]
-        return max(first_seq, min(floors) + 1) if floors else first_seq
+    async def _ack_floors(self, first_seq: int) -> dict[str, int]:
+        """Per lane subject, the first sequence its lane may still hold unacked (or never
+        delivered): above its consumer's ack floor; a subject no consumer takes, from the start."""
+        info = await self.scan.js.stream_info(wire.LANES_STREAM, subjects_filter=wire.batch_lane("*"))
+        floors = {subj: first_seq for subj in info.state.subjects or {}}
+        for ci in await self.scan.js.consumers_info(wire.LANES_STREAM):
+            subj = ci.config.filter_subject
+            if subj in floors and ci.ack_floor is not None:
+                floors[subj] = max(first_seq, ci.ack_floor.stream_seq + 1)
+        return floors
 
     async def _kv(self) -> KeyValue | None:
         try:

@@ -314,3 +314,28 @@ async def test_a_team_cannot_cancel_another_teams_jobs_in_a_provider_batch(lstac
     assert all(r.cancelled == 0 and r.lane == 0 and r.ids == [] for r in replies + [by_client])
     assert all(isinstance(r, Completed) and r.lane == "batch" for r in results)
     assert [b["status"] for b in bmock.summary()["batches"]] == ["completed"]
+
+
+async def test_cancels_racing_the_fan_out_leave_each_job_exactly_one_result(lstack, bmock):
+    # Given 60 jobs in a provider batch that ends about now
+    bmock.control(validate_ms=0, delay_ms=2_500)
+    async with Client(lstack.nats_url) as c:
+        ids = await submit(c, 60, time.time() + DAY, f"race-{uuid.uuid4().hex[:6]}")
+        want = {custom_id(c.team, j, 0, 0) for j in ids}
+        assert await eventually(lambda: any(set(b["custom_ids"]) == want for b in bmock.summary()["batches"]), 30)
+        # When each is cancelled, eight at a time, while the lane polls, ends and fans it out
+        sem = asyncio.Semaphore(8)
+
+        async def one(j: str) -> bool:
+            async with sem:
+                return j in (await cancel_one(c, j)).ids
+
+        said = dict(zip(ids, await asyncio.gather(*(one(j) for j in ids))))
+        results = await asyncio.gather(*(c.result(j, timeout=60) for j in ids))
+        stored = {j: await stored_results(c, j) for j in ids}
+    # Then every job has exactly one stored result, and it is `cancelled` exactly when its
+    # cancel said so; the others are the provider batch's answers
+    assert all(len(stored[j]) == 1 for j in ids)
+    for j, r in zip(ids, results):
+        assert cancelled(r) == said[j], (j, r)
+        assert cancelled(r) or (isinstance(r, Completed) and r.lane == "batch")
