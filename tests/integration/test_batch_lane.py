@@ -262,8 +262,10 @@ async def test_a_cancel_while_jobs_linger_in_the_lane_keeps_them_from_the_provid
     assert [r.job_id for r in costs] == [kept]
 
 
-async def test_a_cancel_after_the_provider_batch_is_created_cancels_it_or_leaves_the_rest_to_finish(lstack, bmock):
-    # Given provider batches that take 15 s to process
+@pytest.mark.parametrize("provider", ["bat", "abat"], ids=["openai", "anthropic"])
+async def test_a_cancel_after_the_provider_batch_is_created_cancels_it_or_leaves_the_rest_to_finish(lstack, provider):
+    # Given provider batches that take 15 s to process (OpenAI Batches, or Anthropic Message Batches)
+    bmock = BatchMock(lstack.mock_url, provider)
     bmock.control(validate_ms=0, delay_ms=15_000)
     tag = uuid.uuid4().hex[:6]
     async with Client(lstack.nats_url) as c:
@@ -272,9 +274,9 @@ async def test_a_cancel_after_the_provider_batch_is_created_cancels_it_or_leaves
             return next((b for b in bmock.summary()["batches"] if set(b["custom_ids"]) == want), None)
 
         # When two provider batches are created, one after the other
-        first = await submit(c, 4, time.time() + DAY, f"pa-{tag}")
+        first = await submit(c, 4, time.time() + DAY, f"pa-{tag}", intent=provider)
         assert await eventually(lambda: batch_of(first) is not None, 30)
-        second = await submit(c, 4, time.time() + DAY, f"pb-{tag}")
+        second = await submit(c, 4, time.time() + DAY, f"pb-{tag}", intent=provider)
         assert await eventually(lambda: batch_of(second) is not None, 30)
         # and every job of the first is cancelled, and two of the second
         replies = [await cancel_one(c, j) for j in first + second[:2]]
