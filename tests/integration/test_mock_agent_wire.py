@@ -5,37 +5,16 @@ a set chunk count and faults mid-stream."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
-import anthropic
 import openai
 import pytest
 
-from panelboard.loadgen.mock_provider import MockConfig, MockServer, start_mock
+from tests.support.mock_server import claude, mock, oai  # noqa: F401  (pytest fixtures)
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
                                                              "required": ["city"]}}}
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockServer]:
-    server = await start_mock(MockConfig(port=0))
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def oai(mock: MockServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{mock.url}/novita/v1", api_key="x", max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def claude(mock: MockServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with anthropic.AsyncAnthropic(base_url=f"{mock.url}/anthropic", api_key="x", max_retries=0) as client:
-        yield client
 
 
 async def test_openai_wire_calls_the_named_tool_then_answers_from_its_result(oai):

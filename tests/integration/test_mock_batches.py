@@ -11,14 +11,8 @@ import httpx
 import openai
 import pytest
 
-from panelboard.loadgen.mock_provider import MockConfig, MockServer, start_mock
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockServer]:
-    server = await start_mock(MockConfig(port=0))
-    yield server
-    await server.stop()
+from panelboard.loadgen.mock_provider import MockServer
+from tests.support.mock_server import mock  # noqa: F401  (pytest fixture)
 
 
 @pytest.fixture

@@ -17,27 +17,9 @@ import openai
 import pytest
 
 from panelboard.loadgen.mock_provider import MockConfig, MockServer, start_mock
+from tests.support.mock_server import claude, mock, oai  # noqa: F401  (pytest fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockServer]:
-    server = await start_mock(MockConfig(port=0))
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def oai(mock: MockServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{mock.url}/novita/v1", api_key="x", max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def claude(mock: MockServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with anthropic.AsyncAnthropic(base_url=f"{mock.url}/anthropic", api_key="x", max_retries=0) as client:
-        yield client
 
 
 @pytest.fixture
