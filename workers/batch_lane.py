@@ -51,7 +51,8 @@ from panelboard.transport.lanes import claim_end, ensure_state_kv, read_end, rea
 from panelboard.transport.streams import ensure_consumer
 from panelboard.workers.batch_plan import TERMINAL, Answered, Errored, Line, fallback_at, fits, flush_due, poll_delay_s, too_late
 from panelboard.workers.providers.anthropic_batch import AnthropicBatchAPI
-from panelboard.workers.providers.openai_batch import BatchAPIError, BatchObject, OpenAIBatchAPI
+from panelboard.workers.providers.batch_api import BatchAPI, BatchAPIError, BatchObject
+from panelboard.workers.providers.openai_batch import OpenAIBatchAPI
 from panelboard.workers.usage import checked_usage
 
 log = logs.get("batch_lane")
@@ -106,7 +107,7 @@ class BatchLane:
         assert caps, f"{provider} declares no batch lane"
         self.lease_s = min(c.lease_s for c in caps)
         api = AnthropicBatchAPI if caps[0].api == "anthropic" else OpenAIBatchAPI
-        self.api: OpenAIBatchAPI | AnthropicBatchAPI = api(cfg.providers[provider], api_key)
+        self.api: BatchAPI = api(cfg.providers[provider], api_key)
         self.creating = asyncio.Lock()  # one create in flight: how a lost Anthropic create is found again
         self.claimed: set[str] = set()  # provider batch ids our states hold
         self.me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}".replace(".", "-")

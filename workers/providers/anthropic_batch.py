@@ -6,15 +6,13 @@ a crash lost is found as the one batch made since the create was sent that no st
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-import httpx
 import msgspec
 
 from panelboard.schemas.config import Provider
 from panelboard.workers.batch_plan import Line, anthropic_body, encode_anthropic_line, parse_anthropic_results
 from panelboard.workers.providers.anthropic import API_VERSION
-from panelboard.workers.providers.openai_batch import BatchAPIError, BatchObject, RequestCounts
+from panelboard.workers.providers.batch_api import BatchAPI, BatchObject, RequestCounts
 
 _LIST_PAGES = 20
 _SKEW_S = 5.0  # our clock against the provider's created_at
@@ -57,21 +55,12 @@ def _created(b: _MessageBatch) -> float:
         return 0.0
 
 
-class AnthropicBatchAPI:
+class AnthropicBatchAPI(BatchAPI):
     encode_line = staticmethod(encode_anthropic_line)
 
     def __init__(self, provider: Provider, api_key: str | None, timeout_s: float = 60.0):
         headers = {**provider.headers, "anthropic-version": API_VERSION, **({"x-api-key": api_key} if api_key else {})}
-        self.http = httpx.AsyncClient(base_url=provider.base_url.rstrip("/") + "/v1/messages", headers=headers, timeout=timeout_s)
-
-    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            r = await self.http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise BatchAPIError(0, f"{type(e).__name__}: {e}") from e
-        if r.status_code >= 300:
-            raise BatchAPIError(r.status_code, r.text[:300])
-        return r
+        super().__init__(provider.base_url.rstrip("/") + "/v1/messages", headers, timeout_s)
 
     async def prepare(self, pb_id: str, lines: list[bytes]) -> str:
         return "inline"  # nothing to upload: the requests travel in the create call
@@ -107,6 +96,3 @@ class AnthropicBatchAPI:
 
     async def results(self, b: BatchObject) -> dict[str, Line]:
         return parse_anthropic_results((await self._call("GET", f"/batches/{b.id}/results")).content)
-
-    async def aclose(self) -> None:
-        await self.http.aclose()

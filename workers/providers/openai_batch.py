@@ -1,30 +1,20 @@
 """OpenAI Files + Batches: upload a JSONL file, create a batch from it, poll it, read its
 output and error files, cancel it. Lookups by our own names (the file's filename, the batch's
-metadata.pb_batch) let a process that crashed mid-step find what it already did."""
+metadata.pb_batch) let a process that crashed mid-step find what it already did. The HTTP client
+and the lane's interface are workers/providers/batch_api.py's."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import msgspec
 
 from panelboard.schemas.config import Provider
 from panelboard.workers.batch_plan import Line, encode_line, parse_results
+from panelboard.workers.providers.batch_api import BatchAPI, BatchObject
 
 PB_BATCH = "pb_batch"  # the metadata key naming our ProviderBatch id
 _LIST_PAGES = 20  # batches listed (100 a page) when looking for one we may have created
-
-
-class BatchAPIError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(f"{status}: {message}")
-        self.status, self.message = status, message
-
-    @property
-    def transient(self) -> bool:
-        """Worth asking again: no answer, 408/409/429 or 5xx. Anything else will not change."""
-        return self.status in (0, 408, 409, 429) or self.status >= 500
 
 
 class FileObject(msgspec.Struct):
@@ -34,42 +24,15 @@ class FileObject(msgspec.Struct):
     bytes: int = 0
 
 
-class RequestCounts(msgspec.Struct):
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-
-
-class BatchObject(msgspec.Struct):
-    id: str
-    status: str
-    input_file_id: str = ""
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    created_at: int = 0
-    metadata: dict[str, str] | None = None
-    request_counts: RequestCounts | None = None
-    errors: dict[str, Any] | None = None
-
-
 class _Page(msgspec.Struct):
     data: list[dict[str, Any]]
     has_more: bool = False
 
 
-class OpenAIBatchAPI:
+class OpenAIBatchAPI(BatchAPI):
     def __init__(self, provider: Provider, api_key: str | None, timeout_s: float = 60.0):
         headers = {**provider.headers, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
-        self.http = httpx.AsyncClient(base_url=provider.base_url.rstrip("/"), headers=headers, timeout=timeout_s)
-
-    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            r = await self.http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise BatchAPIError(0, f"{type(e).__name__}: {e}") from e
-        if r.status_code >= 300:
-            raise BatchAPIError(r.status_code, r.text[:300])
-        return r
+        super().__init__(provider.base_url, headers, timeout_s)
 
     async def find_file(self, filename: str) -> str | None:
         r = await self._call("GET", "/files", params={"purpose": "batch"})
@@ -111,7 +74,7 @@ class OpenAIBatchAPI:
             return b""
         return (await self._call("GET", f"/files/{file_id}/content")).content
 
-    # -- the lane's three steps (workers/batch_lane.py), the same for each API shape ------
+    # -- the lane's steps (workers/providers/batch_api.py) ----------------------------------
     encode_line = staticmethod(encode_line)
 
     async def prepare(self, pb_id: str, lines: list[bytes]) -> str:
@@ -127,6 +90,3 @@ class OpenAIBatchAPI:
 
     async def results(self, b: BatchObject) -> dict[str, Line]:
         return parse_results(await self.content(b.output_file_id), await self.content(b.error_file_id))
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
