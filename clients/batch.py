@@ -631,6 +631,9 @@ async def cancel(js: JetStreamContext, batch_id: str, cfg: Config, wait_submitte
     - every job of the batch still waiting in a queue (not yet handed to a broker or a worker)
       is deleted from it and gets a Failed result of kind `cancelled`; no provider is called
       for it (a broker does it, asked on pb.control.<team>.cancel: broker/cancel.py says how);
+    - every job of it waiting in a provider's batch lane gets its `cancelled` result too and
+      no other (`lane` in the reply counts them); a provider batch left with no wanted job
+      is cancelled provider-side, and a line it had already run is billed;
     - jobs already handed to a broker or worker (running, retrying, or held by a pool that is
       at its cap) run to their own result;
     so every job of the batch still ends with exactly one result.

@@ -359,8 +359,10 @@ class Client:
     async def cancel(self, job_id: str, team: str | None = None, timeout: float = 60.0) -> bool:
         """Cancel a job of this client's team that has not started. True: it was taken out of its
         queue before any broker or worker took it, it gets a Failed result of kind
-        `cancelled`, and no provider is called for it. False: a broker or worker already has
-        it (or it has finished, or no such job is queued); it runs to its own result.
+        `cancelled`, and no provider is called for it. Also True for a job waiting in a
+        provider's batch lane, before or inside a provider batch: it gets no other result
+        (a line the provider batch had already run is billed). False: a broker or worker
+        already has it (or it has finished, or no such job is queued); it runs to its own result.
 
         A request on pb.control.<team>.cancel, answered by a broker, which does the work (it
         reads the queues once, so it takes longer the deeper they are; see broker/cancel.py).
