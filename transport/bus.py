@@ -127,7 +127,7 @@ async def claim(js: JetStreamContext, team: str, job_id: str, run: int, seq: int
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
     msg_id = wire.dispatch_msg_id(d.job.team, d.job.id, d.job.run, d.hop, d.shadow) + (":flex" if d.lane == "flex" else "")
-    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers=tracing.inject({wire.HDR_MSG_ID: msg_id}))
+    await publish(js, wire.dispatch(provider, d.job.priority, d.job.team), encode(d), headers=tracing.inject({wire.HDR_MSG_ID: msg_id}))
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:
