@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from panelboard.schemas import shadow, wire
@@ -162,6 +163,46 @@ async def ensure_pool_consumers(js: JetStreamContext, cfg: Config, provider: str
                 pass
         elif ci.config.filter_subject != pool_filter(cfg, provider, lane, team):
             await ensure_consumer(js, wire.DISPATCH_STREAM, pool_consumer_config(cfg, provider, lane, team, ci.config.max_ack_pending or 1))
+
+
+@dataclass
+class PoolDepth:
+    """A pool lane's dispatches, over all its team consumers: a team's jobs may wait in the
+    stream before its consumer exists (workers/fair.py creates it), so they are counted from
+    the stream's subjects."""
+
+    in_stream: int = 0  # queued or running (a work queue keeps a dispatch until it is acked)
+    running: int = 0  # delivered, not yet acked
+    consumers: list[ConsumerInfo] = field(default_factory=list)
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.in_stream - self.running)
+
+
+async def pool_depths(js: JetStreamContext, cfg: Config | None = None) -> dict[tuple[str, str], PoolDepth]:
+    """(provider, lane) -> its depth. With `cfg`, a one-lane provider's batch subjects count in
+    its one (interactive) lane, as its consumers take them."""
+    try:
+        info = await js.stream_info(wire.DISPATCH_STREAM, subjects_filter="pb.dispatch.>")
+        infos = await js.consumers_info(wire.DISPATCH_STREAM)
+    except NotFoundError:
+        return {}
+    out: dict[tuple[str, str], PoolDepth] = {}
+    for subject, n in (info.state.subjects or {}).items():
+        parts = wire.dispatch_parts(subject)
+        if parts is None:
+            continue
+        provider, lane, _ = parts
+        if cfg is not None and provider in cfg.providers and lane not in lane_caps(cfg, provider):
+            lane = "interactive"
+        out.setdefault((provider, lane), PoolDepth()).in_stream += n or 0
+    for ci in infos:
+        if (pool := pool_of(ci.config)) is not None:
+            d = out.setdefault(pool[:2], PoolDepth())
+            d.running += ci.num_ack_pending or 0
+            d.consumers.append(ci)
+    return out
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, cc: ConsumerConfig) -> None:
