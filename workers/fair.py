@@ -43,6 +43,7 @@ from panelboard.workers.share import Seen, lowers, raises, targets
 log = logs.get("fair")
 
 TICK_S = 0.1  # how soon a team's first job in a while gets its consumer
+SHORT_TICK_S = 0.02  # while a team waits for slots others are giving back (about a slot's turnover)
 LEASE_S = 3.0  # a dead controller's successor takes over after this
 LINGER_S = 10.0  # an idle team keeps its consumer (and one slot) this long
 PAUSE_S = 5.0  # a consumer paused to be deleted resumes by itself after this, should we die
@@ -151,11 +152,12 @@ class FairShare:
                 except Exception as e:  # NATS away: stop deciding until the lease is ours again
                     log.warning("fair.renew_failed", provider=self.provider, error=type(e).__name__)
                     return
+            short = False
             try:
-                await self.tick()
+                short = await self.tick()
             except Exception as e:
                 log.warning("fair.tick_failed", provider=self.provider, error=repr(e))
-            await self._sleep(TICK_S)
+            await self._sleep(SHORT_TICK_S if short else TICK_S)
         try:
             await kv.delete(lease_key(self.provider), last=rev)
         except Exception:
@@ -175,9 +177,12 @@ class FairShare:
             seen[parts[1]][parts[2]] = Seen(limit=ci.config.max_ack_pending or 1, ack_pending=ci.num_ack_pending or 0, pending=ci.num_pending or 0)
         return demand(subjects, self.provider, self.caps), seen
 
-    async def tick(self) -> None:
+    async def tick(self) -> bool:
+        """One step towards the shares; True while a team is still short of its goal (look
+        again soon: the slots it waits for come back as others' calls finish)."""
         want_by_lane, seen_by_lane = await self._read()
         now = time.monotonic()
+        short = False
         lanes: dict[str, dict[str, int]] = {}
         for lane, cap in self.caps.items():
             want, seen = want_by_lane[lane], seen_by_lane[lane]
@@ -199,12 +204,15 @@ class FairShare:
                     del seen[team]
                     self.busy_at.pop((lane, team), None)
             lanes[lane] = {t: s.limit for t, s in seen.items()}
+            giving_back = any(s.ack_pending > s.limit for s in seen.values())
+            short = short or (giving_back and any(lanes[lane].get(t, 0) < g for t, g in goal.items()))
         plan = Plan(lanes=lanes)
         if plan != self.written:
             assert self.kv is not None
             await self.kv.put(plan_key(self.provider), encode(plan))
             self.written = plan
             log.debug("fair.plan", provider=self.provider, lanes=lanes)
+        return short
 
     async def _set(self, lane: str, team: str, limit: int) -> Seen:
         """Create or update the team's consumer; the server's answer says what it holds now."""

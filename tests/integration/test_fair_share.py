@@ -79,7 +79,6 @@ async def test_a_trickle_is_not_starved_by_another_teams_backlog(tmp_path):
             left = sum(1 for h in backlog if not h.client._waiting.get((h.team, h.id), asyncio.Future()).done())
             # Then each of beta's jobs waits about one call plus a slot's turnover (80 + 20 ms;
             # 1 s for a busy box), not behind alpha's backlog (~40 s of the pool's time)
-            print("beta queue_ms", [round(w) for w in waits])
             assert max(waits) < 1000.0, f"beta's queue waits (ms): {waits}"
             assert left > BACKLOG // 4, "alpha's backlog ran out before beta finished: the test proved nothing"
             # And alpha's jobs all complete, with the pool's cap held across both processes
