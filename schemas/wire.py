@@ -52,6 +52,12 @@ def dispatch_parts(subject: str) -> tuple[str, str, str | None] | None:
     return t[2], t[3], t[4] if len(t) == 5 else None
 
 
+def fair_nudge(provider: str) -> str:
+    """Core NATS, payload the team: a team's dispatch for this provider after a quiet second, so
+    the provider's fair-share controller gives its consumer a slot now, not at its next look."""
+    return f"pb.fair.{provider}"
+
+
 def batch_lane(provider: str) -> str:
     """A Dispatch (hop 0) the broker sent to the provider's batch lane instead of pb.dispatch."""
     return f"pb.lanes.batch.{provider}"

@@ -42,7 +42,8 @@ from panelboard.workers.share import Seen, lowers, raises, targets
 
 log = logs.get("fair")
 
-TICK_S = 0.1  # how soon a team's first job in a while gets its consumer
+TICK_S = 0.1  # a busy pool's look at its teams' queues
+IDLE_TICK_S = 1.0  # an idle pool's: a team's first job nudges the controller (bus.publish_dispatch)
 SHORT_TICK_S = 0.02  # while a team waits for slots others are giving back (about a slot's turnover)
 LEASE_S = 3.0  # a dead controller's successor takes over after this
 LINGER_S = 10.0  # an idle team keeps its consumer (and one slot) this long
@@ -76,6 +77,7 @@ class FairShare:
         self.kv: KeyValue | None = None
         self.busy_at: dict[tuple[str, str], float] = {}  # (lane, team) -> when it last had a job
         self.written: Plan | None = None
+        self.nudged = asyncio.Event()
 
     def weight(self, team: str) -> float:
         return self.weights.get(team, 1.0)
@@ -83,6 +85,7 @@ class FairShare:
     async def run(self) -> None:
         self.kv = kv = await ensure_state_kv(self.js, self.cfg)
         follow = asyncio.create_task(self._follow(kv))
+        sub = await self.js._nc.subscribe(wire.fair_nudge(self.provider), cb=self._on_nudge)
         try:
             while not self.stopping.is_set():
                 rev = await self._acquire(kv)
@@ -93,6 +96,10 @@ class FairShare:
                 await self._control(kv, rev)
         finally:
             follow.cancel()
+            await sub.unsubscribe()
+
+    async def _on_nudge(self, _msg: object) -> None:
+        self.nudged.set()
 
     async def _sleep(self, s: float) -> None:
         try:
@@ -152,16 +159,24 @@ class FairShare:
                 except Exception as e:  # NATS away: stop deciding until the lease is ours again
                     log.warning("fair.renew_failed", provider=self.provider, error=type(e).__name__)
                     return
-            short = False
+            self.nudged.clear()
+            wait = TICK_S
             try:
-                short = await self.tick()
+                wait = await self.tick()
             except Exception as e:
                 log.warning("fair.tick_failed", provider=self.provider, error=repr(e))
-            await self._sleep(SHORT_TICK_S if short else TICK_S)
+            await self._pause(wait)
         try:
             await kv.delete(lease_key(self.provider), last=rev)
         except Exception:
             pass
+
+    async def _pause(self, s: float) -> None:
+        """Until the next look: `s`, or sooner when a nudge or the stop comes."""
+        wake = [asyncio.ensure_future(self.nudged.wait()), asyncio.ensure_future(self.stopping.wait())]
+        await asyncio.wait(wake, timeout=s, return_when=asyncio.FIRST_COMPLETED)
+        for w in wake:
+            w.cancel()
 
     async def _read(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Seen]]]:
         try:
@@ -170,6 +185,13 @@ class FairShare:
         except NotFoundError:
             subjects = {}
         seen: dict[str, dict[str, Seen]] = {lane: {} for lane in self.caps}
+        if not subjects and self.written is not None:
+            # Nothing queued or running (a work queue keeps a dispatch until its ack): the
+            # consumers are as we left them, idle. An idle pool costs one small request a tick.
+            for lane, limits in self.written.lanes.items():
+                if lane in seen:
+                    seen[lane] = {t: Seen(limit=n, ack_pending=0, pending=0) for t, n in limits.items()}
+            return demand(subjects, self.provider, self.caps), seen
         for ci in await self.js.consumers_info(wire.DISPATCH_STREAM):
             parts = pool_of(ci.config)
             if parts is None or parts[0] != self.provider or parts[1] not in seen:
@@ -177,9 +199,10 @@ class FairShare:
             seen[parts[1]][parts[2]] = Seen(limit=ci.config.max_ack_pending or 1, ack_pending=ci.num_ack_pending or 0, pending=ci.num_pending or 0)
         return demand(subjects, self.provider, self.caps), seen
 
-    async def tick(self) -> bool:
-        """One step towards the shares; True while a team is still short of its goal (look
-        again soon: the slots it waits for come back as others' calls finish)."""
+    async def tick(self) -> float:
+        """One step towards the shares; how long until the next look: soon while a team is
+        short of its goal (the slots it waits for come back as others' calls finish), rarely
+        while nothing is queued or running."""
         want_by_lane, seen_by_lane = await self._read()
         now = time.monotonic()
         short = False
@@ -212,7 +235,9 @@ class FairShare:
             await self.kv.put(plan_key(self.provider), encode(plan))
             self.written = plan
             log.debug("fair.plan", provider=self.provider, lanes=lanes)
-        return short
+        if short:
+            return SHORT_TICK_S
+        return TICK_S if any(want_by_lane.values()) else IDLE_TICK_S
 
     async def _set(self, lane: str, team: str, limit: int) -> Seen:
         """Create or update the team's consumer; the server's answer says what it holds now."""
