@@ -89,7 +89,10 @@ class FairConsumer(Generic[T]):
         self.queue.put_nowait(None)  # wake a loop waiting for a delivery
 
     async def _follow_plan(self) -> None:
-        for team in [t for t in self.pullers if t not in self.limits]:  # its consumer is gone (idle)
+        gone = [t for t in self.pullers if t not in self.limits]  # their consumers were deleted (idle)
+        if gone:
+            self._hold_ready()  # the queue is every team's: keep what came, stop() would hand it back
+        for team in gone:
             for m in await self.pullers.pop(team).stop():
                 await m.nak()
         for team in self.limits:
