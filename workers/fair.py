@@ -83,7 +83,15 @@ class FairShare:
         return self.weights.get(team, 1.0)
 
     async def run(self) -> None:
-        self.kv = kv = await ensure_state_kv(self.js, self.cfg)
+        while True:  # NATS away at start: the pool waits for its plan meanwhile
+            try:
+                self.kv = kv = await ensure_state_kv(self.js, self.cfg)
+                break
+            except Exception as e:
+                log.warning("fair.kv_failed", provider=self.provider, error=type(e).__name__)
+                await self._sleep(1.0)
+                if self.stopping.is_set():
+                    return
         follow = asyncio.create_task(self._follow(kv))
         sub = await self.js._nc.subscribe(wire.fair_nudge(self.provider), cb=self._on_nudge)
         try:
