@@ -148,7 +148,7 @@ async def ensure_pool_consumers(js: JetStreamContext, cfg: Config, provider: str
     (one lane <-> two) gets the new filter, keeping its limit."""
     lanes = lane_caps(cfg, provider)
     try:
-        infos = await js.consumers_info(wire.DISPATCH_STREAM)
+        infos = await all_consumers(js, wire.DISPATCH_STREAM)
     except NotFoundError:
         return
     for ci in infos:
@@ -163,6 +163,20 @@ async def ensure_pool_consumers(js: JetStreamContext, cfg: Config, provider: str
                 pass
         elif ci.config.filter_subject != pool_filter(cfg, provider, lane, team):
             await ensure_consumer(js, wire.DISPATCH_STREAM, pool_consumer_config(cfg, provider, lane, team, ci.config.max_ack_pending or 1))
+
+
+CONSUMER_PAGE = 256  # the server's page of CONSUMER.LIST
+
+
+async def all_consumers(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
+    """Every consumer of the stream, past the first page (a pool has one per team and lane)."""
+    out = await js.consumers_info(stream)
+    while len(out) % CONSUMER_PAGE == 0 and out:
+        page = await js.consumers_info(stream, offset=len(out))
+        if not page:
+            break
+        out += page
+    return out
 
 
 @dataclass
@@ -185,7 +199,7 @@ async def pool_depths(js: JetStreamContext, cfg: Config | None = None) -> dict[t
     its one (interactive) lane, as its consumers take them."""
     try:
         info = await js.stream_info(wire.DISPATCH_STREAM, subjects_filter="pb.dispatch.>")
-        infos = await js.consumers_info(wire.DISPATCH_STREAM)
+        infos = await all_consumers(js, wire.DISPATCH_STREAM)
     except NotFoundError:
         return {}
     out: dict[tuple[str, str], PoolDepth] = {}

@@ -37,7 +37,7 @@ from panelboard.schemas.lanes import Owner
 from panelboard.transport import logs
 from panelboard.transport.fair_consumer import FairConsumer
 from panelboard.transport.lanes import ensure_state_kv
-from panelboard.transport.streams import lane_caps, pool_consumer_config, pool_of
+from panelboard.transport.streams import all_consumers, lane_caps, pool_consumer_config, pool_of
 from panelboard.workers.share import Seen, lowers, raises, targets
 
 log = logs.get("fair")
@@ -200,7 +200,7 @@ class FairShare:
                 if lane in seen:
                     seen[lane] = {t: Seen(limit=n, ack_pending=0, pending=0) for t, n in limits.items()}
             return demand(subjects, self.provider, self.caps), seen
-        for ci in await self.js.consumers_info(wire.DISPATCH_STREAM):
+        for ci in await all_consumers(self.js, wire.DISPATCH_STREAM):
             parts = pool_of(ci.config)
             if parts is None or parts[0] != self.provider or parts[1] not in seen:
                 continue
