@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import msgspec
 
-LEGACY = ""  # the plan's key for pb.dispatch.<provider>.<lane>, published by older versions
-
-
 class Plan(msgspec.Struct, kw_only=True, frozen=True):
-    lanes: dict[str, dict[str, int]] = {}  # lane -> team (LEGACY: the lane's own consumer) -> max_ack_pending
+    lanes: dict[str, dict[str, int]] = {}  # lane -> team -> max_ack_pending; team "": the lane's own consumer, for
+    # pb.dispatch.<provider>.<lane> as older versions published it
 
 
 def lease_key(provider: str) -> str:

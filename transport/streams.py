@@ -106,7 +106,7 @@ def ack_wait_s(cfg: Config, provider: str) -> float:
 
 
 def team_consumer(provider: str, lane: str, team: str) -> str:
-    """A team's consumer of the pool's lane (fair share, workers/fair.py); LEGACY (""): the
+    """A team's consumer of the pool's lane (fair share, workers/fair.py); team "": the
     lane's own, for dispatches published without a team."""
     return f"{pool_consumer(provider, lane)}-t-{team}" if team else pool_consumer(provider, lane)
 
@@ -118,7 +118,7 @@ def pool_filter(cfg: Config, provider: str, lane: str, team: str) -> str:
 
 def pool_of(cc: ConsumerConfig) -> tuple[str, str, str] | None:
     """(provider, lane, team) of a pool consumer, read from its filter (names may hold '-');
-    team LEGACY ("") for the lane's own consumer. None for any other consumer."""
+    team "" for the lane's own consumer. None for any other consumer."""
     parts = wire.dispatch_parts(cc.filter_subject or "")
     if parts is None or not (cc.durable_name or "").startswith("pool-"):
         return None

@@ -120,12 +120,16 @@ class FairShare:
         while True:
             try:
                 watcher = await kv.watch(plan_key(self.provider))
-                async for entry in watcher:
-                    if entry is None or not entry.value:
-                        continue
-                    plan = msgspec.json.decode(entry.value, type=Plan)
-                    for lane, c in self.lanes.items():
-                        c.set_plan(plan.lanes.get(lane, {}))
+                try:
+                    async for entry in watcher:
+                        if entry is None or not entry.value:
+                            continue
+                        plan = msgspec.json.decode(entry.value, type=Plan)
+                        for lane, c in self.lanes.items():
+                            c.set_plan(plan.lanes.get(lane, {}))
+                finally:
+                    await watcher.stop()
+                await self._sleep(1.0)  # the watch ended: start another
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # NATS away: watch again

@@ -422,6 +422,6 @@ def _lease_msg(lease: Lease) -> Msg:
 
 
 def _team_of(msg: Msg) -> str:
-    """pb.dispatch.<provider>.<lane>.<team>; "" (LEGACY) for a dispatch published without one."""
+    """pb.dispatch.<provider>.<lane>.<team>; "" for a dispatch published without one (older versions)."""
     parts = msg.subject.split(".", 4)
     return parts[4] if len(parts) == 5 else ""

@@ -11,6 +11,7 @@ import time
 import httpx
 
 from panelboard.clients import Client
+from panelboard.schemas import wire
 from panelboard.schemas.job import Completed
 from panelboard.stack import Stack
 
@@ -122,3 +123,26 @@ async def test_a_lone_team_uses_the_whole_pool(tmp_path):
         span = max(e["ts"] for e in log) - min(e["ts"] - e["latency_ms"] / 1000 for e in log)
         busy = sum(e["latency_ms"] for e in log) / 1000
         assert busy / span > CAP - 1, f"{busy / span:.2f} calls in flight on average over {span:.1f} s"
+
+
+async def test_a_dispatch_on_the_old_subject_without_a_team_still_runs(tmp_path):
+    # Given a dispatch queued on pb.dispatch.<provider>.<lane>, as an older broker published it
+    with stack(tmp_path) as s:
+        s.start(workers=0, ledger=False)
+        async with Client(s.nats_url, team="alpha") as a:
+            h = await a.submit("old", intent="t")
+            js = a.js
+            new = wire.dispatch("shared", "interactive", "alpha")
+            deadline = time.monotonic() + 60
+            while not ((await js.stream_info(wire.DISPATCH_STREAM, subjects_filter=new)).state.subjects or {}):
+                assert time.monotonic() < deadline, "the broker never dispatched the job"
+                await asyncio.sleep(0.05)
+            m = await js.get_msg(wire.DISPATCH_STREAM, subject=new, seq=1, next=True)
+            await js.publish(wire.dispatch("shared", "interactive"), m.data, stream=wire.DISPATCH_STREAM)
+            await js.delete_msg(wire.DISPATCH_STREAM, m.seq)
+            # When a worker (of this version) starts
+            s.start_worker("worker-0")
+            # Then the job runs, once
+            r = await h.result(timeout=60)
+        assert isinstance(r, Completed), r
+        assert len(calls(s)) == 1
