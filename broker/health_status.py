@@ -45,7 +45,7 @@ async def status(js: JetStreamContext, cfg: Config) -> Status:
     rows = [states.get(k) or HealthState(provider=k[0], model=k[1], state="healthy") for k in known]
     rows += [st for k, st in states.items() if k not in set(known)]  # models since removed from the config
     queues = []
-    for stream in (wire.JOBS_STREAM, wire.DISPATCH_STREAM, wire.COSTS_STREAM):
+    for stream in (wire.JOBS_STREAM, wire.COSTS_STREAM):
         try:
             infos = await js.consumers_info(stream)
         except NotFoundError:
@@ -53,6 +53,11 @@ async def status(js: JetStreamContext, cfg: Config) -> Status:
         for c in infos:
             if c.config.durable_name:
                 queues.append(QueueDepth(stream, c.config.durable_name, c.num_pending or 0, c.num_ack_pending or 0))
+    # One row per pool lane, its team consumers summed (workers/fair.py).
+    depths = await streams.pool_depths(js, cfg)
+    for key in {**{(p, lane): None for p in cfg.providers for lane in streams.lane_caps(cfg, p)}, **depths}:
+        d = depths.get(key) or streams.PoolDepth()
+        queues.append(QueueDepth(wire.DISPATCH_STREAM, streams.pool_consumer(*key), d.queued, d.running))
     return Status(now=time.time(), health=sorted(rows, key=lambda s: (s.provider, s.model)),
                   queues=sorted(queues, key=lambda q: (q.stream, q.consumer)), health_bucket=have, waiting=await read_waiting(js))
 

@@ -95,20 +95,10 @@ class HealthView:
 
 
 async def pool_load(js: JetStreamContext) -> dict[str, int]:
-    """provider -> dispatches queued or running in its pool (every lane), for strategies."""
+    """provider -> dispatches queued or running in its pool (every lane and team), for strategies."""
     out: dict[str, int] = {}
-    try:
-        infos = await js.consumers_info(wire.DISPATCH_STREAM)
-    except NotFoundError:
-        return out
-    for c in infos:
-        name = c.config.durable_name or ""
-        if not name.startswith("pool-"):
-            continue
-        provider = name.removeprefix("pool-")
-        for lane in wire.LANES[1:]:
-            provider = provider.removesuffix(f"-{lane}")
-        out[provider] = out.get(provider, 0) + (c.num_pending or 0) + (c.num_ack_pending or 0)
+    for (provider, _), d in (await streams.pool_depths(js)).items():
+        out[provider] = out.get(provider, 0) + max(d.in_stream, d.running)
     return out
 
 

@@ -33,8 +33,12 @@ CONTRACT: list[tuple[str, Any, str]] = [
     (wire.jobs("{team}", "{intent}"), Job,
      "PB_JOBS (work queue). A job, published by clients; intent `_` for none (the broker classifies it). "
      "Nats-Msg-Id, if sent: <team>.<job id>.<nonce>."),
-    (wire.dispatch("{provider}", "{lane}"), Dispatch,
-     "PB_DISPATCH (work queue). Job + route + hop: broker -> pool, pool -> next hop. Internal."),
+    (wire.dispatch("{provider}", "{lane}", "{team}"), Dispatch,
+     "PB_DISPATCH (work queue). Job + route + hop: broker -> pool, pool -> next hop; one subject per team, for fair share. "
+     "pb.dispatch.<provider>.<lane> (no team, from older versions) is still consumed. Internal."),
+    (wire.fair_nudge("{provider}"), str,
+     "Core NATS. The team name: its dispatch for this provider after a quiet second (at most one a second per publisher), "
+     "so the provider's fair-share controller gives the team's consumer a slot at once. Internal."),
     (wire.result("{team}", "{job}"), Result,
      "PB_RESULTS (limits). The one terminal Result of a claimed job: completed or failed (error.kind, message, hint)."),
     (wire.reject("{team}", "{seq}"), Failed,  # type: ignore[arg-type]  # a placeholder where a number goes

@@ -1,6 +1,7 @@
 """`panelboard status`'s pool figures: depth, lag, slots in use against the cap, drain rate,
 time to empty, and a scale hint that says what would help (more worker processes, or a higher
-cap / another deployment). Read from each pool's durable consumers; the decisions are pure."""
+cap / another deployment). Read from the pools' subjects in PB_DISPATCH and their team
+consumers (summed); the decisions are pure."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from nats.js.errors import NotFoundError
 
 from panelboard.schemas import wire
 from panelboard.schemas.config import Config
-from panelboard.transport.streams import lane_caps, pool_consumer
+from panelboard.transport.streams import lane_caps, pool_depths, pool_filter
 
 
 class PoolSample(msgspec.Struct):
@@ -41,21 +42,27 @@ class PoolRow(msgspec.Struct):
 async def sample(js: JetStreamContext, cfg: Config) -> dict[str, PoolSample]:
     out: dict[str, PoolSample] = {}
     now = time.time()
+    depths = await pool_depths(js, cfg)
     for provider in cfg.providers:
         queued = running = delivered = 0
         oldest: float | None = None
         for lane in lane_caps(cfg, provider):
-            try:
-                c = await js.consumer_info(wire.DISPATCH_STREAM, pool_consumer(provider, lane))
-            except NotFoundError:
+            d = depths.get((provider, lane))
+            if d is None:
                 continue
-            queued += c.num_pending or 0
-            running += c.num_ack_pending or 0
-            delivered += (c.delivered.consumer_seq or 0) if c.delivered else 0
-            if c.num_pending and c.delivered is not None:
+            queued += d.queued
+            running += d.running
+            delivered += sum((c.delivered.consumer_seq or 0) if c.delivered else 0 for c in d.consumers)
+            if not d.queued:
+                continue
+            # The oldest not yet delivered: past each team consumer's position, or from the
+            # start of the lane's subjects when no consumer has delivered any of them yet.
+            starts = [((c.delivered.stream_seq or 0) + 1, c.config.filter_subject) for c in d.consumers if c.num_pending and c.delivered is not None]
+            if not starts or d.queued > sum(c.num_pending or 0 for c in d.consumers):
+                starts.append((1, pool_filter(cfg, provider, lane, "") + ".*"))
+            for seq, subject in starts:
                 try:
-                    m = await js.get_msg(wire.DISPATCH_STREAM, seq=(c.delivered.stream_seq or 0) + 1,
-                                         subject=c.config.filter_subject, next=True)
+                    m = await js.get_msg(wire.DISPATCH_STREAM, seq=seq, subject=subject, next=True)
                 except NotFoundError:  # taken meanwhile
                     continue
                 ts = _published(m)

@@ -163,6 +163,14 @@ class Tenant(Base, frozen=True):
     clients: list[str] = []
 
 
+class Team(Base, frozen=True):
+    """A team's place in fair share: when a provider's lane is saturated, its slots go to the
+    teams with queued jobs in proportion to their weights (workers/fair.py). A team not named
+    here has weight 1."""
+
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
 class Governance(Base, frozen=True):
     """Admission control. Off by default: on with `require_keys: true`, or (auto) as soon as
     the database holds a virtual key (`panelboard keys create`)."""
@@ -234,4 +242,5 @@ class Config(Base, frozen=True):
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
     governance: Governance = Governance()
+    teams: dict[str, Team] = {}  # fair-share weights (Team.weight); unnamed teams weigh 1
     health: HealthSettings = HealthSettings()

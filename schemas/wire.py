@@ -37,8 +37,25 @@ def jobs_subject_intent(subject: str) -> str | None:
 LANES = ("interactive", "batch")  # priority lanes: each has its own share of a provider's slots
 
 
-def dispatch(provider: str, lane: str = "interactive") -> str:
-    return f"pb.dispatch.{provider}.{lane}"
+def dispatch(provider: str, lane: str = "interactive", team: str | None = None) -> str:
+    """pb.dispatch.<provider>.<lane>.<team>: one subject per team, so each team has its own
+    durable consumer and the pool can share its slots among teams (workers/fair.py). Without a
+    team: the subject older versions published to, still consumed."""
+    return f"pb.dispatch.{provider}.{lane}" if team is None else f"pb.dispatch.{provider}.{lane}.{team}"
+
+
+def dispatch_parts(subject: str) -> tuple[str, str, str | None] | None:
+    """(provider, lane, team or None) of a dispatch subject or consumer filter; None otherwise."""
+    t = subject.split(".")
+    if len(t) not in (4, 5) or t[:2] != ["pb", "dispatch"]:
+        return None
+    return t[2], t[3], t[4] if len(t) == 5 else None
+
+
+def fair_nudge(provider: str) -> str:
+    """Core NATS, payload the team: a team's dispatch for this provider after a quiet second, so
+    the provider's fair-share controller gives its consumer a slot now, not at its next look."""
+    return f"pb.fair.{provider}"
 
 
 def batch_lane(provider: str) -> str:

@@ -124,10 +124,20 @@ async def claim(js: JetStreamContext, team: str, job_id: str, run: int, seq: int
     return raw.data == str(seq).encode()
 
 
+NUDGE_EVERY_S = 1.0
+_nudged: dict[tuple[str, str], float] = {}  # (provider, team) -> when this process last nudged
+
+
 async def publish_dispatch(js: JetStreamContext, d: Dispatch) -> None:
     provider = d.route.chain[d.hop].provider
-    msg_id = wire.dispatch_msg_id(d.job.team, d.job.id, d.job.run, d.hop, d.shadow) + (":flex" if d.lane == "flex" else "")
-    await publish(js, wire.dispatch(provider, d.job.priority), encode(d), headers=tracing.inject({wire.HDR_MSG_ID: msg_id}))
+    team = d.job.team
+    msg_id = wire.dispatch_msg_id(team, d.job.id, d.job.run, d.hop, d.shadow) + (":flex" if d.lane == "flex" else "")
+    await publish(js, wire.dispatch(provider, d.job.priority, team), encode(d), headers=tracing.inject({wire.HDR_MSG_ID: msg_id}))
+    # At most once a second per (provider, team): a buffered core publish, no round trip.
+    now = time.monotonic()
+    if now - _nudged.get((provider, team), -NUDGE_EVERY_S) >= NUDGE_EVERY_S:
+        _nudged[(provider, team)] = now
+        await js._nc.publish(wire.fair_nudge(provider), team.encode())
 
 
 async def publish_cost(js: JetStreamContext, rec: CostRecord) -> None:

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
 from prometheus_client.registry import Collector
 
-from panelboard.transport import logs, meters
+from panelboard.transport import logs, meters, streams
 from panelboard.transport.connection import connect
 from panelboard.schemas import wire
 from panelboard.schemas.config import Config
@@ -31,7 +31,6 @@ log = logs.get("metrics")
 
 DEFAULT_HOST = "127.0.0.1"  # metrics name providers, teams and spend: not for every interface by default
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-QUEUES = (wire.JOBS_STREAM, wire.DISPATCH_STREAM, wire.COSTS_STREAM)
 
 
 class CostMeters:
@@ -77,7 +76,12 @@ class _Queues(Collector):
         self.unacked = GaugeMetricFamily("panelboard_queue_unacked", "Messages delivered and not yet acknowledged.", labels=["stream", "consumer"])
 
     async def read(self, js: JetStreamContext) -> "_Queues":
-        for stream in QUEUES:
+        # A pool lane is one row, its team consumers summed (workers/fair.py).
+        for (provider, lane), d in (await streams.pool_depths(js)).items():
+            name = streams.pool_consumer(provider, lane)
+            self.pending.add_metric([wire.DISPATCH_STREAM, name], d.queued)
+            self.unacked.add_metric([wire.DISPATCH_STREAM, name], d.running)
+        for stream in (wire.JOBS_STREAM, wire.COSTS_STREAM):
             try:
                 consumers = await js.consumers_info(stream)
             except NotFoundError:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from panelboard.schemas import shadow, wire
@@ -104,30 +105,118 @@ def ack_wait_s(cfg: Config, provider: str) -> float:
     return p.ack_wait_ms / 1000 if p.ack_wait_ms else DEFAULT_ACK_WAIT_S
 
 
-def pool_consumer_config(cfg: Config, provider: str, lane: str = "interactive") -> ConsumerConfig:
+def team_consumer(provider: str, lane: str, team: str) -> str:
+    """A team's consumer of the pool's lane (fair share, workers/fair.py); team "": the
+    lane's own, for dispatches published without a team."""
+    return f"{pool_consumer(provider, lane)}-t-{team}" if team else pool_consumer(provider, lane)
+
+
+def pool_filter(cfg: Config, provider: str, lane: str, team: str) -> str:
+    """With one lane, its consumers take both lanes' subjects."""
+    return wire.dispatch(provider, lane if len(lane_caps(cfg, provider)) > 1 else "*", team or None)
+
+
+def pool_of(cc: ConsumerConfig) -> tuple[str, str, str] | None:
+    """(provider, lane, team) of a pool consumer, read from its filter (names may hold '-');
+    team "" for the lane's own consumer. None for any other consumer."""
+    parts = wire.dispatch_parts(cc.filter_subject or "")
+    if parts is None or not (cc.durable_name or "").startswith("pool-"):
+        return None
+    provider, lane, team = parts
+    return provider, "interactive" if lane == "*" else lane, team or ""
+
+
+def pool_consumer_config(cfg: Config, provider: str, lane: str = "interactive", team: str = "", max_ack_pending: int = 1) -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=pool_consumer(provider, lane),
-        filter_subject=wire.dispatch(provider, lane) if len(lane_caps(cfg, provider)) > 1 else wire.dispatch(provider, "*"),
+        durable_name=team_consumer(provider, lane, team),
+        filter_subject=pool_filter(cfg, provider, lane, team),
         ack_policy=AckPolicy.EXPLICIT,
         # Heartbeats renew it, so it bounds how long a dead worker's deliveries stay frozen.
         ack_wait=ack_wait_s(cfg, provider),
-        # The lane's share of the provider's concurrency cap, enforced by the server across
-        # every worker process.
-        max_ack_pending=lane_caps(cfg, provider)[lane],
+        # This team's share of the lane's slots, set by the fair-share controller: the limits
+        # of a lane's consumers sum to at most its cap, enforced by the server across every
+        # worker process.
+        max_ack_pending=max_ack_pending,
         max_deliver=-1,
     )
 
 
 async def ensure_pool_consumers(js: JetStreamContext, cfg: Config, provider: str) -> None:
+    """A pool's consumers are made by its fair-share controller as teams' jobs arrive. Here,
+    at start, the leftovers of a changed lane layout are put right: a lane switched off loses
+    its consumers (they would take its jobs at their old limits), and one whose filter changed
+    (one lane <-> two) gets the new filter, keeping its limit."""
     lanes = lane_caps(cfg, provider)
-    for lane in wire.LANES:
-        if lane in lanes:
-            await ensure_consumer(js, wire.DISPATCH_STREAM, pool_consumer_config(cfg, provider, lane))
-        else:  # lanes switched off: a leftover consumer would take this lane's jobs at its old cap
+    try:
+        infos = await all_consumers(js, wire.DISPATCH_STREAM)
+    except NotFoundError:
+        return
+    for ci in infos:
+        parts = pool_of(ci.config)
+        if parts is None or parts[0] != provider:
+            continue
+        _, lane, team = parts
+        if lane not in lanes:
             try:
-                await js.delete_consumer(wire.DISPATCH_STREAM, pool_consumer(provider, lane))
+                await js.delete_consumer(wire.DISPATCH_STREAM, ci.name)
             except NotFoundError:
                 pass
+        elif ci.config.filter_subject != pool_filter(cfg, provider, lane, team):
+            await ensure_consumer(js, wire.DISPATCH_STREAM, pool_consumer_config(cfg, provider, lane, team, ci.config.max_ack_pending or 1))
+
+
+CONSUMER_PAGE = 256  # the server's page of CONSUMER.LIST
+
+
+async def all_consumers(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
+    """Every consumer of the stream, past the first page (a pool has one per team and lane)."""
+    out = await js.consumers_info(stream)
+    while len(out) % CONSUMER_PAGE == 0 and out:
+        page = await js.consumers_info(stream, offset=len(out))
+        if not page:
+            break
+        out += page
+    return out
+
+
+@dataclass
+class PoolDepth:
+    """A pool lane's dispatches, over all its team consumers: a team's jobs may wait in the
+    stream before its consumer exists (workers/fair.py creates it), so they are counted from
+    the stream's subjects."""
+
+    in_stream: int = 0  # queued or running (a work queue keeps a dispatch until it is acked)
+    running: int = 0  # delivered, not yet acked
+    consumers: list[ConsumerInfo] = field(default_factory=list)
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.in_stream - self.running)
+
+
+async def pool_depths(js: JetStreamContext, cfg: Config | None = None) -> dict[tuple[str, str], PoolDepth]:
+    """(provider, lane) -> its depth. With `cfg`, a one-lane provider's batch subjects count in
+    its one (interactive) lane, as its consumers take them."""
+    try:
+        info = await js.stream_info(wire.DISPATCH_STREAM, subjects_filter="pb.dispatch.>")
+        infos = await all_consumers(js, wire.DISPATCH_STREAM)
+    except NotFoundError:
+        return {}
+    out: dict[tuple[str, str], PoolDepth] = {}
+    for subject, n in (info.state.subjects or {}).items():
+        parts = wire.dispatch_parts(subject)
+        if parts is None:
+            continue
+        provider, lane, _ = parts
+        if cfg is not None and provider in cfg.providers and lane not in lane_caps(cfg, provider):
+            lane = "interactive"
+        out.setdefault((provider, lane), PoolDepth()).in_stream += n or 0
+    for ci in infos:
+        if (pool := pool_of(ci.config)) is not None:
+            d = out.setdefault(pool[:2], PoolDepth())
+            d.running += ci.num_ack_pending or 0
+            d.consumers.append(ci)
+    return out
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, cc: ConsumerConfig) -> None:

@@ -24,8 +24,8 @@ from nats.js import JetStreamContext
 from panelboard.schemas.pricing import call_cost
 from panelboard.schemas.triggers import link_timeout_ms
 from panelboard.transport import bus, logs, meters, tracing
-from panelboard.transport.consumer import Consumer
-from panelboard.transport.streams import ack_wait_s, lane_caps, pool_consumer
+from panelboard.transport.fair_consumer import FairConsumer
+from panelboard.transport.streams import ack_wait_s, lane_caps, team_consumer
 from panelboard.schemas import shadow, wire
 from panelboard.schemas.chat import ChatResponse, Usage
 from panelboard.schemas.codec import decode_dispatch
@@ -34,6 +34,7 @@ from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooL
 from panelboard.schemas.embeddings import EmbeddingsResponse
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Embedded, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, number_attempt
+from panelboard.workers.fair import FairShare
 from panelboard.workers.flex import first_attempt, flex_of, to_standard
 from panelboard.workers.outcome import Inexpressible, Ok, Outcome, RateLimited, StreamBroken, Timeout, outcome_name, status_of
 from panelboard.workers.pressure import pause_s
@@ -82,6 +83,7 @@ class Pool:
         self.calls = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
         self.consumers = [self._lane(lane, cap) for lane, cap in self.lanes.items()]
+        self.fair = FairShare(js, cfg, provider, dict(zip(self.lanes, self.consumers)), self.stopping)
         meters.watch_pool(self)
 
     # -- one delivery -------------------------------------------------------------------
@@ -378,11 +380,13 @@ class Pool:
 
     async def run(self) -> None:
         hb = asyncio.create_task(self._heartbeat())
+        fair = asyncio.create_task(self.fair.run())
         log.info("pool.started", provider=self.provider, lanes=self.lanes, ack_wait_s=self.ack_wait)
         try:
             await asyncio.gather(*(c.run() for c in self.consumers))
         finally:
             hb.cancel()
+            fair.cancel()
             await self.adapter.aclose()
             log.info("pool.stopped", provider=self.provider, calls=self.calls)
 
@@ -391,13 +395,18 @@ class Pool:
         once every call in flight has finished (heartbeats keep them ours meanwhile)."""
         await asyncio.gather(*(c.drain() for c in self.consumers))
 
-    def _lane(self, lane: str, cap: int) -> Consumer[Lease]:
-        """One priority lane: its own durable consumer, whose max_ack_pending is the lane's
-        share of the provider's slots, and its own count of calls in flight. Deliveries are
-        leases from the moment they arrive, so heartbeats keep the held ones too."""
-        return Consumer(self.js._nc, wire.DISPATCH_STREAM, pool_consumer(self.provider, lane), self._safe, cap=cap,
-                        min_request=max(1, cap // 8), wrap=Lease, unwrap=_lease_msg, pause=self._paused_for,
-                        stopping=self.stopping, fields={"provider": self.provider, "lane": lane})
+    def _lane(self, lane: str, cap: int) -> FairConsumer[Lease]:
+        """One priority lane: a durable consumer per team, whose max_ack_pending (the team's
+        share of the lane's slots, workers/fair.py) sums to at most the lane's cap, and its
+        own count of calls in flight. Deliveries are leases from the moment they arrive, so
+        heartbeats keep the held ones too."""
+        return FairConsumer(self.js._nc, wire.DISPATCH_STREAM, lambda team: team_consumer(self.provider, lane, team), self._safe, cap=cap,
+                            weight=self.fair_weight, wrap=Lease, unwrap=_lease_msg, team_of=_team_of, pause=self._paused_for,
+                            stopping=self.stopping, fields={"provider": self.provider, "lane": lane})
+
+    def fair_weight(self, team: str) -> float:
+        t = self.cfg.teams.get(team)
+        return t.weight if t else 1.0
 
     @property
     def inflight(self) -> list[Lease]:
@@ -410,3 +419,9 @@ class Pool:
 
 def _lease_msg(lease: Lease) -> Msg:
     return lease.msg
+
+
+def _team_of(msg: Msg) -> str:
+    """pb.dispatch.<provider>.<lane>.<team>; "" for a dispatch published without one (older versions)."""
+    parts = msg.subject.split(".", 4)
+    return parts[4] if len(parts) == 5 else ""

@@ -10,7 +10,7 @@ import time
 import httpx
 
 from panelboard.clients import Client
-from panelboard.schemas import wire
+from panelboard.transport import streams
 from panelboard.schemas.job import Completed
 from panelboard.stack import Stack
 from panelboard.transport.connection import connect
@@ -47,10 +47,10 @@ async def _run(stack: Stack, js, capped_calls) -> None:
         out = drain(stack, "--provider", "capped")
         assert out.returncode == 0, out.stdout + out.stderr
         assert "draining pool capped" in out.stdout and "drained pool capped" in out.stdout
-        info = await js.consumer_info(wire.DISPATCH_STREAM, "pool-capped")
-        assert info.num_ack_pending == 0  # every call finished and acked, every held delivery handed back
+        info = (await streams.pool_depths(js))[("capped", "interactive")]  # every team's consumer summed
+        assert info.running == 0  # every call finished and acked, every held delivery handed back
         served = len(capped_calls())
-        assert 4 <= served < JOBS and info.num_pending == JOBS - served, (served, info.num_pending)
+        assert 4 <= served < JOBS and info.queued == JOBS - served, (served, info.queued)
         assert stack.procs["worker-0"].poll() is None  # its other pools still serve
         assert isinstance(await (await c.submit([{"role": "user", "content": "hi"}], intent="fast")).result(timeout=60), Completed)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from panelboard.transport.streams import BROKER_CONSUMER, pool_consumer
+from panelboard.transport.streams import BROKER_CONSUMER, pool_of
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_cost, decode_result
 from panelboard.schemas.job import Completed, CostRecord, Result
@@ -120,7 +120,9 @@ async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: l
 
     # "Left" unacked: a restarted server redelivers deliveries whose acks it lost, and the
     # workers ack them (the job is done) once ack_wait passes; wait for that, bounded.
-    consumers = [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, pool_consumer(p, lane)) for p in providers for lane in wire.LANES)]
+    # Every pool consumer there is (one per team and lane, workers/fair.py), not only today's.
+    pool_consumers = [ci.name for ci in await js.consumers_info(wire.DISPATCH_STREAM) if (pool := pool_of(ci.config)) and pool[0] in providers]
+    consumers = [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, name) for name in pool_consumers)]
     deadline = time.monotonic() + settle_s
     while True:
         for stream, consumer in consumers:
