@@ -36,6 +36,8 @@ from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Emb
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, number_attempt
 from panelboard.workers.flex import first_attempt, flex_of, to_standard
 from panelboard.workers.outcome import Inexpressible, Ok, Outcome, RateLimited, StreamBroken, Timeout, outcome_name, status_of
+from panelboard.workers.pacer import Pacer
+from panelboard.workers.pacing import lane_caps as limit_caps
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
 from panelboard.workers.stream import stream_call
@@ -82,6 +84,8 @@ class Pool:
         self.calls = 0
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
         self.consumers = [self._lane(lane, cap) for lane, cap in self.lanes.items()]
+        self.base_caps = [c.cap for c in self.consumers]
+        self.pacer = Pacer(js, cfg, provider, api_key, on_limit=self._set_limit)
         meters.watch_pool(self)
 
     # -- one delivery -------------------------------------------------------------------
@@ -143,6 +147,10 @@ class Pool:
         attempt = numbering.attempt
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
+        paced = None
+        if model.model in self.pacer.windows:  # the provider told us of its window: wait for this call's slot
+            paced = await self.pacer.pace(model.model, job)
+            now = time.time()
         link, policy = self._link(d)
         flex = flex_of(d, self.settings)  # the flex tier: its own (long) timeout, its discount
         link_ms = flex.timeout_ms if flex else link_timeout_ms(link, self.settings.timeout_ms)
@@ -173,6 +181,7 @@ class Pool:
                             prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens, billed=usage.total_tokens)
                 outcome = msgspec.structs.replace(outcome, response=msgspec.structs.replace(outcome.response, usage=usage))
         self._pressure(outcome)
+        self.pacer.answered(model.model, paced, outcome, now)
         # A timeout the deadline set is the deadline passing, even when the client's timer fired a
         # hair before the wall clock reached it (seen under load: a retry then failed at once).
         cut_to_deadline = timeout_s < link_ms / 1000
@@ -378,11 +387,13 @@ class Pool:
 
     async def run(self) -> None:
         hb = asyncio.create_task(self._heartbeat())
+        pacer = asyncio.create_task(self.pacer.run())
         log.info("pool.started", provider=self.provider, lanes=self.lanes, ack_wait_s=self.ack_wait)
         try:
             await asyncio.gather(*(c.run() for c in self.consumers))
         finally:
             hb.cancel()
+            pacer.cancel()
             await self.adapter.aclose()
             log.info("pool.stopped", provider=self.provider, calls=self.calls)
 
@@ -406,6 +417,16 @@ class Pool:
 
     def _paused_for(self) -> float:
         return self.paused_until - time.monotonic()
+
+    def _set_limit(self, limit: int) -> None:
+        """The adaptive limit, spread over the lanes; each lane's consumer reads its cap every
+        turn. Its max_ack_pending (the configured cap, across processes) stays the ceiling."""
+        for c, cap in zip(self.consumers, limit_caps(self.base_caps, limit, self.settings.max_concurrency)):
+            c.cap = cap
+
+    @property
+    def concurrency_limit(self) -> int:
+        return self.pacer.limit
 
 
 def _lease_msg(lease: Lease) -> Msg:
