@@ -81,8 +81,7 @@ def _after(now: float, v: str | None) -> float | None:
 
 
 def rate_signal(headers: Mapping[str, str], now: float) -> RateSignal | None:
-    """The window a response's headers describe; None when they say nothing of one (the
-    common case, kept to a few lookups: this runs on every call)."""
+    """The window a response's headers describe; None when they say nothing of one."""
     get = headers.get
     rr, tr = get("x-ratelimit-remaining-requests"), get("x-ratelimit-remaining-tokens")
     if rr is not None or tr is not None:
