@@ -22,7 +22,7 @@ from panelboard.schemas.pacing import PoolPace
 BUCKET = "PB_PACE"
 TTL_S = 120.0
 _UNSAFE = re.compile(r"[^-_A-Za-z0-9]")  # dots too: a key's tokens are ours to choose
-_decode_pool = msgspec.json.Decoder(PoolPace).decode
+decode_pool = msgspec.json.Decoder(PoolPace).decode
 
 
 def esc(s: str) -> str:
@@ -39,15 +39,24 @@ def fingerprint(api_key: str | None) -> str:
 
 
 def signal_key(provider: str, key_fp: str, model: str) -> str:
-    return f"sig.{esc(provider)}.{key_fp}.{esc(model)}"
+    return signals_prefix(provider, key_fp) + esc(model)
 
 
-def signals_of(provider: str, key_fp: str) -> str:
-    return f"sig.{esc(provider)}.{key_fp}.*"
+def signals_prefix(provider: str, key_fp: str) -> str:
+    return f"sig.{esc(provider)}.{key_fp}."
+
+
+def of_provider(provider: str) -> str:
+    """What a pool's processes watch: its signals and its processes' figures."""
+    return f"*.{esc(provider)}.>"
 
 
 def pool_key(provider: str, process: str) -> str:
-    return f"pool.{esc(provider)}.{esc(process)}"
+    return pools_prefix(provider) + esc(process)
+
+
+def pools_prefix(provider: str) -> str:
+    return f"pool.{esc(provider)}."
 
 
 async def ensure(js: JetStreamContext, cfg: Config) -> KeyValue:
@@ -85,5 +94,5 @@ async def read_pools(js: JetStreamContext) -> list[PoolPace]:
         except Exception:  # expired or deleted meanwhile
             continue
         if e.value:
-            out.append(_decode_pool(e.value))
+            out.append(decode_pool(e.value))
     return out

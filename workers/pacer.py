@@ -27,9 +27,10 @@ from panelboard.workers.pacing import Limit, adapt, congestion, est_tokens, merg
 
 log = logs.get("pacer")
 
-FLUSH_S = 0.25  # how stale another process's view of a window may be
+FLUSH_S = 0.25  # how stale another process's view of a roomy window may be (a nearly spent one is written at once)
 REFRESH_S = 10.0  # a pool's figures are rewritten this often even unchanged (the bucket forgets in TTL_S)
 RECHECK_S = 0.25  # a long wait looks again this often: another process may have brought word of a reset
+PEER_LIVE_S = 3 * REFRESH_S  # a process of the pool that has not written for this long is gone
 _encode = msgspec.json.Encoder().encode
 _decode_signal = msgspec.json.Decoder(RateSignal).decode
 
@@ -64,6 +65,12 @@ class Pacer:
         self.process = f"{socket.gethostname()}-{os.getpid()}"
         self.kv: KeyValue | None = None
         self._pool_dirty = True
+        self.peers: dict[str, float] = {}  # the pool's other processes (by KV key) and when each last wrote
+        self._low = asyncio.Event()  # a window nearly spent: the other processes must hear of it now
+
+    def share(self, now: float) -> int:
+        """How many processes of the pool split each window: this one and those alive."""
+        return 1 + sum(1 for at in self.peers.values() if at > now - PEER_LIVE_S)
 
     @property
     def limit(self) -> int:
@@ -80,7 +87,7 @@ class Pacer:
         async with w.lock:
             while True:
                 now = time.time()
-                slot = plan(w.signal, now, w.next_free, w.owed, w.owed_tokens, tokens)
+                slot = plan(w.signal, now, w.next_free, w.owed, w.owed_tokens, tokens, self.share(now))
                 wait = slot.start - now
                 if wait <= 0 or (job.deadline is not None and now >= job.deadline):
                     break
@@ -113,12 +120,14 @@ class Pacer:
     def _observe(self, model: str, sig: RateSignal) -> None:
         w = self.windows.get(model)
         if w is None:
-            self.windows[model] = Window(sig)
-            return
-        merged = merge(w.signal, sig)
-        if merged is not w.signal:
-            w.signal = merged
-            w.dirty = True
+            self.windows[model] = w = Window(sig)
+        else:
+            merged = merge(w.signal, sig)
+            if merged is w.signal:
+                return
+            w.signal, w.dirty = merged, True
+        if self.peers and _low(w.signal, self.cap):
+            self._low.set()
 
     # -- sharing ---------------------------------------------------------------------------
     def figures(self) -> PoolPace:
@@ -135,7 +144,7 @@ class Pacer:
         while True:
             try:
                 self.kv = await pacing_kv.ensure(self.js, self.cfg)
-                watch = await self.kv.watch(pacing_kv.signals_of(self.provider, self.key_fp), ignore_deletes=True)
+                watch = await self.kv.watch(pacing_kv.of_provider(self.provider), ignore_deletes=True)
                 reader = asyncio.create_task(self._read(watch))
                 try:
                     await self._flush_forever()
@@ -149,11 +158,18 @@ class Pacer:
                 await asyncio.sleep(2.0)
 
     async def _read(self, watch: KeyValue.KeyWatcher) -> None:
-        prefix = len(pacing_kv.signals_of(self.provider, self.key_fp)) - 1
+        sig_prefix = pacing_kv.signals_prefix(self.provider, self.key_fp)
+        pool_prefix, me = pacing_kv.pools_prefix(self.provider), pacing_kv.pool_key(self.provider, self.process)
         async for entry in watch:
             if entry is None or not entry.value:
                 continue
-            model, sig = pacing_kv.unesc(entry.key[prefix:]), _decode_signal(entry.value)
+            if entry.key.startswith(pool_prefix):
+                if entry.key != me:
+                    self.peers[entry.key] = pacing_kv.decode_pool(entry.value).at
+                continue
+            if not entry.key.startswith(sig_prefix):  # another API key's windows
+                continue
+            model, sig = pacing_kv.unesc(entry.key[len(sig_prefix):]), _decode_signal(entry.value)
             w = self.windows.get(model)
             if w is None:
                 self.windows[model] = w = Window(sig)
@@ -177,5 +193,15 @@ class Pacer:
                 self._pool_dirty = False
                 last_pool = now
                 await self.kv.put(pacing_kv.pool_key(self.provider, self.process), _encode(self.figures()))
-            await asyncio.sleep(FLUSH_S)
+            try:
+                await asyncio.wait_for(self._low.wait(), FLUSH_S)
+            except TimeoutError:
+                pass
+            self._low.clear()
+
+
+def _low(sig: RateSignal, cap: int) -> bool:
+    """Left with so little that one burst of the pool could spend it: stale word elsewhere would overrun it."""
+    return (sig.requests_remaining is not None and sig.requests_remaining <= 2 * cap) or \
+        (sig.tokens_remaining is not None and sig.tokens_limit is not None and sig.tokens_remaining * 8 <= sig.tokens_limit)
 

@@ -48,10 +48,11 @@ class Slot(NamedTuple):
     spacing: float  # how long after it the one after may
 
 
-def plan(sig: RateSignal, now: float, next_free: float, owed: int, owed_tokens: int, tokens: int) -> Slot:
+def plan(sig: RateSignal, now: float, next_free: float, owed: int, owed_tokens: int, tokens: int, share: int = 1) -> Slot:
     """When the next call (of `tokens` estimated tokens) may start. `next_free`: the earliest
     start the previous one left. Each dimension (requests, tokens) spreads what is left of it
-    over the time to its reset; the stricter one wins."""
+    over the time to its reset; the stricter one wins. `share`: how many worker processes of
+    the pool split the window (each sees the same signal, so each takes its part of it)."""
     start, spacing = max(now, next_free), 0.0
     dims = ((sig.requests_remaining, sig.requests_reset_at, sig.requests_limit, owed, 1),
             (sig.tokens_remaining, sig.tokens_reset_at, sig.tokens_limit, owed_tokens, tokens))
@@ -61,10 +62,10 @@ def plan(sig: RateSignal, now: float, next_free: float, owed: int, owed_tokens: 
         reset_at = reset_at if reset_at is not None else sig.at + UNKNOWN_RESET_S
         if start >= reset_at:
             # Refilled since this observation: its limit, unspaced, until a call brings word of the new window.
-            if limit is not None and owe + need > limit and owe:
+            if limit is not None and owe + need > limit // share and owe:
                 start = max(start, now + UNKNOWN_RESET_S)
             continue
-        left = remaining - owe
+        left = remaining // share - owe
         if left < need:  # spent (or owed to calls in flight): wait the window out
             start = reset_at + RESET_MARGIN_S
             continue

@@ -110,3 +110,19 @@ async def test_a_429_storm_cuts_the_concurrency_limit_and_successes_raise_it_aga
     while (row := pools(pstack)["storm"])["limit"] <= cut and time.monotonic() < deadline:
         pass
     assert row["limit"] > cut, row
+
+
+async def test_two_worker_processes_of_a_pool_share_the_window(tmp_path):
+    # Given the pool served by two worker processes, which learn each other's view of the window through PB_PACE
+    with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "5"]) as s:
+        s.start(workers=2, ledger=False)
+        m = Mock(s.mock_url)
+        m.control(provider="paced", ratelimit_requests=WINDOW, ratelimit_window_s=WINDOW_S)
+        # When 80 jobs arrive at once
+        results, _ = await run_jobs(s, "paced", 80)
+        counts = m.stats()["status_counts"]["paced"]
+        served = {e["request_id"] for e in m.log("paced")}
+    print(f"\ntwo workers: statuses {counts}")
+    # Then together they still never overran it
+    assert all(isinstance(r, Completed) for r in results)
+    assert counts == {"200": 80} and len(served) == 80, counts

@@ -110,3 +110,9 @@ def test_lanes_share_the_limit_as_they_share_the_cap():
     assert lane_caps([6, 2], 8, 8) == [6, 2]
     assert lane_caps([6, 2], 4, 8) == [3, 1]
     assert lane_caps([6, 2], 1, 8) == [1, 1]
+
+
+def test_worker_processes_of_a_pool_split_the_window():
+    sig = RateSignal(at=NOW, requests_remaining=8, requests_reset_at=NOW + 2)
+    assert plan(sig, NOW, 0.0, 0, 0, 0, share=2).spacing == pytest.approx(0.5)  # 4 each over 2 s, not 8
+    assert plan(sig, NOW, 0.0, 4, 0, 0, share=2).start == pytest.approx(NOW + 2 + RESET_MARGIN_S)  # its half is owed already
