@@ -99,8 +99,9 @@ class Pacer:
                 self._pool_dirty = True
         return tokens
 
-    def answered(self, model: str, paced: int | None, outcome: Outcome, started: float) -> None:
-        """After every call: the window's new word, the owed call settled, one AIMD step."""
+    def answered(self, model: str, paced: int | None, outcome: Outcome, started: float, blame: bool = True) -> None:
+        """After every call: the window's new word, the owed call settled, one AIMD step
+        (`blame`: False when a failure was not the provider's, e.g. a deadline's short timeout)."""
         w = self.windows.get(model)
         if paced is not None and w is not None:
             w.owed -= 1
@@ -109,7 +110,8 @@ class Pacer:
             self._observe(model, outcome.rate)
         if self.adaptive:
             before = self.state.limit
-            self.state = adapt(self.state, congestion(outcome), started, time.time(), self.floor, self.cap)
+            seen = congestion(outcome)
+            self.state = adapt(self.state, seen if blame or seen != "congested" else "neutral", started, time.time(), self.floor, self.cap)
             if self.state.limit != before:
                 self._pool_dirty = True
                 if self.state.limit < before:

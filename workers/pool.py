@@ -181,11 +181,12 @@ class Pool:
                             prompt_tokens=reported.prompt_tokens, completion_tokens=reported.completion_tokens, billed=usage.total_tokens)
                 outcome = msgspec.structs.replace(outcome, response=msgspec.structs.replace(outcome.response, usage=usage))
         self._pressure(outcome)
-        self.pacer.answered(model.model, paced, outcome, now)
         # A timeout the deadline set is the deadline passing, even when the client's timer fired a
         # hair before the wall clock reached it (seen under load: a retry then failed at once).
         cut_to_deadline = timeout_s < link_ms / 1000
         past_deadline = job.deadline is not None and (time.time() >= job.deadline or (cut_to_deadline and isinstance(outcome, Timeout)))
+        # A timeout the deadline cut short says nothing of the provider's load.
+        self.pacer.answered(model.model, paced, outcome, now, blame=not (cut_to_deadline and isinstance(outcome, Timeout)))
         decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
                           provider=self.provider, rng=self.rng, past_deadline=past_deadline)
         cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)
