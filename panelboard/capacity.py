@@ -90,7 +90,7 @@ def rows(cfg: Config, now: dict[str, PoolSample], before: dict[str, PoolSample] 
         out.append(PoolRow(provider=provider, queued=s.queued, running=s.running, cap=cap,
                            oldest_age_s=round(s.at - s.oldest_ts, 3) if s.oldest_ts is not None else None,
                            drain_per_s=round(rate, 2) if rate is not None else None,
-                           empty_in_s=round(empty_in, 1) if empty_in is not None else None, hint=hint(s.queued, s.running, cap),
+                           empty_in_s=round(empty_in, 1) if empty_in is not None else None, hint=hint(s.queued, s.running, cap, limit),
                            limit=limit, pacing=pacing))
     return out
 
@@ -114,10 +114,13 @@ def pace_figures(paces: list[PoolPace], cap: int, now: float) -> tuple[int, str 
     return min(cap, sum(p.limit for p in paces)), "; ".join(words) or None
 
 
-def hint(queued: int, running: int, cap: int) -> str:
+def hint(queued: int, running: int, cap: int, limit: int | None = None) -> str:
     """What would drain the pool faster. Pure."""
     if queued == 0:
         return "keeping up" if running else "idle"
+    if limit is not None and limit < cap and running >= limit:
+        return (f"held to {limit} of {cap} slots by the adaptive limit after 429s, 5xx or timeouts: "
+                f"it grows back by one per {limit} successes")
     if running >= cap:
         return (f"capped by max_concurrency {cap}: more worker processes would not help; "
                 f"raise the cap (if the provider allows) or add a deployment of the model")

@@ -116,3 +116,17 @@ def test_worker_processes_of_a_pool_split_the_window():
     sig = RateSignal(at=NOW, requests_remaining=8, requests_reset_at=NOW + 2)
     assert plan(sig, NOW, 0.0, 0, 0, 0, share=2).spacing == pytest.approx(0.5)  # 4 each over 2 s, not 8
     assert plan(sig, NOW, 0.0, 4, 0, 0, share=2).start == pytest.approx(NOW + 2 + RESET_MARGIN_S)  # its half is owed already
+
+
+def test_status_sums_the_processes_limits_under_the_cap_and_says_what_paces_the_pool():
+    from panelboard.capacity import hint, pace_figures
+    from panelboard.schemas.pacing import PoolPace
+
+    sig = RateSignal(at=NOW, requests_limit=20, requests_remaining=2, requests_reset_at=NOW + 1.3)
+    two = [PoolPace(provider="p", limit=8, floor=2, cap=16, at=NOW, paced_until=NOW + 0.4, signal=sig),
+           PoolPace(provider="p", limit=12, floor=2, cap=16, at=NOW)]
+    assert pace_figures(two, 16, NOW) == (16, "2/20 requests left, resets in 1.3s; next call in 0.4s")
+    assert pace_figures(two[1:], 16, NOW) == (12, None)
+    assert pace_figures([], 16, NOW) is None
+    assert "held to 4 of 16 slots by the adaptive limit" in hint(queued=10, running=4, cap=16, limit=4)
+    assert "add worker processes" in hint(queued=10, running=4, cap=16, limit=16)
