@@ -9,6 +9,7 @@ local copy fresh, and a flush writes what changed at most every FLUSH_S, never p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -152,7 +153,9 @@ class Pacer:
                     await self._flush_forever()
                 finally:
                     reader.cancel()
-                    await watch.stop()
+                    # A stop during NATS's drain raises here; it must not swallow our cancellation.
+                    with contextlib.suppress(Exception):
+                        await watch.stop()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
