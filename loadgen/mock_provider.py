@@ -24,6 +24,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import math
 import re
 import signal
 import struct
@@ -32,6 +33,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from random import Random
 from typing import Annotated, Any, Literal, NamedTuple
@@ -66,6 +68,11 @@ class ProviderSettings(Base, frozen=True):
     every: Annotated[int, Meta(ge=1)] = 1  # the fault hits every N-th request
     retry_after_s: Annotated[float, Meta(ge=0)] = 1.0  # sent with 429s
     ratelimit_remaining: int | None = None  # sent as x-ratelimit-remaining-requests
+    # A request window: at most this many requests per ratelimit_window_s (from the window's
+    # first request), counted down in the rate-limit headers of the provider's API family; a
+    # request past it gets a 429 whose retry-after is the window's end.
+    ratelimit_requests: Annotated[int, Meta(ge=1)] | None = None
+    ratelimit_window_s: Annotated[float, Meta(gt=0)] = 1.0
     stream: bool = True  # false: refuse `stream: true` with a 400
     stream_chunks: Annotated[int, Meta(ge=1)] = 8  # content pieces per streamed answer
     chunk_delay_ms: Annotated[float, Meta(ge=0)] = 0.0  # between two SSE events
@@ -95,6 +102,8 @@ class Control(msgspec.Struct, forbid_unknown_fields=True):
     jitter_ms: float | None | UnsetType = UNSET
     hang_ms: int | None | UnsetType = UNSET
     ratelimit_remaining: int | None | UnsetType = UNSET
+    ratelimit_requests: Annotated[int, Meta(ge=1)] | None | UnsetType = UNSET
+    ratelimit_window_s: Annotated[float, Meta(gt=0)] | UnsetType = UNSET
     stream: bool | UnsetType = UNSET
     stream_chunks: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
     chunk_delay_ms: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
@@ -361,6 +370,17 @@ def _error_message(api: Api, fault: str, provider: str, prompt_tokens: int) -> s
     return injected
 
 
+def window_headers(api: Api, limit: int, remaining: int, reset_s: float, now: float) -> dict[str, str]:
+    """A request window in the family's own headers; the reset rounded up, never early."""
+    ms = math.ceil(reset_s * 1000)
+    if api == "openai":
+        return {"x-ratelimit-limit-requests": str(limit), "x-ratelimit-remaining-requests": str(remaining),
+                "x-ratelimit-reset-requests": f"{ms}ms"}
+    at = datetime.fromtimestamp(math.ceil((now + reset_s) * 1000) / 1000, timezone.utc)
+    return {"anthropic-ratelimit-requests-limit": str(limit), "anthropic-ratelimit-requests-remaining": str(remaining),
+            "anthropic-ratelimit-requests-reset": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+
 def _error_body(api: Api, status: int, type_: str, message: str, code: str | None = None) -> web.Response:
     if api == "openai":
         body = _encode(OpenAIError(OpenAIErrorBody(message=message, type=type_, code=code)))
@@ -373,7 +393,7 @@ def _error_body(api: Api, status: int, type_: str, message: str, code: str | Non
 
 
 class _Provider:
-    __slots__ = ("settings", "rng", "counter", "requests", "in_flight", "max_in_flight", "status_counts")
+    __slots__ = ("settings", "rng", "counter", "requests", "in_flight", "max_in_flight", "status_counts", "window_end", "window_used")
 
     def __init__(self, settings: ProviderSettings, rng: Random) -> None:
         self.settings = settings
@@ -383,6 +403,21 @@ class _Provider:
         self.in_flight = 0
         self.max_in_flight = 0
         self.status_counts: Counter[int] = Counter()
+        self.window_end = 0.0  # time.time() the request window resets (see ProviderSettings.ratelimit_requests)
+        self.window_used = 0
+
+    def admit(self, now: float) -> tuple[int, float] | None:
+        """Count one request against the window: (remaining after it, seconds to the reset),
+        remaining -1 when it is over the limit; None without a window."""
+        limit = self.settings.ratelimit_requests
+        if limit is None:
+            return None
+        if now >= self.window_end:
+            self.window_end, self.window_used = now + self.settings.ratelimit_window_s, 0
+        if self.window_used >= limit:
+            return -1, self.window_end - now
+        self.window_used += 1
+        return limit - self.window_used, self.window_end - now
 
 
 class MockState:
@@ -413,6 +448,7 @@ class MockState:
         changes = {f: v for f in Control.__struct_fields__[1:] if (v := getattr(ctl, f)) is not UNSET}
         p.settings = self._resolve(msgspec.structs.replace(p.settings, **changes))
         p.counter = 0
+        p.window_end = 0.0
         return p.settings
 
     def reset(self) -> None:
@@ -453,6 +489,7 @@ class MockState:
         p.in_flight += 1
         p.max_in_flight = max(p.max_in_flight, p.in_flight)
         model, fault, status = "", None, 499  # 499 stays if aiohttp cancels us on disconnect
+        window: tuple[int, float] | None = None
         try:
             try:
                 body = await request.read()
@@ -461,11 +498,19 @@ class MockState:
                 answer: web.Response | Stream = _error_body(api, 400, "invalid_request_error", f"invalid request body: {e}")
             else:
                 model = req.model
+                window = p.admit(time.time())
                 fault, delay_ms = self._plan(p, model)
                 if delay_ms > 0:
                     await asyncio.sleep(delay_ms / 1000)
                 refused = self.flex_hook(name, req) if self.flex_hook else None
-                if refused is not None:
+                if window is not None and window[0] < 0:
+                    fault = "429"
+                    answer = _error_body(api, 429, "requests" if api == "openai" else "rate_limit_error",
+                                         f"mock request window of {p.settings.ratelimit_requests} per {p.settings.ratelimit_window_s}s exceeded",
+                                         "rate_limit_exceeded" if api == "openai" else None)
+                    answer.headers["retry-after-ms"] = str(math.ceil(window[1] * 1000))
+                    answer.headers["retry-after"] = str(math.ceil(window[1]))
+                elif refused is not None:
                     answer, images = refused, []
                 else:
                     answer, images = self._respond(api, name, p.settings, req, rid, fault)
@@ -474,6 +519,8 @@ class MockState:
                 headers["request-id"] = rid
             if p.settings.ratelimit_remaining is not None:
                 headers["x-ratelimit-remaining-requests"] = str(p.settings.ratelimit_remaining)
+            if window is not None and p.settings.ratelimit_requests is not None:
+                headers.update(window_headers(api, p.settings.ratelimit_requests, max(0, window[0]), window[1], time.time()))
             if isinstance(answer, Stream):  # SSE: the status is 200 once the first byte is out
                 resp: web.StreamResponse = await answer.send(request, fault, headers)
             else:

@@ -319,6 +319,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     from panelboard import capacity
     from panelboard.broker.health_status import render_status, status
     from panelboard.config import load
+    from panelboard.transport import pacing_kv
     from panelboard.transport.connection import require_url
 
     cfg = load(a.config)
@@ -333,7 +334,7 @@ def cmd_status(a: argparse.Namespace) -> int:
             while True:
                 st = await status(js, cfg)
                 now = await capacity.sample(js, cfg)
-                pools = capacity.rows(cfg, now, before)
+                pools = capacity.rows(cfg, now, before, await pacing_kv.read_pools(js))
                 teams = await _team_figures(a, cfg)
                 if a.json:
                     print(json.dumps({**msgspec.to_builtins(st), "pools": msgspec.to_builtins(pools),

@@ -60,6 +60,14 @@ class Provider(Base, frozen=True):
     # the rest is kept for interactive jobs, which are then never stuck behind a batch.
     batch_share: float | None = None
     headers: dict[str, str] = {}
+    # Pace calls by the provider's rate-limit headers (x-ratelimit-*, anthropic-ratelimit-*),
+    # so a spent window waits for its reset instead of meeting a 429 (workers/pacing.py).
+    pacing: bool = True
+    # Concurrency adapts per worker process between min_concurrency (None: max_concurrency / 8,
+    # at least 1) and max_concurrency: +1 after as many successes as the limit, halved on a
+    # 429, 5xx or timeout. max_concurrency stays the hard ceiling across every process.
+    adaptive_concurrency: bool = True
+    min_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     batch: BatchLane | None = None  # the provider's batch API, for every model it serves
     flex: FlexLane | None = None  # its flex tier, for deferrable jobs where no batch lane is declared
 

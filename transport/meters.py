@@ -169,6 +169,8 @@ class _PoolLike(Protocol):
     @property
     def inflight(self) -> Sized: ...
     paused_until: float
+    @property
+    def concurrency_limit(self) -> int: ...
 
 
 class _BrokerLike(Protocol):
@@ -187,11 +189,14 @@ class _State(Collector):
         cap = GaugeMetricFamily("panelboard_pool_concurrency_cap", "The pool's max_concurrency (its consumers' max_ack_pending, all lanes).",
                                 labels=["provider"])
         paused = GaugeMetricFamily("panelboard_pool_paused", "1 while the pool is paused by a 429 (backpressure), else 0.", labels=["provider"])
+        limit = GaugeMetricFamily("panelboard_pool_concurrency_limit", "The pool's adaptive concurrency limit in this process (AIMD, up to the cap).",
+                                  labels=["provider"])
         now = time.monotonic()
         for p in self.pools:
             inflight.add_metric([p.provider], len(p.inflight))
             cap.add_metric([p.provider], sum(p.lanes.values()))
             paused.add_metric([p.provider], 1.0 if p.paused_until > now else 0.0)
+            limit.add_metric([p.provider], p.concurrency_limit)
         health = GaugeMetricFamily("panelboard_health_state", "1 for each provider/model's current state: healthy, degraded or recovering.",
                                    labels=["provider", "model", "state"])
         for b in self.brokers:
@@ -200,7 +205,7 @@ class _State(Collector):
                 for s in ("healthy", "degraded", "recovering"):
                     health.add_metric([st.provider, st.model, s], 1.0 if s == state else 0.0)
             break  # every broker of a process sees the same PB_HEALTH
-        return [inflight, cap, paused, health]
+        return [inflight, cap, paused, limit, health]
 
 
 STATE = _State()

@@ -10,12 +10,13 @@ import msgspec
 from panelboard.schemas.chat import ChatResponse, Usage
 from panelboard.schemas.embeddings import EmbeddingsResponse
 from panelboard.schemas.job import CallOutcome
+from panelboard.schemas.pacing import RateSignal
 
 
 class Ok(msgspec.Struct):
     response: ChatResponse | EmbeddingsResponse
     latency_ms: float
-    ratelimit_remaining: int | None = None
+    rate: RateSignal | None = None  # the provider's rate window, when its headers tell it (workers/pacing.py)
     ttft_ms: float | None = None  # a stream: when its first chunk was forwarded
     chunks: int | None = None  # a stream: how many chunks were forwarded
 
@@ -38,6 +39,7 @@ class RateLimited(msgspec.Struct):
     # insufficient_quota / enforced_spend_limit_reached: waiting will not help, move on.
     hard: bool = False
     unavailable: bool = False  # the flex tier has no capacity now: the standard tier may
+    rate: RateSignal | None = None
 
 
 class Timeout(msgspec.Struct):

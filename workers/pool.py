@@ -37,6 +37,8 @@ from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, 
 from panelboard.workers.fair import FairShare
 from panelboard.workers.flex import first_attempt, flex_of, to_standard
 from panelboard.workers.outcome import Inexpressible, Ok, Outcome, RateLimited, StreamBroken, Timeout, outcome_name, status_of
+from panelboard.workers.pacer import Pacer
+from panelboard.workers.pacing import lane_caps as limit_caps
 from panelboard.workers.pressure import pause_s
 from panelboard.workers.providers import Adapter, adapter_for
 from panelboard.workers.stream import stream_call
@@ -84,6 +86,8 @@ class Pool:
         self.suspect_before = 0.0  # set on reconnect: see runtime.serve
         self.consumers = [self._lane(lane, cap) for lane, cap in self.lanes.items()]
         self.fair = FairShare(js, cfg, provider, dict(zip(self.lanes, self.consumers)), self.stopping)
+        self.base_caps = [c.cap for c in self.consumers]
+        self.pacer = Pacer(js, cfg, provider, api_key, on_limit=self._set_limit)
         meters.watch_pool(self)
 
     # -- one delivery -------------------------------------------------------------------
@@ -145,6 +149,10 @@ class Pool:
         attempt = numbering.attempt
         hop = d.route.chain[d.hop]
         model = self.cfg.models[hop.model]
+        paced = None
+        if model.model in self.pacer.windows:  # the provider told us of its window: wait for this call's slot
+            paced = await self.pacer.pace(model.model, job)
+            now = time.time()
         link, policy = self._link(d)
         flex = flex_of(d, self.settings)  # the flex tier: its own (long) timeout, its discount
         link_ms = flex.timeout_ms if flex else link_timeout_ms(link, self.settings.timeout_ms)
@@ -179,6 +187,8 @@ class Pool:
         # hair before the wall clock reached it (seen under load: a retry then failed at once).
         cut_to_deadline = timeout_s < link_ms / 1000
         past_deadline = job.deadline is not None and (time.time() >= job.deadline or (cut_to_deadline and isinstance(outcome, Timeout)))
+        # A timeout the deadline cut short says nothing of the provider's load.
+        self.pacer.answered(model.model, paced, outcome, now, blame=not (cut_to_deadline and isinstance(outcome, Timeout)))
         decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
                           provider=self.provider, rng=self.rng, past_deadline=past_deadline)
         cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)
@@ -381,12 +391,14 @@ class Pool:
     async def run(self) -> None:
         hb = asyncio.create_task(self._heartbeat())
         fair = asyncio.create_task(self.fair.run())
+        pacer = asyncio.create_task(self.pacer.run())
         log.info("pool.started", provider=self.provider, lanes=self.lanes, ack_wait_s=self.ack_wait)
         try:
             await asyncio.gather(*(c.run() for c in self.consumers))
         finally:
             hb.cancel()
             fair.cancel()
+            pacer.cancel()
             await self.adapter.aclose()
             log.info("pool.stopped", provider=self.provider, calls=self.calls)
 
@@ -415,6 +427,16 @@ class Pool:
 
     def _paused_for(self) -> float:
         return self.paused_until - time.monotonic()
+
+    def _set_limit(self, limit: int) -> None:
+        """The adaptive limit, spread over the lanes; each lane's consumer reads its cap every
+        turn. Its max_ack_pending (the configured cap, across processes) stays the ceiling."""
+        for c, cap in zip(self.consumers, limit_caps(self.base_caps, limit, self.settings.max_concurrency)):
+            c.cap = cap
+
+    @property
+    def concurrency_limit(self) -> int:
+        return self.pacer.limit
 
 
 def _lease_msg(lease: Lease) -> Msg:

@@ -1,9 +1,10 @@
 """Per-provider backpressure: when a provider says slow down, the whole pool stops fetching,
-so jobs wait in the stream instead of failing or hammering the provider. Pure."""
+so jobs wait in the stream instead of failing or hammering the provider. Pure. (A window
+its headers say is running out is paced before it gets here: workers/pacing.py.)"""
 
 from __future__ import annotations
 
-from panelboard.workers.outcome import Ok, Outcome, RateLimited
+from panelboard.workers.outcome import Outcome, RateLimited
 
 MAX_PAUSE_S = 60.0
 
@@ -16,6 +17,4 @@ def pause_s(outcome: Outcome, streak: int) -> float:
             return 0.0
         case RateLimited(hard=False, retry_after_s=after):
             return min(after if after is not None else 0.25 * 2**min(streak, 8), MAX_PAUSE_S)
-        case Ok(ratelimit_remaining=0):
-            return 1.0  # the provider's window is spent; its reset is at most seconds away
     return 0.0

@@ -21,7 +21,7 @@ from panelboard.schemas.chat import ChatChunk, assemble
 from panelboard.schemas.config import Model
 from panelboard.schemas.job import Job
 from panelboard.workers.outcome import Ok, Outcome, ServerError, StreamBroken, Timeout
-from panelboard.workers.providers.base import Adapter, Unsupported, classify_error, ratelimit_remaining
+from panelboard.workers.providers.base import Adapter, Unsupported, classify_error, rate_of
 from panelboard.workers.providers.sse import StreamError, events
 
 
@@ -78,4 +78,4 @@ async def stream_call(adapter: Adapter, nc: NATS, job: Job, model: Model, reques
             await r.aclose()
     if not reader.done or not chunks:
         return broken("the stream ended before the provider finished the answer")
-    return Ok(assemble(chunks), elapsed(), ratelimit_remaining(r.headers), ttft_ms=round(ttft_ms, 2), chunks=sent)
+    return Ok(assemble(chunks), elapsed(), rate_of(r.headers), ttft_ms=round(ttft_ms, 2), chunks=sent)

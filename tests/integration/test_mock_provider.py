@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -211,6 +212,29 @@ async def test_control_before_first_call_and_ratelimit_header(http: httpx.AsyncC
     assert resp.status_code == 503
     assert resp.headers["x-ratelimit-remaining-requests"] == "7"
     assert resp.json()["error"]["message"] == "mock fault 503 injected for provider fireworks"
+
+
+async def test_a_request_window_counts_down_in_each_familys_headers_then_answers_429(http: httpx.AsyncClient) -> None:
+    from panelboard.schemas.pacing import rate_signal
+
+    await http.post("/_mock/control", json={"provider": "win", "ratelimit_requests": 3, "ratelimit_window_s": 30})
+    seen = [await chat(http, provider="win") for _ in range(4)]
+    assert [r.status_code for r in seen] == [200, 200, 200, 429]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in seen] == ["2", "1", "0", "0"]
+    assert all(r.headers["x-ratelimit-limit-requests"] == "3" for r in seen)
+    sig = rate_signal(seen[0].headers, 0.0)  # our own parser reads the reset back: the window's end, about 30 s away
+    assert sig is not None and sig.requests_reset_at is not None and 29 < sig.requests_reset_at <= 30.001
+    assert 28 < float(seen[3].headers["retry-after-ms"]) / 1000 <= 30.001
+    assert seen[3].json()["error"]["code"] == "rate_limit_exceeded"
+
+    await http.post("/_mock/control", json={"provider": "winan", "ratelimit_requests": 1, "ratelimit_window_s": 30})
+    body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    first, second = [await http.post("/winan/v1/messages", json=body) for _ in range(2)]
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert first.headers["anthropic-ratelimit-requests-remaining"] == "0" and first.headers["anthropic-ratelimit-requests-limit"] == "1"
+    an = rate_signal(first.headers, time.time())
+    assert an is not None and an.requests_reset_at is not None and 0 < an.requests_reset_at - time.time() <= 30.001
+    assert second.json()["error"]["type"] == "rate_limit_error"
 
 
 async def test_control_rejects_unknown_faults(http: httpx.AsyncClient) -> None:

@@ -1,6 +1,7 @@
 """Per-provider backpressure decisions, from tables."""
 
 from panelboard.schemas.chat import ChatResponse
+from panelboard.schemas.pacing import RateSignal
 from panelboard.workers.outcome import Ok, RateLimited, ServerError
 from panelboard.workers.pressure import MAX_PAUSE_S, pause_s
 
@@ -17,9 +18,9 @@ def test_a_429_storm_without_retry_after_backs_off_harder_and_is_capped():
     assert max(pauses) <= MAX_PAUSE_S and pauses == sorted(pauses)
 
 
-def test_an_exhausted_rate_window_pauses_even_on_success():
-    assert pause_s(Ok(OK, 1.0, ratelimit_remaining=0), streak=0) == 1.0
-    assert pause_s(Ok(OK, 1.0, ratelimit_remaining=5), streak=0) == 0.0
+def test_a_success_never_pauses_the_pool_its_window_is_paced_instead():
+    # An exhausted window holds calls until its reset (workers/pacing.py), not the whole pool for a guess.
+    assert pause_s(Ok(OK, 1.0, rate=RateSignal(at=0.0, requests_remaining=0, requests_reset_at=2.0)), streak=0) == 0.0
 
 
 def test_hard_quota_errors_and_server_errors_do_not_pause_the_pool():
