@@ -118,7 +118,10 @@ async def test_batches_of_one_team_admit_in_order_and_their_sum_cannot_overspend
         for r, o in zip(batch, out):
             by_job.setdefault(r.job_id, []).append(o)
     twice = by_job.pop("b0")
-    assert isinstance(twice[0], Admitted) and not twice[0].again and isinstance(twice[1], Admitted) and twice[1].again
+    # The four batches race for the budget, so b0 may be refused; either way its twin shares its fate.
+    assert type(twice[0]) is type(twice[1])
+    if isinstance(twice[0], Admitted):
+        assert not twice[0].again and twice[1].again
     by_job["b0"] = twice[:1]
     admitted = [j for j, (o,) in by_job.items() if isinstance(o, Admitted)]
     assert all(isinstance(o, (Admitted, OverBudget, Throttled)) for (o,) in by_job.values())
@@ -140,6 +143,11 @@ async def test_batches_of_one_team_admit_in_order_and_their_sum_cannot_overspend
     again = await brokers[2].admit_many([first, AdmitRequest("x2", 0, k_free, ROUTE, est(CENT), redelivered=False, team="free")], now)
     assert isinstance(again[0], Admitted) and again[0].again and isinstance(again[1], Admitted) and not again[1].again
     assert (await key_row(brokers[0], p_free)).reserved_nano == 2 * CENT and (await key_row(brokers[0], p_free)).inflight == 2
+    # The same delivery twice in one batch, with room in the budget: admitted once.
+    x3 = AdmitRequest("x3", 0, k_free, ROUTE, est(CENT), redelivered=False, team="free")
+    pair = await brokers[3].admit_many([x3, x3], now)
+    assert isinstance(pair[0], Admitted) and not pair[0].again and isinstance(pair[1], Admitted) and pair[1].again
+    assert (await key_row(brokers[0], p_free)).reserved_nano == 3 * CENT
 
 
 async def test_settlement_is_idempotent_and_order_free(stores):
