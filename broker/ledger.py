@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from typing import Sequence
 
 import msgspec
@@ -46,6 +47,9 @@ log = logs.get("ledger")
 
 CONSUMER = "ledger"
 BATCH = 500
+# At low load a batch waits this long for company: one transaction per record cost ~2 ms CPU
+# each at c=1 (BENCHMARKS.md). Only reports see it later; budgets settle on their own consumer.
+LINGER_S = 0.05
 # Short: a batch commits in milliseconds. A writer that dies holding one gets it redelivered
 # (to itself restarted, or to another writer) within seconds; a slow commit that outlives it
 # is harmless, the insert being idempotent.
@@ -65,14 +69,17 @@ def consumer_config() -> ConsumerConfig:
 
 
 class Ledger:
-    def __init__(self, js: JetStreamContext, engine: AsyncEngine, batch: int = BATCH, meters: metrics.CostMeters | None = None):
+    def __init__(self, js: JetStreamContext, engine: AsyncEngine, batch: int = BATCH, meters: metrics.CostMeters | None = None,
+                 linger_s: float = LINGER_S):
         self.js = js
         self.engine = engine
         self.batch = batch
         self.meters = meters
         self.stopping = asyncio.Event()
+        # SQLite: plain sqlite3 on the hot path (SQLAlchemy keeps the schema and the reports).
+        self.sqlite = db.SqliteCostWriter(str(engine.url)) if db.sqlite_path(str(engine.url)) is not None else None
         # One batch at a time, one transaction each: acked after the commit.
-        self.consumer = BatchConsumer(js._nc, wire.COSTS_STREAM, CONSUMER, self.write, cap=batch, stopping=self.stopping)
+        self.consumer = BatchConsumer(js._nc, wire.COSTS_STREAM, CONSUMER, self.write, cap=batch, linger_s=linger_s, stopping=self.stopping)
         self.written = 0  # records committed (redelivered duplicates included)
         self.db_errors = 0
         self.quarantined = 0  # records dead-lettered: they can never be written
@@ -110,6 +117,8 @@ class Ledger:
         try:
             await self.consumer.run()
         finally:
+            if self.sqlite is not None:
+                self.sqlite.close()
             log.info("ledger.stopped", written=self.written)
 
     async def write(self, msgs: list[Msg]) -> None:
@@ -132,7 +141,7 @@ class Ledger:
                 refused = await db.write_splitting(self._insert, batch)
                 break
             except Exception as e:
-                if not isinstance(e, (SQLAlchemyError, OSError)):
+                if not isinstance(e, (SQLAlchemyError, OSError, sqlite3.Error)):
                     raise
                 self._unavailable(e, delay, held=len(batch))
                 try:
@@ -165,7 +174,8 @@ class Ledger:
                 self.meters.observe(rec)
 
     async def _insert(self, batch: Sequence[tuple[Msg, CostRecord]]) -> None:
-        await db.insert_costs(self.engine, [db.row(rec) for _, rec in batch])
+        rows = [db.row(rec) for _, rec in batch]
+        await (self.sqlite.insert(rows) if self.sqlite is not None else db.insert_costs(self.engine, rows))
 
     async def _quarantine(self, m: Msg, rec: CostRecord, why: str) -> None:
         """Out of the way for good: a dead letter holding the record, then the delivery ends.

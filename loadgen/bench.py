@@ -73,7 +73,7 @@ FULL_SCENARIOS = [
     Scenario("c=64 gov", 64, 0.0, 8000, 400, governance=True),
     Scenario("c=2048 @200ms", 2048, 200.0, 20000, 2048),
 ]
-PATHS = ("direct", "floor", "panelboard")
+PATHS = ("direct", "floor", "portkey", "panelboard")
 TRANSPORTS = ("httpx-default", "httpx-aiohttp", "aiohttp")
 TRANSPORT_INFLIGHT = 512
 TRANSPORT_LATENCY_MS = 200.0
@@ -234,12 +234,13 @@ def httpx_client(transport: str, limit: int) -> Any:
     return httpx.AsyncClient(limits=limits)
 
 
-def make_http_caller(transport: str, url: str, model_id: str, limit: int) -> tuple[Callable[[int], Awaitable[str | None]], Callable[[], Awaitable[None]]]:
+def make_http_caller(transport: str, url: str, model_id: str, limit: int, extra: dict[str, str] | None = None
+                     ) -> tuple[Callable[[int], Awaitable[str | None]], Callable[[], Awaitable[None]]]:
     """(one request, close) for a transport; the body is parsed as a ChatResponse."""
     from panelboard.schemas.chat import ChatResponse
 
     decode = msgspec.json.Decoder(ChatResponse).decode
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **(extra or {})}
 
     if transport == "aiohttp":
         import aiohttp
@@ -278,6 +279,17 @@ def make_http_caller(transport: str, url: str, model_id: str, limit: int) -> tup
 
 
 # --- the phases --------------------------------------------------------------------------
+
+
+async def run_portkey(url: str, upstream: str, model_id: str, s: Scenario, meter: CpuMeter, timeout_s: float) -> dict[str, Any]:
+    """Portkey's gateway in front of the same mock, called with the same client as `direct`."""
+    from panelboard.loadgen.http_bench import portkey_headers
+
+    one, close = make_http_caller("httpx-aiohttp", url, model_id, max(2 * s.concurrency, 16), portkey_headers(upstream))
+    try:
+        return await measured("portkey", s.jobs, s.concurrency, s.warmup, one, meter, timeout_s)
+    finally:
+        await close()
 
 
 async def run_direct(url: str, model_id: str, s: Scenario, meter: CpuMeter, timeout_s: float) -> dict[str, Any]:
@@ -333,8 +345,9 @@ def added(direct: dict[str, Any], pb: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def run_scenario(stack: Any, key: str | None, model_id: str, s: Scenario, timeout_s: float) -> dict[str, Any]:
-    pids = {"nats-server": stack.nats.proc.pid, **{name: p.pid for name, p in stack.procs.items()}, "mock": stack.mock_proc.pid}
+async def run_scenario(stack: Any, key: str | None, model_id: str, s: Scenario, timeout_s: float, gateway: Gateway | None = None) -> dict[str, Any]:
+    pids = {"nats-server": stack.nats.proc.pid, **{name: p.pid for name, p in stack.procs.items()}, "mock": stack.mock_proc.pid,
+            **(gateway.pids if gateway else {})}
     meter = CpuMeter(pids)
     url = f"{stack.mock_url}/{PROVIDER}/v1/chat/completions"
     log(f"scenario {s.name}: c={s.concurrency}, mock {s.latency_ms:g} ms, {s.jobs} jobs (+{s.warmup} warm-up) per path")
@@ -345,9 +358,13 @@ async def run_scenario(stack: Any, key: str | None, model_id: str, s: Scenario, 
         return out
     out["direct"] = await run_direct(url, model_id, s, meter, timeout_s)
     out["floor"] = await run_floor(stack.nats_url, model_id, s, meter, timeout_s)
+    if gateway is not None:
+        out["portkey"] = await run_portkey(f"{gateway.url}/v1/chat/completions", f"{stack.mock_url}/{PROVIDER}/v1", model_id, s, meter, timeout_s)
     out["panelboard"] = await run_panelboard(stack.nats_url, s, meter, timeout_s)
     out["added"] = added(out["direct"], out["panelboard"])
     out["floor_added"] = added(out["direct"], out["floor"])
+    if "portkey" in out:
+        out["portkey_added"] = added(out["direct"], out["portkey"])
     return out
 
 
@@ -371,6 +388,9 @@ def summary(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
         out["c64_jobs_per_s_vs_floor"] = ratio(pb["jobs_per_s"], fl["jobs_per_s"])
         out["c64_server_cpu_vs_floor"] = ratio(server_cpu(pb), server_cpu(fl))
         out["c64_total_cpu_vs_floor"] = ratio(pb["cpu_ms_per_job_total"], fl["cpu_ms_per_job_total"])
+        if (pk := c64.get("portkey")) is not None:
+            out["c64_jobs_per_s_vs_portkey"] = ratio(pb["jobs_per_s"], pk["jobs_per_s"])
+            out["c64_server_cpu_vs_portkey"] = ratio(server_cpu(pb), server_cpu(pk))
         if (gov := by.get("c=64 gov")) is not None:
             out["c64_gov_on_vs_off_jobs_per_s"] = ratio(gov["panelboard"]["jobs_per_s"], pb["jobs_per_s"])
             out["c64_gov_server_cpu_ms"] = server_cpu(gov["panelboard"])
@@ -442,9 +462,18 @@ def _make_key(stack: Any) -> str:
     return asyncio.run(go())
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """Another gateway beside the stack, on the same mock: its URL and its processes."""
+
+    url: str
+    pids: dict[str, int]
+
+
 @contextlib.contextmanager
-def open_stack(latency_ms: float, governance: bool) -> Iterator[tuple[Any, str | None]]:
-    """A fresh stack and, with governance on, a governed team's key."""
+def open_stack(latency_ms: float, governance: bool, portkey_dir: str | None = None) -> Iterator[tuple[Any, str | None, Gateway | None]]:
+    """A fresh stack and, with governance on, a governed team's key; with `portkey_dir` (and
+    governance off), Portkey's gateway beside it."""
     import subprocess
 
     from panelboard.stack import PY, Stack
@@ -470,7 +499,15 @@ def open_stack(latency_ms: float, governance: bool) -> Iterator[tuple[Any, str |
             log(f"stack up in {time.perf_counter() - t0:.1f}s (mock {latency_ms:g} ms at {stack.mock_url}, nats {stack.nats_url}, "
                 f"governance {'on' if governance else 'off'}, {tmp})")
             try:
-                yield stack, key
+                with contextlib.ExitStack() as extra:
+                    gateway = None
+                    if portkey_dir and not governance:
+                        from panelboard.loadgen.http_bench import portkey
+
+                        pids: dict[str, int] = {}
+                        gateway = Gateway(extra.enter_context(portkey(portkey_dir, pids)), pids)
+                        log(f"portkey gateway at {gateway.url}")
+                    yield stack, key, gateway
             finally:
                 if (floor_proc := stack.procs.get("floor")) is not None:
                     floor_proc.terminate()
@@ -528,7 +565,7 @@ def render(data: dict[str, Any]) -> str:
         for path in [p for p in PATHS if p in sc]:
             r = sc[path]
             cpu = r["cpu_ms_per_job"]
-            worker = sum(v for k, v in cpu.items() if k.startswith(("worker", "floor")) and v is not None)
+            worker = sum(v for k, v in cpu.items() if k.startswith(("worker", "floor", "node")) and v is not None)
             broker = sum(v for k, v in cpu.items() if k.startswith(("broker", "ledger")) and v is not None)
             flag = " (timed out)" if r["timed_out"] else (f" errors {r['errors']}" if r["errors"] else "")
             lines.append(
@@ -555,7 +592,7 @@ def render(data: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append("jobs/s of 'added' is panelboard/direct throughput; CPU ms/job counts every process on the path, the client included")
-    lines.append("(worker = panelboard's worker or the floor's worker process; broker includes the ledger writer).")
+    lines.append("(worker = panelboard's worker, the floor's worker or Portkey's gateway process; broker includes the ledger writer).")
     for n, ratios in enumerate(data["summaries"], 1):
         lines.append(f"ratios of pass {n}: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
     return "\n".join(lines)
@@ -571,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase-timeout", type=float, help="seconds one measured phase may run (default 300, quick 90)")
     parser.add_argument("--only", choices=["scenarios", "transports"], help="run one half only")
     parser.add_argument("--passes", type=int, default=1, help="run every scenario this many times in turn, all stacks up throughout")
+    parser.add_argument("--portkey", metavar="DIR", help="also run Portkey's gateway (npm install @portkey-ai/gateway in DIR) "
+                        "on the same mock, in every governance-off scenario")
     parser.add_argument("--scenarios", help="comma-separated scenario names to run, e.g. 'c=1,c=64,c=64 gov' (default: all)")
     args = parser.parse_args(argv)
 
@@ -620,15 +659,15 @@ def main(argv: list[str] | None = None) -> int:
     # Every stack is up for the whole run and each pass runs every scenario in turn: the
     # machine's load drifts, and passes show how far (compare rows of one pass).
     with contextlib.ExitStack() as stacks:
-        opened = {k: stacks.enter_context(open_stack(*k)) for k in sorted(by_stack)}
+        opened = {k: stacks.enter_context(open_stack(*k, portkey_dir=args.portkey)) for k in sorted(by_stack)}
         for n in range(args.passes):
-            for (latency_ms, governance), (stack, key) in opened.items():
+            for (latency_ms, governance), (stack, key, gateway) in opened.items():
                 model_id = next(iter(load(BENCH_CONFIG).models.values())).model
 
-                async def go(stack: Any = stack, key: str | None = key, group: list[Scenario] = by_stack[(latency_ms, governance)],
+                async def go(stack: Any = stack, key: str | None = key, gateway: Gateway | None = gateway, group: list[Scenario] = by_stack[(latency_ms, governance)],
                              transports: bool = latency_ms == TRANSPORT_LATENCY_MS and not governance and n == 0) -> None:
                     for s in group:
-                        data["scenarios"].append({**await run_scenario(stack, key, model_id, s, timeout_s), "pass": n + 1})
+                        data["scenarios"].append({**await run_scenario(stack, key, model_id, s, timeout_s, gateway), "pass": n + 1})
                     if args.only != "scenarios" and transports:
                         data["transports"] = await run_transports(stack, model_id, transport_n, transport_warmup, timeout_s)
 

@@ -83,12 +83,15 @@ async def run(targets: list[tuple[str, str, str]], levels: list[int], seconds: f
 
 
 @contextlib.contextmanager
-def _gateway(cmd: list[str], port_args: Callable[[int], list[str]]) -> Iterator[str]:
-    """Another gateway on a free port, until it answers HTTP (any status)."""
+def _gateway(cmd: list[str], port_args: Callable[[int], list[str]], procs: dict[str, int] | None = None) -> Iterator[str]:
+    """Another gateway on a free port, until it answers HTTP (any status). Its pid goes into
+    `procs` (as its command's name) for a CPU meter."""
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
     proc = subprocess.Popen([*cmd, *port_args(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if procs is not None:
+        procs[Path(cmd[0]).name] = proc.pid
     url = f"http://127.0.0.1:{port}"
     try:
         end = _time.monotonic() + 120
@@ -109,6 +112,16 @@ def _gateway(cmd: list[str], port_args: Callable[[int], list[str]]) -> Iterator[
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def portkey(install_dir: str, procs: dict[str, int] | None = None) -> contextlib.AbstractContextManager[str]:
+    """Portkey's gateway (`npm install @portkey-ai/gateway` in install_dir), headless."""
+    return _gateway(["node", f"{install_dir}/node_modules/@portkey-ai/gateway/build/start-server.js", "--headless"], lambda p: [f"--port={p}"], procs)
+
+
+def portkey_headers(upstream: str) -> dict[str, str]:
+    """Portkey routes each request by its headers: an OpenAI-compatible provider at `upstream`."""
+    return {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             run_loop(run(targets, levels, a.seconds))
             upstream = f"{stack.mock_url}/bench/v1"
             if a.portkey:
-                with _gateway(["node", f"{a.portkey}/node_modules/@portkey-ai/gateway/build/start-server.js", "--headless"], lambda p: [f"--port={p}"]) as url:
-                    run_loop(run([("portkey", url + "/v1", "bench-model")], levels, a.seconds,
-                                 {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream}))
+                with portkey(a.portkey) as url:
+                    run_loop(run([("portkey", url + "/v1", "bench-model")], levels, a.seconds, portkey_headers(upstream)))
             if a.litellm:
                 cfg = Path(tmp) / "litellm.yaml"
                 master = "sk-" + secrets.token_hex(32)  # the proxy refuses to start without one

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the figures here as JSON")
     args = ap.parse_args(argv)
     runner, loop_name = event_loop_runner()
-    with open_stack(0.0, governance=False) as (stack, _):
+    with open_stack(0.0, governance=False) as (stack, _, _):
         data = runner(run(stack, args))
     data["loop"] = loop_name
     text = json.dumps(data, indent=2)

@@ -169,7 +169,9 @@ class Consumer(_Loop, Generic[T]):
 
 class BatchConsumer(_Loop):
     """Up to `cap` deliveries at a time, handed over as one list; the handler is awaited
-    before the next pull, so the batch is the only thing in flight."""
+    before the next pull, so the batch is the only thing in flight. With `linger_s`, a batch
+    smaller than `cap` waits that long after its first delivery for more (at low load one
+    transaction per record costs a writer ~2 ms CPU each); a full batch goes at once."""
 
     def __init__(
         self,
@@ -179,11 +181,13 @@ class BatchConsumer(_Loop):
         handle: Callable[[list[Msg]], Coroutine[Any, Any, None]],
         *,
         cap: int,
+        linger_s: float = 0.0,
         stopping: asyncio.Event | None = None,
         fields: dict[str, Any] | None = None,
     ):
         super().__init__(nc, stream, durable, cap=cap, min_request=1, stopping=stopping, fields=fields)
         self.handle = handle
+        self.linger_s = linger_s
 
     async def run(self) -> None:
         self._begin()
@@ -194,9 +198,23 @@ class BatchConsumer(_Loop):
                 await self.top_up(self.cap)
                 msg = await puller.get(timeout=GET_TIMEOUT_S)
                 if msg is not None:
-                    await self.handle([msg, *puller.take_ready()])
+                    await self.handle(await self._gather(msg))
         finally:
             for m in await puller.stop():
                 await m.nak()
             self._end()
+
+    async def _gather(self, first: Msg) -> list[Msg]:
+        puller = self.puller
+        batch = [first, *puller.take_ready()]
+        if not self.linger_s:
+            return batch
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.linger_s
+        while len(batch) < self.cap and (left := until - loop.time()) > 0 and not self.stopping.is_set():
+            await self.top_up(self.cap - len(batch))
+            msg = await puller.get(timeout=left)  # None: the linger is over, or a request ended
+            if msg is not None:
+                batch += [msg, *puller.take_ready()]
+        return batch
 

@@ -7,8 +7,11 @@ give the same reports to the last digit, and a cent is never lost to float round
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
@@ -136,7 +139,8 @@ def is_data_error(e: BaseException) -> bool:
     """Whether a failed write was refused for what it held (a value out of range, a bad string):
     writing it again can never succeed. Anything else (a lost connection, a locked or missing
     database) is an outage, which the same write survives once it ends."""
-    if isinstance(e, (OverflowError, ValueError, TypeError, SQLDataError, IntegrityError)):
+    if isinstance(e, (OverflowError, ValueError, TypeError, SQLDataError, IntegrityError,
+                      sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError)):
         return True
     if isinstance(e, StatementError):  # DBAPIError included: asyncpg's errors come wrapped, their SQLSTATE says
         orig = e.orig
@@ -306,6 +310,54 @@ async def insert_costs(engine: AsyncEngine, rows: Iterable[dict[str, Any]]) -> N
         return
     async with engine.begin() as conn:
         await conn.execute(_INSERTS[engine.dialect.name], rows)
+
+
+class SqliteCostWriter:
+    """insert_costs on SQLite through the plain `sqlite3` module, on one thread of its own:
+    the same INSERT ... ON CONFLICT DO NOTHING in one transaction, without SQLAlchemy's and
+    aiosqlite's layers (~75% of the ledger's CPU per record at c=64, py-spy; BENCHMARKS.md).
+    The connection honours the URL's `timeout` (seconds to wait for another writer's lock) as
+    aiosqlite does; a locked or missing database raises sqlite3.OperationalError: an outage."""
+
+    SQL = (f"INSERT INTO cost_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+           "ON CONFLICT DO NOTHING")
+
+    def __init__(self, url: str):
+        path = sqlite_path(url)
+        assert path is not None, url
+        self.path = path
+        self.timeout_s = float(make_url(url).query.get("timeout", 5.0))  # type: ignore[arg-type]
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite")
+        self.conn: sqlite3.Connection | None = None
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.conn is None:
+            self.conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(self.SQL, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def insert(self, rows: Iterable[dict[str, Any]]) -> None:
+        """As insert_costs: committed when it returns; a row already there is skipped."""
+        values = [tuple(r[c] for c in COLUMNS) for r in rows]
+        if values:
+            await asyncio.get_running_loop().run_in_executor(self.pool, self._insert, values)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+        self.pool.submit(shut).result()
+        self.pool.shutdown()
 
 
 async def count_rows(engine: AsyncEngine) -> int:

@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport
 
 from panelboard.schemas.chat import ChatRequest, ChatResponse
 from panelboard.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from panelboard.schemas.config import Model, Provider
 from panelboard.schemas.pacing import RateSignal, rate_signal
+from panelboard.workers.providers.http import PooledTransport
 from panelboard.workers.providers.sse import Translator
 from panelboard.workers.outcome import ClientError, Inexpressible, Ok, Outcome, RateLimited, ServerError, Timeout
 
@@ -92,7 +92,7 @@ def make_transport(provider: Provider) -> httpx.AsyncBaseTransport:
     default transport's collapse at hundreds of requests in flight (55 req/s at 512 in flight,
     measured here)."""
     limit = max(provider.max_concurrency * 2, 16)
-    return AiohttpTransport(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
+    return PooledTransport(limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
 
 
 class Adapter(ABC):
@@ -164,24 +164,27 @@ class Adapter(ABC):
 
     async def _post(self, url: httpx.URL, body: bytes, request_id: str, timeout_s: float,
                     parse: Callable[[bytes], ChatResponse | EmbeddingsResponse]) -> Outcome:
-        req = self.request(url, body, request_id, timeout_s)
+        transport = self.transport
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                r = await self.transport.handle_async_request(req)
-                body = await r.aread()
+                if isinstance(transport, PooledTransport):  # the short path: no httpx Request or Response built
+                    status, headers, body = await transport.post(str(url), {**self.headers, "x-pb-request-id": request_id}, body, timeout_s)
+                else:
+                    r = await transport.handle_async_request(self.request(url, body, request_id, timeout_s))
+                    status, headers, body = r.status_code, r.headers, await r.aread()
         except (TimeoutError, httpx.TimeoutException):
             return Timeout((time.perf_counter() - start) * 1000, f"no answer within {timeout_s:.1f}s")
         except httpx.HTTPError as e:
             return ServerError(0, (time.perf_counter() - start) * 1000, f"connection failed: {type(e).__name__}: {e}")
         latency_ms = (time.perf_counter() - start) * 1000
-        if r.status_code != 200:
-            return classify_error(r.status_code, r.headers, body, latency_ms)
+        if status != 200:
+            return classify_error(status, headers, body, latency_ms)
         try:
             response = parse(body)
         except Exception as e:  # a body we cannot read is the provider's fault: retriable
             return ServerError(502, latency_ms, f"unparseable response body: {type(e).__name__}: {str(e)[:200]}")
-        return Ok(response, latency_ms, rate_of(r.headers))
+        return Ok(response, latency_ms, rate_of(headers))
 
     async def aclose(self) -> None:
         await self.transport.aclose()
