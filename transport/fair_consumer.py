@@ -140,12 +140,14 @@ class FairConsumer(Generic[T]):
         self.mine[team] -= 1
 
     async def _top_up(self, free: int) -> None:
-        """Credit per team consumer: what its limit leaves beyond what we hold of it, within
-        our free slots. The server bounds the sum across processes; this bounds our share."""
+        """Credit per team consumer: our free slots, on every team with a limit. The server
+        hands out no more than each team's max_ack_pending across processes, so credit beyond
+        the limit only waits; keeping it out spares a pull request per job when a team's
+        limit is as small as its one job in flight."""
         for team, p in self.pullers.items():
-            want = min(free, self.limits.get(team, 0) - self.mine.get(team, 0))
-            if want <= 0:
+            if self.limits.get(team, 0) <= 0:
                 continue
+            want = free
             try:
                 await p.top_up(want)
             except Exception as e:  # reconnecting: nats-py retries underneath; the next turn asks again
