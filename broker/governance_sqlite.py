@@ -13,11 +13,9 @@ from the Table definitions in governance_tables.py, so the columns cannot drift.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +29,7 @@ from panelboard.broker.governance_settle import SettleStats, plan_settlement
 from panelboard.broker.governance_tables import admissions, key_scope, team_scope, teams, virtual_keys
 from panelboard.broker.ratelimit import Bucket
 from panelboard.schemas.job import CostRecord
+from panelboard.transport.db import SqliteThread
 
 _KEY_COLS = [c.name for c in virtual_keys.c]
 _TEAM_COLS = [c.name for c in teams.c]
@@ -64,26 +63,16 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SqliteHotPath:
+class SqliteHotPath(SqliteThread):
     def __init__(self, path: Path):
-        self.path = path
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="admit-sqlite")
-        self.conn: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA journal_mode=WAL")
-        self.conn = conn
-        return conn
+        super().__init__(path, timeout_s=30.0, thread_name="admit-sqlite")
 
     async def admit_many(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._admit_retrying, reqs, now)
+        return await self.run(self._admit_retrying, reqs, now)
 
     async def settle(self, costs: list[CostRecord], ended: list[tuple[str, int]], now: float,
                      shadow_ended: list[tuple[str, int]]) -> SettleStats:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, self._retrying, lambda conn: self._settle(conn, costs, ended, now, shadow_ended))
+        return await self.run(self._retrying, lambda conn: self._settle(conn, costs, ended, now, shadow_ended))
 
     def _admit_retrying(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
         for _ in range(10):
@@ -106,18 +95,10 @@ class SqliteHotPath:
         raise AssertionError("unreachable")
 
     def _in_transaction(self, body: Any) -> Any:
-        conn = self.conn or self._connect()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            out = body(conn)
+            return self.transaction(body)
         except (sqlite3.IntegrityError, sqlite3.DataError) as e:
-            conn.execute("ROLLBACK")
             raise ValueError(f"the database refused it: {e}") from None  # a data error: db.write_splitting splits the batch
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return out
 
     def _transaction(self, conn: sqlite3.Connection, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
         priors: dict[tuple[str, int], Admitted] = {}
@@ -222,16 +203,6 @@ class SqliteHotPath:
                 sets.append("inflight = inflight + ?")
                 args.append(d.inflight)
             conn.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE {col} = ?", [*args, name])
-
-    def close(self) -> None:
-        def shut() -> None:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
-
-        self.pool.submit(shut).result()
-        self.pool.shutdown()
-
 
 class _DefaultList(dict[str, list[Bucket]]):
     """A scope nobody limits has no buckets (decide_batch appends to them all the same)."""

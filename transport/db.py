@@ -312,7 +312,48 @@ async def insert_costs(engine: AsyncEngine, rows: Iterable[dict[str, Any]]) -> N
         await conn.execute(_INSERTS[engine.dialect.name], rows)
 
 
-class SqliteCostWriter:
+class SqliteThread:
+    """One plain `sqlite3` connection in WAL mode, opened lazily on a thread of its own, for the
+    hot paths that skip SQLAlchemy's and aiosqlite's layers (the ledger's inserts, governance's
+    admissions and settlement). `timeout_s`: how long to wait for another writer's lock."""
+
+    def __init__(self, path: Path, timeout_s: float, thread_name: str):
+        self.path = path
+        self.timeout_s = timeout_s
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+        self.conn: sqlite3.Connection | None = None
+
+    def transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """body(conn) in one BEGIN IMMEDIATE transaction (the database's write lock), rolled
+        back on any error. Call it on the thread: through `run`."""
+        conn = self.conn
+        if conn is None:
+            conn = self.conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = body(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return out
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+        self.pool.submit(shut).result()
+        self.pool.shutdown()
+
+
+class SqliteCostWriter(SqliteThread):
     """insert_costs on SQLite through the plain `sqlite3` module, on one thread of its own:
     the same INSERT ... ON CONFLICT DO NOTHING in one transaction, without SQLAlchemy's and
     aiosqlite's layers (~75% of the ledger's CPU per record at c=64, py-spy; BENCHMARKS.md).
@@ -325,39 +366,13 @@ class SqliteCostWriter:
     def __init__(self, url: str):
         path = sqlite_path(url)
         assert path is not None, url
-        self.path = path
-        self.timeout_s = float(make_url(url).query.get("timeout", 5.0))  # type: ignore[arg-type]
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite")
-        self.conn: sqlite3.Connection | None = None
-
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        if self.conn is None:
-            self.conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(self.SQL, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        super().__init__(path, float(make_url(url).query.get("timeout", 5.0)), "ledger-sqlite")  # type: ignore[arg-type]
 
     async def insert(self, rows: Iterable[dict[str, Any]]) -> None:
         """As insert_costs: committed when it returns; a row already there is skipped."""
         values = [tuple(r[c] for c in COLUMNS) for r in rows]
         if values:
-            await asyncio.get_running_loop().run_in_executor(self.pool, self._insert, values)
-
-    def close(self) -> None:
-        def shut() -> None:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
-
-        self.pool.submit(shut).result()
-        self.pool.shutdown()
+            await self.run(self.transaction, lambda conn: conn.executemany(self.SQL, values))
 
 
 async def count_rows(engine: AsyncEngine) -> int:
