@@ -36,6 +36,15 @@ GET_TIMEOUT_S = 0.5  # how often an idle loop looks at `stopping`
 log = get_log("consumer")
 
 
+async def nap(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep up to `seconds`, or less if `stopping` is set meanwhile: a loop's wait that never
+    holds up a drain."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=max(0.0, seconds))
+    except (asyncio.TimeoutError, TimeoutError):
+        pass
+
+
 class _Loop:
     """What both shapes share: the puller, the stop signal, the end of the loop."""
 
@@ -120,10 +129,7 @@ class Consumer(_Loop, Generic[T]):
             while not self.stopping.is_set():
                 wait = self._paused_for()
                 if wait > 0:  # backpressure: ask for nothing more, the jobs wait in the stream
-                    try:
-                        await asyncio.wait_for(self.stopping.wait(), timeout=wait)
-                    except (asyncio.TimeoutError, TimeoutError):
-                        pass
+                    await nap(self.stopping, wait)
                     continue
                 self._start()
                 free = self.cap - len(self.inflight) - len(self.held)

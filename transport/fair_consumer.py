@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from panelboard.transport.consumer import GET_TIMEOUT_S, log
+from panelboard.transport.consumer import GET_TIMEOUT_S, log, nap
 from panelboard.transport.puller import Puller
 
 T = TypeVar("T")
@@ -171,10 +171,7 @@ class FairConsumer(Generic[T]):
             while not self.stopping.is_set():
                 wait = self._paused_for()
                 if wait > 0:  # backpressure: ask for nothing more, the jobs wait in the stream
-                    try:
-                        await asyncio.wait_for(self.stopping.wait(), timeout=wait)
-                    except (asyncio.TimeoutError, TimeoutError):
-                        pass
+                    await nap(self.stopping, wait)
                     continue
                 if self.replan:
                     self.replan = False

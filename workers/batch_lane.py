@@ -47,6 +47,7 @@ from panelboard.schemas.job import Attempt, AttemptDecision, Completed, CostReco
 from panelboard.schemas.lanes import (BATCH_ATTEMPT, END_CANCEL, END_LANE, Owner, ProviderBatch, capability, custom_id, lane_cancelled,
                                       owner_key, state_key)
 from panelboard.transport import bus, logs
+from panelboard.transport.consumer import nap
 from panelboard.transport.lanes import claim_end, ensure_state_kv, read_end, read_marks
 from panelboard.transport.streams import ensure_consumer
 from panelboard.workers.batch_plan import TERMINAL, Answered, Errored, Line, fallback_at, fits, flush_due, poll_delay_s, too_late
@@ -233,10 +234,7 @@ class BatchLane:
             raise LeaseLost(key) from e
 
     async def _sleep(self, s: float) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, s))
-        except (asyncio.TimeoutError, TimeoutError):
-            pass
+        await nap(self.stopping, s)
 
     # -- collecting -----------------------------------------------------------------------
     async def _collect(self) -> None:

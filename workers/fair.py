@@ -35,6 +35,7 @@ from panelboard.schemas.config import Config
 from panelboard.schemas.fair import Plan, lease_key, plan_key
 from panelboard.schemas.lanes import Owner
 from panelboard.transport import logs
+from panelboard.transport.consumer import nap
 from panelboard.transport.fair_consumer import FairConsumer
 from panelboard.transport.lanes import ensure_state_kv
 from panelboard.transport.streams import all_consumers, lane_caps, pool_consumer_config, pool_of
@@ -110,10 +111,7 @@ class FairShare:
         self.nudged.set()
 
     async def _sleep(self, s: float) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=s)
-        except (asyncio.TimeoutError, TimeoutError):
-            pass
+        await nap(self.stopping, s)
 
     # -- every process: follow the plan ----------------------------------------------------
     async def _follow(self, kv: KeyValue) -> None:
