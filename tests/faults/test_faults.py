@@ -75,7 +75,7 @@ async def test_article_drill_broken_primary_falls_back_within_its_retry_budget(f
             # When a batch runs through the article's chain
             ids = await submit_all(c, ["chain"] * jobs, f"drill{fault}-{uuid.uuid4().hex[:6]}")
             await wait_all(c, ids, timeout=240)
-            rep = await check(c.js, c.team, ids, fmock.settled_log(), PROVIDERS)
+            rep = await check(c.js, c.team, ids, fmock.settled_log, PROVIDERS)
     finally:
         fmock.control(provider="primary", fault=None)
     print(f"\ndrill fault={fault}: {rep.line()}")
@@ -97,7 +97,7 @@ async def test_poison_job_ends_as_one_failed_result_and_one_dead_letter(fstack, 
     async with Client(fstack.nats_url) as c:
         h = await c.submit(MSG, intent="poison", job_id="poison-" + uuid.uuid4().hex[:8])
         r = await h.result(timeout=60)
-        rep = await check(c.js, c.team, [h.id], fmock.settled_log(), PROVIDERS)
+        rep = await check(c.js, c.team, [h.id], fmock.settled_log, PROVIDERS)
         print(f"\npoison: {rep.line()}")
         rep.assert_holds()
         assert isinstance(r, Failed) and isinstance(r.error, ChainExhausted)
@@ -122,7 +122,7 @@ async def test_slow_calls_longer_than_ack_wait_are_not_duplicated(fstack, fmock)
     async with Client(fstack.nats_url) as c:
         ids = await submit_all(c, ["slow"] * 12, "slow-" + uuid.uuid4().hex[:6])
         results = await wait_all(c, ids, timeout=60)
-        rep = await check(c.js, c.team, ids, fmock.settled_log(), PROVIDERS)
+        rep = await check(c.js, c.team, ids, fmock.settled_log, PROVIDERS)
     print(f"\nslow: {rep.line()}")
     rep.assert_holds()
     assert all(isinstance(r, Completed) for r in results)
@@ -140,7 +140,7 @@ async def test_a_deadline_cuts_a_slow_call_short_with_deadline_exceeded(fstack, 
         # When it runs
         r = await h.result(timeout=30)
         took = time.time() - t0
-        rep = await check(c.js, c.team, [job_id], fmock.settled_log(), PROVIDERS)
+        rep = await check(c.js, c.team, [job_id], fmock.settled_log, PROVIDERS)
     print(f"\ndeadline 1 s, 3 s call: {type(r).__name__} after {took:.2f}s; {rep.line()}")
     # Then it fails with deadline_exceeded well before the 3 s answer, after one call that has one cost record
     assert isinstance(r, Failed) and isinstance(r.error, DeadlineExceeded), r
@@ -155,7 +155,7 @@ async def one_job(fstack: Stack, fmock: Mock, intent: str):
     async with Client(fstack.nats_url) as c:
         job_id = f"{intent}-{uuid.uuid4().hex[:8]}"
         r = await (await c.submit(MSG, intent=intent, job_id=job_id)).result(timeout=60)
-        return r, await check(c.js, c.team, [job_id], fmock.settled_log(), PROVIDERS)
+        return r, await check(c.js, c.team, [job_id], fmock.settled_log, PROVIDERS)
 
 
 async def test_an_oversized_answer_ends_the_job_once_and_is_billed_once(fstack, fmock):
@@ -226,7 +226,7 @@ async def test_sigterm_drains_in_flight_jobs(tmp_path):
             rc = s.stop_proc("slow-only")
             # Then it finishes them before exiting: nothing is left to time out or to redo
             results = await wait_all(c, ids, timeout=5)
-            rep = await check(c.js, c.team, ids, mock.settled_log(), ["slow"])
+            rep = await check(c.js, c.team, ids, mock.settled_log, ["slow"])
     print(f"\nsigterm drain: exit={rc} {rep.line()}")
     assert rc == 0
     rep.assert_holds()
@@ -302,7 +302,7 @@ async def test_kill_9_a_worker_every_second_during_a_10k_batch(tmp_path):
             finally:
                 stop.set()
                 await k  # raises if a replacement never started
-            rep = await check(c.js, c.team, ids, mock.settled_log(), PROVIDERS)
+            rep = await check(c.js, c.team, ids, mock.settled_log, PROVIDERS)
     print(f"\nkill -9 x{kills}: {rep.line()}")
     print(f"replacement start-up (kill -> pools pulling): median {sorted(startup_s)[len(startup_s) // 2]:.2f} s, max {max(startup_s):.2f} s")
     assert kills >= 3 and rep.lost_calls > 0  # the kills really cut calls off mid-flight
@@ -330,7 +330,7 @@ async def test_a_killed_workers_replacement_takes_over_its_frozen_slots(tmp_path
             recover = time.monotonic() - t0 + await wait_logged(s, "w", "pool.first_call", bound_s=60)
             ids = await submitter
             await wait_all(c, ids, timeout=180)
-            rep = await check(c.js, c.team, ids, mock.settled_log(), ["primary"])
+            rep = await check(c.js, c.team, ids, mock.settled_log, ["primary"])
     print(f"\ntakeover: start-up {startup:.2f} s, first call served {recover:.2f} s after the kill (ack_wait {ACK_WAIT_S} s); {rep.line()}")
     rep.assert_holds()
     assert rep.completed == 2000
@@ -351,7 +351,7 @@ async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
                 await server.restart(outage_s=1.0)
                 ids = await submitter
                 await wait_all(c, ids, timeout=300)
-                rep = await check(c.js, c.team, ids, mock.settled_log(), PROVIDERS)
+                rep = await check(c.js, c.team, ids, mock.settled_log, PROVIDERS)
     print(f"\nnats-server kill -9 + restart: {rep.line()}")
     rep.assert_holds()
     assert rep.completed == 3000
@@ -395,8 +395,8 @@ async def test_nats_server_restart_redelivers_retried_dispatches_without_losing_
                 await asyncio.sleep(1.0)  # the outage itself
                 server.start_again()
                 results = await wait_all(c, ids, timeout=300)
-                log = mock.settled_log()
-                rep = await check(c.js, c.team, ids, log, PROVIDERS)
+                rep = await check(c.js, c.team, ids, mock.settled_log, PROVIDERS)
+                log = rep.mock_log
                 rows = await ledger_rows(s, c.js, set(ids))
     ok_calls = [e for e in log if e["status"] == 200 and e["request_id"].split(":")[0] in set(ids)]
     price = round(next(r.cost_usd for r in results if isinstance(r, Completed)) * 1_000_000_000)  # every call has the same prompt
@@ -433,7 +433,7 @@ async def test_cluster_stream_leader_killed_mid_batch(tmp_path, monkeypatch):
                 ids = await submitter
                 await wait_all(c, ids, timeout=300)
                 new_leader = cluster.wait_stream_leader("PB_DISPATCH", exclude=(leader,))
-                rep = await check(c.js, c.team, ids, mock.settled_log(), PROVIDERS)
+                rep = await check(c.js, c.team, ids, mock.settled_log, PROVIDERS)
     print(f"\ncluster leader nats-{leader + 1} killed (new leader nats-{(new_leader or 0) + 1}): {rep.line()}")
     assert new_leader is not None and new_leader != leader
     rep.assert_holds()

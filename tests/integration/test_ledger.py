@@ -170,7 +170,7 @@ async def test_kill_9_of_the_ledger_mid_batch_bills_every_provider_call_exactly_
             await waits
             # and a new ledger process takes over
             s.start_ledger()
-            rep = await check(c.js, c.team, ids, mock.settled_log(), ["oa"])
+            rep = await check(c.js, c.team, ids, mock.settled_log, ["oa"])
             await until(f"{rep.cost_records} rows", lambda: _eq(db.count_rows(engine), rep.cost_records))
         stored = await _keys(engine)
         await engine.dispose()

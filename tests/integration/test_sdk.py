@@ -182,7 +182,7 @@ async def test_jobs_survive_a_nats_server_restart_between_submit_and_result(tmp_
                 servers.append(NatsServer(server.data_dir, port=server.port).start())
                 h = await asyncio.wait_for(during, 60)
                 results = [r async for r in c.as_completed([*before, h], timeout=120)]
-                rep = await check(c.js, c.team, [x.id for x in [*before, h]], mock.settled_log(), ["capped", "oa"])
+                rep = await check(c.js, c.team, [x.id for x in [*before, h]], mock.settled_log, ["capped", "oa"])
     finally:
         for sv in servers:
             sv.stop()

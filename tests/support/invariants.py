@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -55,6 +56,7 @@ class Report:
     unacked: dict[str, int] = field(default_factory=dict)
     results: dict[str, Result] = field(default_factory=dict)
     costs: list[CostRecord] = field(default_factory=list)
+    mock_log: list[dict] = field(default_factory=list)  # the provider's request log these counts came from
 
     def line(self) -> str:
         return (f"submitted={self.submitted} terminal={self.terminal} completed={self.completed} failed={self.failed} "
@@ -73,11 +75,32 @@ class Report:
         assert not any(self.unacked.values()), f"left unacked or pending: {self.unacked}"
 
 
-async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: list[dict], providers: list[str], settle_s: float = 30.0) -> Report:
+async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: Callable[[], list[dict]], providers: list[str],
+                settle_s: float = 30.0) -> Report:
     """The promises, counted from raw sources, for the jobs `job_ids` of `team` (results are
-    addressed by team and job id, pb.results.<team>.<job>)."""
+    addressed by team and job id, pb.results.<team>.<job>). `mock_log` reads the provider's
+    request log: it is called only once the consumers have drained, so a call still queued
+    behind the answers the test waited for (a busy box) is in the log with its cost record."""
+    unacked: dict[str, int] = {}
+    # "Left" unacked: a restarted server redelivers deliveries whose acks it lost, and the
+    # workers ack them (the job is done) once ack_wait passes; wait for that, bounded.
+    # Every pool consumer there is (one per team and lane, workers/fair.py), not only today's.
+    pool_consumers = [ci.name for ci in await js.consumers_info(wire.DISPATCH_STREAM) if (pool := pool_of(ci.config)) and pool[0] in providers]
+    consumers = [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, name) for name in pool_consumers)]
+    deadline = time.monotonic() + settle_s
+    while True:
+        for stream, consumer in consumers:
+            try:
+                info = await js.consumer_info(stream, consumer)
+            except NotFoundError:  # a provider without a batch lane
+                continue
+            unacked[consumer] = info.num_ack_pending + info.num_pending
+        if not any(unacked.values()) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
     ids = set(job_ids)
-    rep = Report(submitted=len(job_ids))
+    rep = Report(submitted=len(job_ids), unacked=unacked)
+    rep.mock_log = log = await asyncio.to_thread(mock_log)
     per_job = Counter()
     for subject, data in await read_all(js, wire.RESULTS_STREAM, wire.results_of(team)):
         job_id = subject.rsplit(".", 1)[-1]
@@ -90,10 +113,10 @@ async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: l
     rep.completed = sum(isinstance(r, Completed) for r in rep.results.values())
     rep.failed = rep.terminal - rep.completed
 
-    calls = Counter(e["request_id"] for e in mock_log if e["request_id"].split(":")[0].split("~")[0] in ids)
+    calls = Counter(e["request_id"] for e in log if e["request_id"].split(":")[0].split("~")[0] in ids)
     rep.provider_calls = sum(calls.values())
     rep.duplicate_calls = [r for r, n in calls.items() if n > 1]
-    ok_calls = Counter(e["request_id"].split(":")[0] for e in mock_log  # shadow calls (":s") are mirrors, not re-runs
+    ok_calls = Counter(e["request_id"].split(":")[0] for e in log  # shadow calls (":s") are mirrors, not re-runs
                        if e["status"] == 200 and e["request_id"].split(":")[0] in ids and not e["request_id"].endswith(":s"))
     rep.reexecuted_jobs = sum(1 for n in ok_calls.values() if n > 1)
 
@@ -116,22 +139,6 @@ async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: l
     billed = {r.request_id for r in rep.costs if r.outcome == "ok" or r.outcome in unknown}
     outcomes = {r.request_id: r.outcome for r in rep.costs}
     rep.ok_calls_not_billed = [f"{i} (billed as {outcomes.get(i)})" for i in
-                               sorted({e["request_id"] for e in mock_log if e["status"] == 200 and e["request_id"] in calls} - billed)]
+                               sorted({e["request_id"] for e in log if e["status"] == 200 and e["request_id"] in calls} - billed)]
 
-    # "Left" unacked: a restarted server redelivers deliveries whose acks it lost, and the
-    # workers ack them (the job is done) once ack_wait passes; wait for that, bounded.
-    # Every pool consumer there is (one per team and lane, workers/fair.py), not only today's.
-    pool_consumers = [ci.name for ci in await js.consumers_info(wire.DISPATCH_STREAM) if (pool := pool_of(ci.config)) and pool[0] in providers]
-    consumers = [(wire.JOBS_STREAM, BROKER_CONSUMER), *((wire.DISPATCH_STREAM, name) for name in pool_consumers)]
-    deadline = time.monotonic() + settle_s
-    while True:
-        for stream, consumer in consumers:
-            try:
-                info = await js.consumer_info(stream, consumer)
-            except NotFoundError:  # a provider without a batch lane
-                continue
-            rep.unacked[consumer] = info.num_ack_pending + info.num_pending
-        if not any(rep.unacked.values()) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.25)
     return rep
