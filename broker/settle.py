@@ -103,9 +103,9 @@ class Settler:
     async def prepare(self) -> None:
         await streams.ensure_consumer(self.js, wire.COSTS_STREAM, consumer_config("pb.costs.>"))
         await streams.ensure_consumer(self.js, wire.RESULTS_STREAM, consumer_config("pb.results.>"))
-        # Every attempt, though only shadow ones matter: a `pb.attempts.*.*.shadow` filter was
-        # slower (c=64 gov 826-907 jobs/s against 959-1093, three alternated rounds), as the
-        # server searches one subject per job for the rare match on every pull.
+        # Every attempt, though only shadow ones matter: live attempts are stored only for calls
+        # that did not answer (workers/pool.py), so a `pb.attempts.*.*.shadow` filter saves
+        # nothing on the success path (tried: no gain in three alternated c=64 gov rounds).
         await streams.ensure_consumer(self.js, wire.ATTEMPTS_STREAM, consumer_config("pb.attempts.>"))
 
     async def run(self, stopping: asyncio.Event) -> None:
