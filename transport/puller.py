@@ -60,10 +60,7 @@ class Puller:
             if r.deadline < now:  # its end-of-request status never came (e.g. a reconnect)
                 del self.requests[subject]
         want = free - self.credit - self.queue.qsize()
-        # Ask in batches of min_request while credit is still out (one pull request per job
-        # costs a write and server work on each side), but never wait on a batch larger than
-        # the free slots: with no credit out, the free slots are always asked for.
-        if want < min(self.min_request, free) or want <= 0 or not self.nc.is_connected:
+        if want < self.min_request or not self.nc.is_connected:
             return
         subject = f"{self.prefix}.{next(self.ids)}"
         self.requests[subject] = _Request(want, now + self.expires_s + 1.0)
