@@ -147,9 +147,8 @@ class FairConsumer(Generic[T]):
         for team, p in self.pullers.items():
             if self.limits.get(team, 0) <= 0:
                 continue
-            want = free
             try:
-                await p.top_up(want)
+                await p.top_up(free)
             except Exception as e:  # reconnecting: nats-py retries underneath; the next turn asks again
                 log.warning("consumer.pull_failed", error=type(e).__name__, team=team, **self.fields)
 
