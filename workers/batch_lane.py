@@ -145,31 +145,41 @@ class BatchLane:
             return None
 
     async def run(self) -> None:
-        self.kv = await ensure_state_kv(self.js, self.cfg)
-        await ensure_consumer(self.js, wire.LANES_STREAM, consumer_config(self.cfg, self.provider))
         log.info("batch_lane.started", provider=self.provider, me=self.me)
         try:
             while not self.stopping.is_set():
                 try:
+                    if self.kv is None:
+                        await ensure_consumer(self.js, wire.LANES_STREAM, consumer_config(self.cfg, self.provider))
+                        self.kv = await ensure_state_kv(self.js, self.cfg)
                     rev = await self._acquire()
-                except Exception as e:  # NATS away: try again
+                except Exception as e:  # NATS away or slow: try again
                     log.warning("batch_lane.acquire_failed", provider=self.provider, error=type(e).__name__)
                     rev = None
                 if rev is None:
                     await self._sleep(self.lease_s / 3)
                     continue
                 log.info("batch_lane.owner", provider=self.provider, me=self.me)
-                await self._own(rev)
+                if not await self._own(rev):  # resumed nothing: the KV is read again after a pause
+                    await self._sleep(_RETRY_S)
         finally:
             await self.api.aclose()
             log.info("batch_lane.stopped", provider=self.provider)
 
-    async def _own(self, rev: int) -> None:
+    async def _own(self, rev: int) -> bool:
         """Drive every provider batch of this provider and collect new ones, while the lease
-        holds. Losing it stops everything at once: the next owner resumes from the KV."""
+        holds. Losing it stops everything at once: the next owner resumes from the KV. So does
+        a task that failed on an error of its own: everything restarts from the KV (what a
+        kill -9 would do), never a lane that renews its lease and drives nothing.
+        False when it stopped on a failure: the caller pauses before taking the lane up again."""
         assert self.kv is not None
+        try:
+            states = await self._load_states()
+        except Exception as e:  # a timeout on a busy server: still the owner, read it again
+            log.warning("batch_lane.resume_failed", provider=self.provider, error=repr(e)[:200])
+            return False
         tasks = [asyncio.create_task(self._collect())]
-        for st, r in await self._load_states():
+        for st, r in states:
             tasks.append(asyncio.create_task(self._drive(st, r)))
         self._tasks = tasks
         try:
@@ -181,12 +191,14 @@ class BatchLane:
                     rev = await self.kv.update(owner_key(self.provider), self._owner_value(), last=rev)
                 except KeyWrongLastSequenceError:
                     log.warning("batch_lane.lease_lost", provider=self.provider, me=self.me)
-                    return
+                    return True
                 except Exception as e:  # NATS away: the lease may lapse; CAS tells us next time
                     log.warning("batch_lane.renew_failed", provider=self.provider, error=type(e).__name__)
-                for t in tasks:
-                    if t.done() and not t.cancelled() and t.exception() is not None:
-                        log.error("batch_lane.task_failed", provider=self.provider, error=repr(t.exception()))
+                failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+                if failed:
+                    log.error("batch_lane.task_failed", provider=self.provider, error=repr(failed[0])[:300], restarting=True)
+                    return False
+            return True
         finally:
             for t in tasks:
                 t.cancel()
@@ -321,8 +333,16 @@ class BatchLane:
         cap = capability(self.cfg, st.model)
         if cap is None:  # the config dropped the lane: everything left goes realtime
             cap = Capability(api="openai", reserve_s=1e12)
-        if jobs is None:
-            jobs = await self._load_jobs(st.seqs)
+        while jobs is None:  # a resumed batch: its jobs are read back from PB_LANES
+            try:
+                jobs = await self._load_jobs(st.seqs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # timeouts on a busy server: read them again
+                log.warning("batch_lane.step_failed", provider=self.provider, batch=st.id, stage="loading", error=repr(e)[:200])
+                await self._sleep(_RETRY_S)
+                if self.stopping.is_set():
+                    return
         while st.stage != "done":
             now = time.time()
             fb = fallback_at(st.earliest_deadline, cap)
