@@ -22,17 +22,28 @@ _decode_state = msgspec.json.Decoder(HealthState).decode
 
 
 async def read_states(kv: KeyValue) -> dict[Key, HealthState]:
-    """Every state in PB_HEALTH, read once."""
+    """Every state in PB_HEALTH, read once.
+
+    The watcher's "no more" marker alone is not trusted: nats-py sends it before any entry when
+    the server has already pushed them but the client has not counted them yet (a race in
+    KeyValue.watch, read from its code; the likely cause of a CI run that read an empty bucket
+    after a server restart). The bucket keeps one message
+    per key (history 1), so the stream's message count says how many entries are due."""
     out: dict[Key, HealthState] = {}
+    due = (await kv.status()).stream_info.state.messages
+    seen = 0
+    done = False  # the marker came
     watcher = await kv.watchall()
     try:
-        while True:
+        while not (done and seen >= due):
             try:
                 e = await watcher.updates(timeout=5.0)
             except Exception:  # nats TimeoutError: nothing more is coming
                 break
             if e is None:
-                break
+                done = True
+                continue
+            seen += 1
             if e.value and e.operation is None:
                 try:
                     st = _decode_state(e.value)

@@ -53,6 +53,9 @@ class Report:
     costs_without_call: list[str] = field(default_factory=list)  # non-lost records the provider never saw
     ok_calls_not_billed: list[str] = field(default_factory=list)  # answered 200, but billed as a failed call
     reexecuted_jobs: int = 0  # jobs the provider answered more than once (a worker died mid-call)
+    # Answered and billed (ok record) but superseded by a later attempt of the same hop: the
+    # worker died after the cost record and before the result, so the answer never reached anyone.
+    cut_after_answer: int = 0
     unacked: dict[str, int] = field(default_factory=dict)
     results: dict[str, Result] = field(default_factory=dict)
     costs: list[CostRecord] = field(default_factory=list)
@@ -62,6 +65,7 @@ class Report:
         return (f"submitted={self.submitted} terminal={self.terminal} completed={self.completed} failed={self.failed} "
                 f"provider_calls={self.provider_calls} cost_records={self.cost_records} lost_calls={self.lost_calls} "
                 f"duplicates={len(self.duplicate_results) + len(self.duplicate_calls)} reexecuted={self.reexecuted_jobs} "
+                f"cut_after_answer={self.cut_after_answer} "
                 f"lost_jobs={len(self.missing)}")
 
     def assert_holds(self) -> None:
@@ -126,6 +130,12 @@ async def check(js: JetStreamContext, team: str, job_ids: list[str], mock_log: C
             rep.costs.append(rec)
     rep.cost_records = len(rep.costs)
     rep.lost_calls = sum(r.outcome == "lost" for r in rep.costs)
+    last_attempt: dict[tuple[str, int, int], int] = {}
+    for r in rep.costs:
+        if not r.shadow:
+            k = (r.job_id, r.run, r.hop)
+            last_attempt[k] = max(last_attempt.get(k, -1), r.attempt)
+    rep.cut_after_answer = sum(1 for r in rep.costs if r.outcome == "ok" and not r.shadow and r.attempt < last_attempt[(r.job_id, r.run, r.hop)])
     cost_ids = Counter(r.request_id for r in rep.costs)
     rep.calls_without_cost = [r for r in calls if cost_ids[r] == 0]
     # Calls whose fate we cannot know: cut off with their worker ("lost"), or given up on by us
