@@ -27,8 +27,8 @@ async def read_states(kv: KeyValue) -> dict[Key, HealthState]:
     The watcher's "no more" marker alone is not trusted: nats-py sends it before any entry when
     the server has already pushed them but the client has not counted them yet (a race in
     KeyValue.watch, read from its code; the likely cause of a CI run that read an empty bucket
-    after a server restart). The bucket keeps one message
-    per key (history 1), so the stream's message count says how many entries are due."""
+    after a server restart). The bucket keeps one message per key (history 1), so the stream's
+    message count says how many entries are due."""
     out: dict[Key, HealthState] = {}
     due = (await kv.status()).stream_info.state.messages
     seen = 0

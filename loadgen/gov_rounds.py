@@ -12,7 +12,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 
 from panelboard.loadgen.bench import CpuMeter, Scenario, open_stack, run_panelboard
 
@@ -32,7 +31,7 @@ def one_round(jobs: int, governance: bool, spy: str | None, py_spy: str, spy_out
             if spy is not None:
                 sampler = subprocess.Popen([py_spy, "record", "-p", str(pids[spy]), "-o", spy_out, "-f", "raw", "-r", "200", "--nonblocking"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1)  # let it attach before the round starts
+                await asyncio.sleep(1)  # let it attach before the round starts
             try:
                 s = Scenario(name="round", concurrency=64, latency_ms=0.0, jobs=jobs, warmup=500, governance=governance)
                 return await run_panelboard(stack.nats_url, s, meter, 300, key=key)
