@@ -61,7 +61,8 @@ def number_attempt(recorded: list[Attempt], delivered: int) -> Numbering:
     attempt = max(delivered - 1, max(seen, default=-1) + 1)
     lost = tuple(n for n in range(attempt) if n not in seen)
     lost_total = len(lost) + sum(a.decision == "lost" for a in recorded)
-    answered = sum(a.decision != "lost" for a in recorded)
+    # A flex refusal ("standard") moved the hop to another tier: it spends no retry.
+    answered = sum(a.decision not in ("lost", "standard") for a in recorded)
     return Numbering(attempt, lost, answered + max(0, lost_total - LOST_ALLOWANCE))
 
 

@@ -35,7 +35,7 @@ from panelboard.schemas.embeddings import EmbeddingsResponse
 from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Embedded, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, number_attempt
 from panelboard.workers.fair import FairShare
-from panelboard.workers.flex import first_attempt, flex_of, to_standard
+from panelboard.workers.flex import Step, first_attempt, flex_of, moved_to_standard, step_of, to_standard
 from panelboard.workers.outcome import Inexpressible, Ok, Outcome, RateLimited, StreamBroken, Timeout, outcome_name, status_of
 from panelboard.workers.pacer import Pacer
 from panelboard.workers.pacing import lane_caps as limit_caps
@@ -78,7 +78,7 @@ class Pool:
         self.heartbeat_s = min(5.0, self.ack_wait / 4)
         self.served = False
         self.stopping = asyncio.Event()
-        self.active: dict[tuple[str, str, int, int, bool], Lease] = {}  # (team, job, run, hop, shadow) -> who holds it
+        self.active: dict[Step, Lease] = {}  # workers/flex.py step_of -> who holds it
         self.paused_until = 0.0
         self.streak_429 = 0
         self.rng = random.Random()
@@ -120,8 +120,7 @@ class Pool:
             await bus.fail_job(self.js, None, None, err, reason="invalid", raw=msg.data, dead_msg_id=f"dispatch-{msg.metadata.sequence.stream}:dead")
             await self._ack(lease)
             return
-        job = d.job
-        step = (job.team, job.id, job.run, d.hop, d.shadow)
+        step = step_of(d)
         holder = self.active.get(step)
         if holder is not None:
             holder.twins.append(msg)
@@ -317,6 +316,10 @@ class Pool:
             return None
         if last is not None and last.decision == "forward":
             await self._forward(d, d.hop + 1, [*d.history, *recorded])
+            await self._ack(lease)
+            return None
+        if moved_to_standard(d, recorded):  # redo the (deduped) move, as for a forward
+            await bus.publish_dispatch(self.js, to_standard(d, [*d.history, *recorded]))
             await self._ack(lease)
             return None
         numbering = number_attempt(recorded, delivered)

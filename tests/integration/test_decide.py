@@ -100,6 +100,10 @@ def rec(n: int, decision: str = "retry") -> Attempt:
         ([rec(0, "lost"), rec(1, "lost"), rec(2)], 4, Numbering(3, spent=1)),
         # ... until a job has cut off more than LOST_ALLOWANCE (3) calls: it may be what kills its workers
         ([rec(0, "lost"), rec(1, "lost"), rec(2, "lost")], 5, Numbering(4, lost=(3,), spent=1)),
+        # a flex refusal moved the hop to the standard tier: a redelivery of that standard call
+        # numbers past the flex call but has spent no retry on it
+        ([rec(0, "standard")], 2, Numbering(1, spent=0)),
+        ([rec(0, "standard"), rec(1)], 3, Numbering(2, spent=1)),
     ],
 )
 def test_attempt_numbering_table(recorded, delivered, expected):

@@ -119,3 +119,21 @@ def test_flex_is_chosen_for_deferrable_jobs_where_no_batch_lane_is_declared_and_
     refused = Attempt(provider="r", model="r/m", hop=0, attempt=0, status=429, latency_ms=1.0, decision="standard")
     std = to_standard(d, [refused])
     assert std.lane is None and first_attempt(std) == 1 and first_attempt(d) == 0
+
+
+def test_a_flex_call_and_the_standard_call_it_moves_to_are_two_steps_a_worker_runs_both_of():
+    # Given a flex dispatch refused by the provider's flex tier, and the standard dispatch it becomes
+    from panelboard.schemas.job import Attempt, Dispatch
+    from panelboard.workers.flex import moved_to_standard, step_of, to_standard
+
+    d = Dispatch(job=job(), route=Route(tier="t", chain=(Hop("r/m", "r"),)), lane="flex")
+    refused = Attempt(provider="r", model="r/m", hop=0, attempt=0, status=429, latency_ms=1.0, decision="standard")
+    std = to_standard(d, [refused])
+    # Then the standard call, delivered while the worker still holds the flex call, is not taken
+    # for its redelivery (seen in CI: it was acked with the flex call and its job never answered)
+    assert step_of(std) != step_of(d)
+    assert step_of(msgspec.json.decode(msgspec.json.encode(d), type=Dispatch)) == step_of(d)  # a redelivery is the same step
+    # and a redelivered flex call whose refusal is on record redoes the move instead of calling again
+    assert moved_to_standard(d, [refused]) and not moved_to_standard(std, [refused])
+    assert not moved_to_standard(d, [msgspec.structs.replace(refused, decision="retry")])
+
