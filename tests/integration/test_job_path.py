@@ -8,6 +8,7 @@ import uuid
 
 import msgspec
 import pytest
+from nats.js.errors import NotFoundError
 
 from panelboard.clients import Client, SyncClient
 from panelboard.clients.errors import UnknownIntentError
@@ -62,6 +63,19 @@ async def reject_of(js, sub, team: str, seq: int):
             return decode_result(msg.data)
 
 
+async def stored_copy(js, subject: str, within_s: float = 10.0):
+    """The stored copy of a result: a core subscriber can see a message before the stream has
+    written it (nats-server delivers to both at once), so a direct get right after may 404."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        try:
+            return decode_result((await js.get_last_msg(wire.RESULTS_STREAM, subject, direct=True)).data)
+        except NotFoundError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 async def test_malformed_job_gets_a_failed_result_and_a_dead_letter(client):
     sub = await client.nc.subscribe(wire.rejects_of(client.team))
     ack = await client.js.publish(wire.jobs(client.team, "fast"), b'{"id": "x", "request": 12', headers={wire.HDR_MSG_ID: uuid.uuid4().hex})
@@ -94,8 +108,7 @@ async def test_a_raw_publish_with_bad_ids_gets_exactly_one_reject_its_submitter_
     # Then exactly one Failed lands on pb.rejects.<team>.<seq>, readable by direct get too
     r = await reject_of(client.js, sub, team, ack.seq)
     assert isinstance(r, Failed) and isinstance(r.error, InvalidJob), r
-    stored = decode_result((await client.js.get_last_msg(wire.RESULTS_STREAM, wire.reject(team, ack.seq), direct=True)).data)
-    assert stored == r
+    assert await stored_copy(client.js, wire.reject(team, ack.seq)) == r
     info = await client.js.stream_info(wire.RESULTS_STREAM, subjects_filter=f"pb.*.{team}.{ack.seq}")
     assert info.state.subjects == {wire.reject(team, ack.seq): 1}
     print(f"\n{case}: {r.error.message[:100]}")
