@@ -277,6 +277,12 @@ class BatchLane:
                         await m.nak()
                     except Exception:
                         pass
+            # A fetch cancelled mid-wait leaves its subscription unfinished: left open, it held
+            # the connection's drain at exit for its whole timeout (25 s a worker, seen in tests).
+            try:
+                await psub.unsubscribe()
+            except Exception:
+                pass
 
     async def _take(self, m: Msg, pending: dict[str, _Collection], now: float) -> None:
         seq = m.metadata.sequence.stream

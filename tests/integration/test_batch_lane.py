@@ -10,6 +10,7 @@ import uuid
 
 import httpx
 import pytest
+from nats.js.errors import NotFoundError
 
 from panelboard import queries, render
 from panelboard.transport import db
@@ -201,6 +202,35 @@ async def test_flex_tier_refusals_move_to_the_standard_tier_of_the_same_hop(lsta
         assert r.cost_usd == pytest.approx(call_cost(model, u.prompt_tokens, u.completion_tokens))
     assert len(costs) == 30 and sum(r.lane == "flex" for r in costs) == 20  # every call billed once: 20 flex, 10 standard
     assert all(r.provider == "flx" for r in costs) and len(fm.log()) == 30  # none moved along the chain to bat
+
+
+async def collecting(c: Client, consumer: str) -> bool:
+    """Whether a lane's collector has a fetch waiting on PB_LANES (the worker creates its consumer)."""
+    try:
+        return bool((await c.js.consumer_info(wire.LANES_STREAM, consumer)).num_waiting)
+    except NotFoundError:
+        return False
+
+
+async def test_a_worker_collecting_for_a_batch_lane_exits_at_once_on_sigterm(tmp_path):
+    # Given a worker that owns the batch lanes, its collector waiting on PB_LANES
+    from panelboard.workers.batch_lane import lane_consumer
+
+    with Stack(tmp_path, config=CONFIG) as s:
+        s.start(workers=1, broker=False, ledger=False)
+        async with Client(s.nats_url) as c:
+            deadline = time.monotonic() + 60
+            while not await collecting(c, lane_consumer("bat")):
+                assert time.monotonic() < deadline, "the bat lane's collector never asked PB_LANES for work"
+                await asyncio.sleep(0.05)
+        # and idle through several of its 0.5 s fetches (one that timed out is what held the exit)
+        await asyncio.sleep(2.0)
+        # When an operator stops it, then it exits cleanly well within the stack's kill timeout
+        # (the collector's open fetch had held the connection's drain for 25 s, then was killed)
+        t0 = time.monotonic()
+        rc = s.stop_proc("worker-0", timeout=10)
+    assert rc == 0, f"the worker did not exit within 10 s of SIGTERM (rc {rc})"
+    print(f"\nworker with batch lanes stopped in {time.monotonic() - t0:.2f} s")
 
 
 # -- cancel reaches the batch lane ---------------------------------------------------------
