@@ -150,8 +150,8 @@ async def test_budget_race_four_brokers(gov, brokers, database):
 
 
 async def test_shadow_calls_stay_inside_the_budget_four_brokers(gov, brokers, database):
-    """Given a team budget of $1.00, shadow sampling on (half the jobs mirrored, at the live
-    price or to a tier that fails) and four brokers, when 160 jobs of up to $0.05 each are
+    """Given a team budget of $1.00, shadow sampling on (every `mirrored` job mirrored at the
+    live price, half the `mirrored_failing` ones to a tier that fails) and four brokers, when 160 jobs of up to $0.05 each are
     submitted at once, then everything charged to the team, live and shadow, is at most
     $1.00, and every reservation is released once the jobs and their mirrors have ended."""
     url, schema = database
