@@ -36,12 +36,12 @@ from typing import Any, BinaryIO
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from panelboard.clients import control
 from panelboard.schemas.control import CancelReply, CancelRequest
-from panelboard.transport import bus
+from panelboard.transport import bus, jspub
 from panelboard.transport.streams import ensure_stream, stream_configs
 from panelboard.schemas import batch as B
 from panelboard.schemas import wire
@@ -236,7 +236,7 @@ class _Submitter:
             self.sem.release()
 
 
-async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
+async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]) -> jspub.PubAck:
     """Publish and wait for the stream's ack, riding out a server restart (a minute)."""
     return await bus.publish_retrying(js, subject, data, headers, patience_s=60.0, timeout_s=5.0)
 

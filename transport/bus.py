@@ -11,11 +11,10 @@ import asyncio
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from panelboard.schemas import batch as B
-from panelboard.transport import meters, tracing
+from panelboard.transport import jspub, meters, tracing
 from panelboard.schemas import redact, shadow
 from panelboard.schemas import wire
 from panelboard.schemas.codec import decode_attempt, encode
@@ -63,9 +62,9 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict
 
 
 async def publish_retrying(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None, *,
-                           patience_s: float = PUBLISH_PATIENCE_S, timeout_s: float = 2.0) -> PubAck:
-    """js.publish, retried on TRANSIENT errors (0.1 s doubling to 2 s between tries) for up to
-    `patience_s`; the last error is raised after that. Safe only with a Nats-Msg-Id header (or
+                           patience_s: float = PUBLISH_PATIENCE_S, timeout_s: float = 2.0) -> jspub.PubAck:
+    """A JetStream publish (transport/jspub.py), retried on TRANSIENT errors (0.1 s doubling to
+    2 s between tries) for up to `patience_s`; the last error is raised after that. Safe only with a Nats-Msg-Id header (or
     for a subject whose last message is all that counts): a try that timed out may have been
     stored, and its retry is then dropped as a duplicate."""
     loop = asyncio.get_running_loop()
@@ -73,7 +72,7 @@ async def publish_retrying(js: JetStreamContext, subject: str, data: bytes, head
     delay = 0.1
     while True:
         try:
-            return await js.publish(subject, data, headers=headers, timeout=timeout_s)
+            return await jspub.publish(js._nc, subject, data, headers, timeout_s)
         except TRANSIENT:
             if loop.time() + delay > give_up:
                 raise
