@@ -4,8 +4,9 @@
 os.urandom syscall), `asyncio.wait_for`, `json.loads` and a dataclass PubAck. Every job pays
 that five times (submit, claim, dispatch, cost record, result). Here one wildcard reply
 subscription per connection takes every PubAck, the reply token is a counter, the timeout is a
-timer handle, and the PubAck is decoded by msgspec: 34-37 -> 26-30 µs of CPU a publish at 64 in flight
-under uvloop (BENCHMARKS.md, "Stop 25"). Errors are nats-py's own, so callers see no difference.
+timer handle, and msgspec decodes the PubAck: 34-37 -> 26-30 µs of CPU a publish at 64 in
+flight under uvloop (loadgen/pub_bench.py; BENCHMARKS.md, "Stop 25"). Errors are nats-py's
+own, so callers see no difference.
 """
 
 from __future__ import annotations
