@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from panelboard.transport import bus
@@ -50,6 +50,7 @@ from panelboard.schemas.codec import decode_dispatch, decode_job
 from panelboard.schemas.errors import Cancelled
 from panelboard.schemas.job import Attempt, Dispatch, Failed, Job
 from panelboard.schemas.lanes import END_CANCEL, ProviderBatch, lane_cancelled
+from panelboard.transport.kv_read import live_keys
 from panelboard.transport.lanes import add_marks, claim_end
 
 CHUNK = 256  # sequence numbers per scan step
@@ -404,10 +405,7 @@ class _LaneCancel:
         kv = await self._kv()
         if kv is None:
             return {}
-        try:
-            keys = [k for k in await kv.keys() if k.startswith("batch.")]
-        except NoKeysError:
-            return {}
+        keys = [k for k in await live_keys(kv) if k.startswith("batch.")]
         sem = asyncio.Semaphore(PARALLEL)
 
         async def one(key: str) -> ProviderBatch | None:

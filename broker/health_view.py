@@ -13,6 +13,7 @@ from nats.js.kv import KeyValue
 
 from panelboard.broker.health import HealthState, Key
 from panelboard.transport import logs, streams
+from panelboard.transport.kv_read import live_entries
 from panelboard.schemas import wire
 from panelboard.schemas.config import Config
 
@@ -22,36 +23,16 @@ _decode_state = msgspec.json.Decoder(HealthState).decode
 
 
 async def read_states(kv: KeyValue) -> dict[Key, HealthState]:
-    """Every state in PB_HEALTH, read once.
-
-    The watcher's "no more" marker alone is not trusted: nats-py sends it before any entry when
-    the server has already pushed them but the client has not counted them yet (a race in
-    KeyValue.watch, read from its code; the likely cause of a CI run that read an empty bucket
-    after a server restart). The bucket keeps one message per key (history 1), so the stream's
-    message count says how many entries are due."""
+    """Every state in PB_HEALTH, read once (transport/kv_read.py: read to the end, not to
+    nats-py's first "no more" marker)."""
     out: dict[Key, HealthState] = {}
-    due = (await kv.status()).stream_info.state.messages
-    seen = 0
-    done = False  # the marker came
-    watcher = await kv.watchall()
-    try:
-        while not (done and seen >= due):
+    for e in await live_entries(kv):
+        if e.value:
             try:
-                e = await watcher.updates(timeout=5.0)
-            except Exception:  # nats TimeoutError: nothing more is coming
-                break
-            if e is None:
-                done = True
+                st = _decode_state(e.value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
                 continue
-            seen += 1
-            if e.value and e.operation is None:
-                try:
-                    st = _decode_state(e.value)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue
-                out[(st.provider, st.model)] = st
-    finally:
-        await watcher.stop()
+            out[(st.provider, st.model)] = st
     return out
 
 

@@ -132,12 +132,9 @@ async def read(js) -> list[Waiting]:
     kv = await _bucket(js, create=False)
     if kv is None:
         return []
-    from nats.js.errors import NoKeysError
+    from panelboard.transport.kv_read import live_keys
 
-    try:
-        names = await kv.keys()
-    except NoKeysError:
-        return []
+    names = await live_keys(kv)
     tables = []
     for name in names:
         try:

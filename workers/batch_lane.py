@@ -34,7 +34,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from panelboard.schemas.pricing import call_cost
@@ -48,6 +48,7 @@ from panelboard.schemas.lanes import (BATCH_ATTEMPT, END_CANCEL, END_LANE, Owner
                                       owner_key, state_key)
 from panelboard.transport import bus, logs
 from panelboard.transport.consumer import nap
+from panelboard.transport.kv_read import live_keys
 from panelboard.transport.lanes import claim_end, ensure_state_kv, read_end, read_marks
 from panelboard.transport.streams import ensure_consumer
 from panelboard.workers.batch_plan import TERMINAL, Answered, Errored, Line, fallback_at, fits, flush_due, poll_delay_s, too_late
@@ -211,10 +212,7 @@ class BatchLane:
 
     async def _load_states(self) -> list[tuple[ProviderBatch, int]]:
         assert self.kv is not None
-        try:
-            keys = await self.kv.keys()  # (nats-py's `filters` finds nothing here: filtered below)
-        except NoKeysError:
-            return []
+        keys = await live_keys(self.kv)  # (nats-py's `filters` finds nothing here: filtered below)
         out = []
         for key in (k for k in keys if k.startswith(f"batch.{self.provider}.")):
             try:
