@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from panelboard.transport import bus
@@ -50,7 +50,7 @@ from panelboard.schemas.codec import decode_dispatch, decode_job
 from panelboard.schemas.errors import Cancelled
 from panelboard.schemas.job import Attempt, Dispatch, Failed, Job
 from panelboard.schemas.lanes import END_CANCEL, ProviderBatch, lane_cancelled
-from panelboard.transport.kv_read import live_keys
+from panelboard.transport.kv_read import live_entries
 from panelboard.transport.lanes import add_marks, claim_end
 
 CHUNK = 256  # sequence numbers per scan step
@@ -405,19 +405,10 @@ class _LaneCancel:
         kv = await self._kv()
         if kv is None:
             return {}
-        keys = [k for k in await live_keys(kv) if k.startswith("batch.")]
-        sem = asyncio.Semaphore(PARALLEL)
-
-        async def one(key: str) -> ProviderBatch | None:
-            async with sem:
-                try:
-                    entry = await kv.get(key)
-                except KeyNotFoundError:
-                    return None
-            return msgspec.json.decode(entry.value, type=ProviderBatch) if entry.value else None
-
         out: dict[int, tuple[str, str]] = {}
-        for st in await asyncio.gather(*(one(k) for k in keys)):
-            if st is not None and st.stage != "done":
-                out.update((s, (st.provider, st.id)) for s in st.seqs)
+        for entry in await live_entries(kv):  # the values come with the read: no get per key
+            if entry.key.startswith("batch.") and entry.value:
+                st = msgspec.json.decode(entry.value, type=ProviderBatch)
+                if st.stage != "done":
+                    out.update((s, (st.provider, st.id)) for s in st.seqs)
         return out

@@ -132,15 +132,6 @@ async def read(js) -> list[Waiting]:
     kv = await _bucket(js, create=False)
     if kv is None:
         return []
-    from panelboard.transport.kv_read import live_keys
+    from panelboard.transport.kv_read import live_entries
 
-    names = await live_keys(kv)
-    tables = []
-    for name in names:
-        try:
-            entry = await kv.get(name)
-        except Exception:  # deleted or aged out between the two calls
-            continue
-        if entry.value:
-            tables.append(_decode(entry.value))
-    return merge(tables)
+    return merge([_decode(e.value) for e in await live_entries(kv) if e.value])

@@ -64,9 +64,9 @@ async def publish(js: JetStreamContext, subject: str, data: bytes, headers: dict
 async def publish_retrying(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None, *,
                            patience_s: float = PUBLISH_PATIENCE_S, timeout_s: float = 2.0) -> jspub.PubAck:
     """A JetStream publish (transport/jspub.py), retried on TRANSIENT errors (0.1 s doubling to
-    2 s between tries) for up to `patience_s`; the last error is raised after that. Safe only with a Nats-Msg-Id header (or
-    for a subject whose last message is all that counts): a try that timed out may have been
-    stored, and its retry is then dropped as a duplicate."""
+    2 s between tries) for up to `patience_s`; the last error is raised after that. Safe only
+    with a Nats-Msg-Id header (or for a subject whose last message is all that counts): a try
+    that timed out may have been stored, and its retry is then dropped as a duplicate."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + patience_s
     delay = 0.1

@@ -15,12 +15,12 @@ from nats.js.kv import KeyValue
 IDLE_S = 5.0  # no entry for this long: nothing more is coming (the bucket shrank meanwhile)
 
 
-async def live_entries(kv: KeyValue, *, meta_only: bool = False) -> list[KeyValue.Entry]:
-    """Every key's current entry, deleted and purged keys left out."""
+async def live_entries(kv: KeyValue) -> list[KeyValue.Entry]:
+    """Every key's current entry (value and revision), deleted and purged keys left out."""
     due = (await kv.status()).stream_info.state.messages
     out: list[KeyValue.Entry] = []
     seen, done = 0, False
-    watcher = await kv.watchall(meta_only=meta_only)
+    watcher = await kv.watchall()
     try:
         while not (done and seen >= due):
             try:
@@ -36,8 +36,3 @@ async def live_entries(kv: KeyValue, *, meta_only: bool = False) -> list[KeyValu
     finally:
         await watcher.stop()
     return out
-
-
-async def live_keys(kv: KeyValue) -> list[str]:
-    """Every key with a value: what `KeyValue.keys` returns, read to the end."""
-    return [e.key for e in await live_entries(kv, meta_only=True)]

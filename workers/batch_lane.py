@@ -48,7 +48,7 @@ from panelboard.schemas.lanes import (BATCH_ATTEMPT, END_CANCEL, END_LANE, Owner
                                       owner_key, state_key)
 from panelboard.transport import bus, logs
 from panelboard.transport.consumer import nap
-from panelboard.transport.kv_read import live_keys
+from panelboard.transport.kv_read import live_entries
 from panelboard.transport.lanes import claim_end, ensure_state_kv, read_end, read_marks
 from panelboard.transport.streams import ensure_consumer
 from panelboard.workers.batch_plan import TERMINAL, Answered, Errored, Line, fallback_at, fits, flush_due, poll_delay_s, too_late
@@ -212,20 +212,16 @@ class BatchLane:
 
     async def _load_states(self) -> list[tuple[ProviderBatch, int]]:
         assert self.kv is not None
-        keys = await live_keys(self.kv)  # (nats-py's `filters` finds nothing here: filtered below)
         out = []
-        for key in (k for k in keys if k.startswith(f"batch.{self.provider}.")):
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
-            if not entry.value:
+        mine = f"batch.{self.provider}."
+        for entry in await live_entries(self.kv):  # the values come with the read: no get per key
+            if not entry.key.startswith(mine) or not entry.value:
                 continue
             st = msgspec.json.decode(entry.value, type=ProviderBatch)
             self.known.update(st.seqs)
             if st.batch_id:
                 self.claimed.add(st.batch_id)
-            self.revs[key] = entry.revision or 0
+            self.revs[entry.key] = entry.revision or 0
             if st.stage != "done":
                 out.append((st, entry.revision or 0))
         return out
