@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from panelboard.transport.streams import BROKER_CONSUMER, pool_of
 from panelboard.schemas import wire
@@ -27,9 +27,19 @@ async def read_all(js: JetStreamContext, stream: str, subject: str) -> list[tupl
     expected = sum((info.state.subjects or {}).values())
     psub = await js.pull_subscribe(subject, stream=stream)
     out: list[tuple[str, bytes]] = []
+    # Just after a leader change, a new consumer's first pulls can find no consumer leader
+    # yet and the server answers 503; that is the cluster settling, so wait it out (bounded).
+    deadline = time.monotonic() + 60
     try:
         while len(out) < expected:
-            for m in await psub.fetch(min(expected - len(out), 1000), timeout=10):
+            try:
+                batch = await psub.fetch(min(expected - len(out), 1000), timeout=10)
+            except ServiceUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            for m in batch:
                 out.append((m.subject, m.data))
                 await m.ack()
     finally:
