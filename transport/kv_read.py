@@ -10,6 +10,7 @@ broker read an empty PB_HEALTH after a restart (stop 24). Our buckets keep one m
 
 from __future__ import annotations
 
+import nats.errors
 from nats.js.kv import KeyValue
 
 IDLE_S = 5.0  # no entry for this long: nothing more is coming (the bucket shrank meanwhile)
@@ -25,7 +26,7 @@ async def live_entries(kv: KeyValue) -> list[KeyValue.Entry]:
         while not (done and seen >= due):
             try:
                 e = await watcher.updates(timeout=IDLE_S)
-            except Exception:  # nats TimeoutError
+            except nats.errors.TimeoutError:  # the only error updates() raises
                 break
             if e is None:
                 done = True
