@@ -4,18 +4,19 @@ pure planning, decide_batch and plan_settlement, and the same statements), witho
 SQLAlchemy's and aiosqlite's layers, which cost ~0.5 ms a statement here against a few
 microseconds for the statement itself (BENCHMARKS.md, "Speed").
 
-One connection on one thread of its own: a transaction runs start to end there, under
-`BEGIN IMMEDIATE` (the database's write lock, as the SQLAlchemy path takes it), so two
-brokers' admissions and settlements never interleave between a read and its write. The
-sweep and the CLI stay on SQLAlchemy (rare, and they take the same lock). The SQL is built
+One connection, used inline on the event loop (transport/db.SqliteInline): a transaction
+runs start to end without awaiting, under `BEGIN IMMEDIATE` (the database's write lock, as
+the SQLAlchemy path takes it), so two brokers' admissions and settlements never interleave
+between a read and its write. The sweep and the CLI stay on SQLAlchemy (rare, and they take
+the same lock). The SQL is built
 from the Table definitions in governance_tables.py, so the columns cannot drift.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
-import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ from panelboard.broker.governance_settle import SettleStats, plan_settlement
 from panelboard.broker.governance_tables import admissions, key_scope, team_scope, teams, virtual_keys
 from panelboard.broker.ratelimit import Bucket
 from panelboard.schemas.job import CostRecord
-from panelboard.transport.db import SqliteThread
+from panelboard.transport.db import SqliteInline
 
 _KEY_COLS = [c.name for c in virtual_keys.c]
 _TEAM_COLS = [c.name for c in teams.c]
@@ -63,42 +64,35 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SqliteHotPath(SqliteThread):
+class SqliteHotPath(SqliteInline):
     def __init__(self, path: Path):
-        super().__init__(path, timeout_s=30.0, thread_name="admit-sqlite")
+        super().__init__(path, timeout_s=30.0)
 
     async def admit_many(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
-        return await self.run(self._admit_retrying, reqs, now)
-
-    async def settle(self, costs: list[CostRecord], ended: list[tuple[str, int]], now: float,
-                     shadow_ended: list[tuple[str, int]]) -> SettleStats:
-        return await self.run(self._retrying, lambda conn: self._settle(conn, costs, ended, now, shadow_ended))
-
-    def _admit_retrying(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
         for _ in range(10):
             try:
-                return self._retrying(lambda conn: self._transaction(conn, reqs, now))
+                return await self._retrying(lambda conn: self._transaction(conn, reqs, now))
             except _Again:
                 reqs = [replace(r, redelivered=True) for r in reqs]
         raise _Conflict("admission kept finding earlier admissions")
 
-    def _retrying(self, body: Any) -> Any:
-        """body(conn) in one BEGIN IMMEDIATE transaction, retried on a conflict or a lock
-        held past busy_timeout."""
+    async def settle(self, costs: list[CostRecord], ended: list[tuple[str, int]], now: float,
+                     shadow_ended: list[tuple[str, int]]) -> SettleStats:
+        return await self._retrying(lambda conn: self._settle(conn, costs, ended, now, shadow_ended))
+
+    async def _retrying(self, body: Any) -> Any:
+        """body(conn) in one BEGIN IMMEDIATE transaction, retried on a conflict (the lock's
+        own waits are SqliteInline.transaction's)."""
         for i in range(10):
             try:
-                return self._in_transaction(body)
-            except (_Conflict, sqlite3.OperationalError) as e:
-                if i == 9 or not (isinstance(e, _Conflict) or "locked" in str(e)):
+                return await self.transaction(body)
+            except _Conflict:
+                if i == 9:
                     raise
-                time.sleep(random.uniform(0, 0.005 * 2**i))
+            except (sqlite3.IntegrityError, sqlite3.DataError) as e:
+                raise ValueError(f"the database refused it: {e}") from None  # a data error: db.write_splitting splits the batch
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**i))
         raise AssertionError("unreachable")
-
-    def _in_transaction(self, body: Any) -> Any:
-        try:
-            return self.transaction(body)
-        except (sqlite3.IntegrityError, sqlite3.DataError) as e:
-            raise ValueError(f"the database refused it: {e}") from None  # a data error: db.write_splitting splits the batch
 
     def _transaction(self, conn: sqlite3.Connection, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
         priors: dict[tuple[str, int], Admitted] = {}

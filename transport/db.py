@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import random
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
@@ -312,24 +313,50 @@ async def insert_costs(engine: AsyncEngine, rows: Iterable[dict[str, Any]]) -> N
         await conn.execute(_INSERTS[engine.dialect.name], rows)
 
 
-class SqliteThread:
-    """One plain `sqlite3` connection in WAL mode, opened lazily on a thread of its own, for the
-    hot paths that skip SQLAlchemy's and aiosqlite's layers (the ledger's inserts, governance's
-    admissions and settlement). `timeout_s`: how long to wait for another writer's lock."""
+def _locked(e: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (extended codes included): another writer holds the lock."""
+    return (getattr(e, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
-    def __init__(self, path: Path, timeout_s: float, thread_name: str):
+
+class SqliteInline:
+    """One plain `sqlite3` connection in WAL mode, used on the event loop's own thread, for the
+    hot paths that skip SQLAlchemy's and aiosqlite's layers (the ledger's inserts, governance's
+    admissions and settlement). Their transactions are tens to hundreds of microseconds of work;
+    a thread of their own cost more than that in hand-offs, and each of the transaction's
+    statements waited there to take the GIL back from a busy loop (BENCHMARKS.md, stop 27).
+    The loop never waits on the lock: busy_timeout is 0, and a database another process holds
+    is tried again after an awaited back-off, for up to `timeout_s`, then the lock error is
+    raised (an outage to the caller)."""
+
+    def __init__(self, path: Path, timeout_s: float):
         self.path = path
         self.timeout_s = timeout_s
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
         self.conn: sqlite3.Connection | None = None
 
-    def transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+    async def transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """body(conn) in one BEGIN IMMEDIATE transaction (the database's write lock), rolled
-        back on any error. Call it on the thread: through `run`."""
+        back on any error. Runs inline: body must not await or block."""
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.001
+        while True:
+            try:
+                return self._once(body)
+            except sqlite3.OperationalError as e:
+                if not _locked(e) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, 0.05)
+
+    def _once(self, body: Callable[[sqlite3.Connection], T]) -> T:
         conn = self.conn
         if conn is None:
-            conn = self.conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except BaseException:
+                conn.close()
+                raise
+            self.conn = conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             out = body(conn)
@@ -340,21 +367,14 @@ class SqliteThread:
             raise
         return out
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
     def close(self) -> None:
-        def shut() -> None:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
-
-        self.pool.submit(shut).result()
-        self.pool.shutdown()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
-class SqliteCostWriter(SqliteThread):
-    """insert_costs on SQLite through the plain `sqlite3` module, on one thread of its own:
+class SqliteCostWriter(SqliteInline):
+    """insert_costs on SQLite through the plain `sqlite3` module, inline:
     the same INSERT ... ON CONFLICT DO NOTHING in one transaction, without SQLAlchemy's and
     aiosqlite's layers (~75% of the ledger's CPU per record at c=64, py-spy; BENCHMARKS.md).
     The connection honours the URL's `timeout` (seconds to wait for another writer's lock) as
@@ -366,13 +386,13 @@ class SqliteCostWriter(SqliteThread):
     def __init__(self, url: str):
         path = sqlite_path(url)
         assert path is not None, url
-        super().__init__(path, float(make_url(url).query.get("timeout", 5.0)), "ledger-sqlite")  # type: ignore[arg-type]
+        super().__init__(path, float(make_url(url).query.get("timeout", 5.0)))  # type: ignore[arg-type]
 
     async def insert(self, rows: Iterable[dict[str, Any]]) -> None:
         """As insert_costs: committed when it returns; a row already there is skipped."""
         values = [tuple(r[c] for c in COLUMNS) for r in rows]
         if values:
-            await self.run(self.transaction, lambda conn: conn.executemany(self.SQL, values))
+            await self.transaction(lambda conn: conn.executemany(self.SQL, values))
 
 
 async def count_rows(engine: AsyncEngine) -> int:
