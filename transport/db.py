@@ -113,6 +113,11 @@ def row(rec: CostRecord) -> dict[str, Any]:
     }
 
 
+# The table's bounds, read once: problem() runs for every record the ledger and settlement see.
+_INT_COLUMNS = [c.name for c in costs.columns if isinstance(c.type, Integer)]
+_STR_COLUMNS = [(c.name, c.type.length) for c in costs.columns if isinstance(c.type, String)]
+
+
 def problem(rec: CostRecord) -> str | None:
     """Why a record cannot be a row, or None. The same bounds on SQLite and Postgres (SQLite
     would store an over-long string that Postgres refuses): a record either lands on both or
@@ -122,17 +127,16 @@ def problem(rec: CostRecord) -> str | None:
         if not math.isfinite(v) or v < 0:
             return f"{name} is {v!r}: not a finite, non-negative number"
     values = row(rec)
-    for col in costs.columns:
-        v = values[col.name]
-        if v is None:
+    for name in _INT_COLUMNS:
+        if (v := values[name]) is not None and not isinstance(v, bool) and not 0 <= v <= INT64_MAX:
+            return f"{name} is {v}: outside 0..2^63-1"
+    for name, length in _STR_COLUMNS:
+        if (v := values[name]) is None:
             continue
-        if isinstance(col.type, Integer) and not isinstance(v, bool) and not 0 <= v <= INT64_MAX:
-            return f"{col.name} is {v}: outside 0..2^63-1"
-        if isinstance(col.type, String):
-            if col.type.length is not None and len(v) > col.type.length:
-                return f"{col.name} is {len(v)} characters long, over its {col.type.length}"
-            if "\x00" in v:
-                return f"{col.name} holds a NUL character"
+        if length is not None and len(v) > length:
+            return f"{name} is {len(v)} characters long, over its {length}"
+        if "\x00" in v:
+            return f"{name} holds a NUL character"
     return None
 
 
