@@ -4,12 +4,12 @@ pure planning, decide_batch and plan_settlement, and the same statements), witho
 SQLAlchemy's and aiosqlite's layers, which cost ~0.5 ms a statement here against a few
 microseconds for the statement itself (BENCHMARKS.md, "Speed").
 
-One connection, used inline on the event loop (transport/db.SqliteInline): a transaction
-runs start to end without awaiting, under `BEGIN IMMEDIATE` (the database's write lock, as
-the SQLAlchemy path takes it), so two brokers' admissions and settlements never interleave
-between a read and its write. The sweep and the CLI stay on SQLAlchemy (rare, and they take
-the same lock). The SQL is built
-from the Table definitions in governance_tables.py, so the columns cannot drift.
+One connection, its statements run inline on the event loop (transport/db.SqliteInline): one
+transaction at a time, under `BEGIN IMMEDIATE` (the database's write lock, as the SQLAlchemy
+path takes it), so two brokers' admissions and settlements never interleave between a read
+and its write. The sweep and the CLI stay on
+SQLAlchemy (rare, and they take the same lock). The SQL is built from the Table definitions
+in governance_tables.py, so the columns cannot drift.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def _marks(n: int) -> str:
 
 
 class SqliteHotPath(SqliteInline):
-    def __init__(self, path: Path):
-        super().__init__(path, timeout_s=30.0)
+    def __init__(self, path: Path, durable: bool = True):
+        super().__init__(path, timeout_s=30.0, thread_name="admit-commit", durable=durable)
 
     async def admit_many(self, reqs: list[AdmitRequest], now: float) -> list[AdmitOutcome]:
         for _ in range(10):

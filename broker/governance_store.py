@@ -41,10 +41,11 @@ __all__ = [
 class Store(Admission, Settlement, Admin):
     """The governance database: admission, settlement and administration on one engine."""
 
-    def __init__(self, engine: AsyncEngine):
-        super().__init__(engine)
+    def __init__(self, engine: AsyncEngine, durable: bool = True):
+        super().__init__(engine, durable)
         path = db.sqlite_path(str(engine.url)) if self.dialect == "sqlite" else None
-        self.hot = SqliteHotPath(path) if path is not None else None  # a SQLite file: the hot path skips SQLAlchemy
+        # A SQLite file: the hot path skips SQLAlchemy; `durable`: see db.durable_for.
+        self.hot = SqliteHotPath(path, durable) if path is not None else None
 
     async def admit_many(self, reqs: Sequence[AdmitRequest], now: float) -> list[AdmitOutcome]:
         if self.hot is not None:

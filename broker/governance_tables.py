@@ -242,13 +242,14 @@ class StoreBase:
     """The engine the tables live behind; the hot path (governance_admit, governance_settle) and
     the CLI's administration (governance_admin) are mixed into governance_store.Store."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, durable: bool = True):
         self.engine = engine
+        self.durable = durable  # SQLite's hot path fsyncs every commit (db.durable_for)
         self.dialect = engine.dialect.name
         self._insert: Any = DIALECT_INSERT[self.dialect]
 
     @classmethod
-    def open(cls, url: str, schema: str | None = None) -> "Self":
+    def open(cls, url: str, schema: str | None = None, durable: bool = True) -> "Self":
         engine = db.open_engine(url, schema=schema if schema is not None else (os.environ.get(SCHEMA_ENV) or None))
         if engine.dialect.name == "sqlite":
             # Every transaction takes the write lock up front (BEGIN IMMEDIATE): two brokers'
@@ -264,7 +265,7 @@ class StoreBase:
             def _begin(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        return cls(engine)
+        return cls(engine, durable)
 
     async def close(self) -> None:
         await self.engine.dispose()

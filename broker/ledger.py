@@ -70,14 +70,15 @@ def consumer_config() -> ConsumerConfig:
 
 class Ledger:
     def __init__(self, js: JetStreamContext, engine: AsyncEngine, batch: int = BATCH, meters: metrics.CostMeters | None = None,
-                 linger_s: float = LINGER_S):
+                 linger_s: float = LINGER_S, durable: bool = True):
         self.js = js
         self.engine = engine
         self.batch = batch
         self.meters = meters
         self.stopping = asyncio.Event()
         # SQLite: plain sqlite3 on the hot path (SQLAlchemy keeps the schema and the reports).
-        self.sqlite = db.SqliteCostWriter(str(engine.url)) if db.sqlite_path(str(engine.url)) is not None else None
+        # `durable`: every commit fsynced (db.durable_for).
+        self.sqlite = db.SqliteCostWriter(str(engine.url), durable) if db.sqlite_path(str(engine.url)) is not None else None
         # One batch at a time, one transaction each: acked after the commit.
         self.consumer = BatchConsumer(js._nc, wire.COSTS_STREAM, CONSUMER, self.write, cap=batch, linger_s=linger_s, stopping=self.stopping)
         self.written = 0  # records committed (redelivered duplicates included)
@@ -206,7 +207,7 @@ async def serve(url: str, cfg: Config, database_url: str, metrics_port: int | No
     await streams.ensure_streams(js, cfg)
     await streams.ensure_consumer(js, wire.COSTS_STREAM, consumer_config())
     meters = metrics.CostMeters()
-    ledger = Ledger(js, engine, meters=meters)
+    ledger = Ledger(js, engine, meters=meters, durable=db.durable_for(cfg))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ledger.stopping.set)

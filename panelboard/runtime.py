@@ -96,7 +96,7 @@ def governor(cfg: Config, database_url: str | None = None) -> "Governor":
 
     if cfg.governance.require_keys is False:
         return Governor(cfg, None)
-    return Governor(cfg, Store.open(db.resolve_url(database_url, cfg, home())))
+    return Governor(cfg, Store.open(db.resolve_url(database_url, cfg, home()), durable=db.durable_for(cfg)))
 
 
 def run(coro) -> None:

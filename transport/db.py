@@ -13,6 +13,7 @@ import os
 import random
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
@@ -317,69 +318,113 @@ async def insert_costs(engine: AsyncEngine, rows: Iterable[dict[str, Any]]) -> N
         await conn.execute(_INSERTS[engine.dialect.name], rows)
 
 
+def durable_for(cfg: Config) -> bool:
+    """Whether the SQLite hot paths fsync every commit: when the stream fsyncs more often than
+    nats-server's default (`nats.sync` set). A database that kept less than the stream after a
+    host crash would forget spend the stream had acked; one that keeps more buys nothing."""
+    return cfg.nats.sync is not None
+
+
 def _locked(e: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED (extended codes included): another writer holds the lock."""
     return (getattr(e, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class SqliteInline:
-    """One plain `sqlite3` connection in WAL mode, used on the event loop's own thread, for the
-    hot paths that skip SQLAlchemy's and aiosqlite's layers (the ledger's inserts, governance's
-    admissions and settlement). Their transactions are tens to hundreds of microseconds of work;
-    a thread of their own cost more than that in hand-offs, and each of the transaction's
-    statements waited there to take the GIL back from a busy loop (BENCHMARKS.md, stop 27).
+    """One plain `sqlite3` connection in WAL mode for the hot paths that skip SQLAlchemy's and
+    aiosqlite's layers (the ledger's inserts, governance's admissions and settlement).
+
+    A transaction's statements are tens to hundreds of microseconds of work, so they run inline
+    on the event loop: on a thread of their own each statement released the GIL and then
+    waited to take it back from the busy loop (BENCHMARKS.md, stop 27). One transaction at a
+    time; the caller resumes once it is committed.
+
+    Durability follows the stream's (`durable`, from `nats.sync`; see `durable_for`):
+    - durable: synchronous=FULL, COMMIT fsyncs, and goes to a thread so the loop runs on while
+      the disk works;
+    - not durable (nats-server's default, an fsync every 2 minutes): synchronous=NORMAL, a
+      commit survives the process being killed but not the host crashing, as the stream's own
+      acked messages do; COMMIT then writes to the WAL without an fsync, inline.
+
     The loop never waits on the lock: busy_timeout is 0, and a database another process holds
     is tried again after an awaited back-off, for up to `timeout_s`, then the lock error is
     raised (an outage to the caller)."""
 
-    def __init__(self, path: Path, timeout_s: float):
+    def __init__(self, path: Path, timeout_s: float, thread_name: str, durable: bool = True):
         self.path = path
         self.timeout_s = timeout_s
+        self.durable = durable
         self.conn: sqlite3.Connection | None = None
+        self.one = asyncio.Lock()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=thread_name) if durable else None
+        self.committing: asyncio.Future[None] | None = None  # a commit whose caller was cancelled
 
     async def transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """body(conn) in one BEGIN IMMEDIATE transaction (the database's write lock), rolled
-        back on any error. Runs inline: body must not await or block."""
-        deadline = time.monotonic() + self.timeout_s
-        delay = 0.001
-        while True:
+        back on any error; committed when it returns. body runs inline: it must not block."""
+        async with self.one:
+            if self.committing is not None:
+                await asyncio.wait([self.committing])
+                self.committing = None
+            deadline = time.monotonic() + self.timeout_s
+            delay = 0.001
+            while True:
+                try:
+                    conn, out = self._begin_and_run(body)
+                    break
+                except sqlite3.OperationalError as e:
+                    if not _locked(e) or time.monotonic() >= deadline:
+                        raise
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 0.05)
+            if self.pool is None:
+                _commit(conn)
+                return out
+            commit = asyncio.get_running_loop().run_in_executor(self.pool, _commit, conn)
             try:
-                return self._once(body)
-            except sqlite3.OperationalError as e:
-                if not _locked(e) or time.monotonic() >= deadline:
-                    raise
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, 0.05)
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                self.committing = commit  # it ends on its thread; the next transaction waits for it
+                raise
+            return out
 
-    def _once(self, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _begin_and_run(self, body: Callable[[sqlite3.Connection], T]) -> tuple[sqlite3.Connection, T]:
         conn = self.conn
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             except BaseException:
                 conn.close()
                 raise
             self.conn = conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            out = body(conn)
-            conn.execute("COMMIT")
+            return conn, body(conn)
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
-        return out
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
         if self.conn is not None:
             self.conn.close()
             self.conn = None
 
 
+def _commit(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class SqliteCostWriter(SqliteInline):
-    """insert_costs on SQLite through the plain `sqlite3` module, inline:
-    the same INSERT ... ON CONFLICT DO NOTHING in one transaction, without SQLAlchemy's and
+    """insert_costs on SQLite through the plain `sqlite3` module (SqliteInline): the same INSERT ... ON CONFLICT DO NOTHING in one transaction, without SQLAlchemy's and
     aiosqlite's layers (~75% of the ledger's CPU per record at c=64, py-spy; BENCHMARKS.md).
     The connection honours the URL's `timeout` (seconds to wait for another writer's lock) as
     aiosqlite does; a locked or missing database raises sqlite3.OperationalError: an outage."""
@@ -387,10 +432,10 @@ class SqliteCostWriter(SqliteInline):
     SQL = (f"INSERT INTO cost_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
            "ON CONFLICT DO NOTHING")
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, durable: bool = True):
         path = sqlite_path(url)
         assert path is not None, url
-        super().__init__(path, float(make_url(url).query.get("timeout", 5.0)))  # type: ignore[arg-type]
+        super().__init__(path, float(make_url(url).query.get("timeout", 5.0)), "ledger-commit", durable)  # type: ignore[arg-type]
 
     async def insert(self, rows: Iterable[dict[str, Any]]) -> None:
         """As insert_costs: committed when it returns; a row already there is skipped."""
