@@ -7,9 +7,9 @@ microseconds for the statement itself (BENCHMARKS.md, "Speed").
 One connection, its statements run inline on the event loop (transport/db.SqliteInline): one
 transaction at a time, under `BEGIN IMMEDIATE` (the database's write lock, as the SQLAlchemy
 path takes it), so two brokers' admissions and settlements never interleave between a read
-and its write. The sweep and the CLI stay on
-SQLAlchemy (rare, and they take the same lock). The SQL is built from the Table definitions
-in governance_tables.py, so the columns cannot drift.
+and its write. The sweep and the CLI stay on SQLAlchemy (rare, and they take the same lock).
+The SQL is built from the Table definitions in governance_tables.py, so the columns cannot
+drift.
 """
 
 from __future__ import annotations
