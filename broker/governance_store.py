@@ -45,7 +45,7 @@ class Store(Admission, Settlement, Admin):
         super().__init__(engine, durable)
         path = db.sqlite_path(str(engine.url)) if self.dialect == "sqlite" else None
         # A SQLite file: the hot path skips SQLAlchemy; `durable`: see db.durable_for.
-        self.hot = SqliteHotPath(path, durable) if path is not None else None
+        self.hot = SqliteHotPath(path, self.durable) if path is not None else None
 
     async def admit_many(self, reqs: Sequence[AdmitRequest], now: float) -> list[AdmitOutcome]:
         if self.hot is not None:
