@@ -17,7 +17,7 @@ from panelboard.schemas import batch as B
 from panelboard.transport import jspub, meters, tracing
 from panelboard.schemas import redact, shadow
 from panelboard.schemas import wire
-from panelboard.schemas.codec import decode_attempt, encode
+from panelboard.schemas.codec import decode_attempt, decode_result, encode
 from panelboard.schemas.errors import JobError
 from panelboard.schemas.job import ID_RE, Attempt, CostRecord, DeadLetter, Dispatch, Failed, Job, Result
 
@@ -169,13 +169,23 @@ async def publish_shadow_answer(js: JetStreamContext, ans: shadow.ShadowAnswer) 
     await publish(js, shadow.subject(ans.team, ans.job_id), encode(ans), headers=headers)
 
 
-async def result_exists(js: JetStreamContext, team: str, job_id: str, run: int) -> bool:
-    """Whether this run of the job already has its terminal result (a replay is a new run)."""
+async def _last_result(js: JetStreamContext, team: str, job_id: str, run: int) -> bytes | None:
     try:
         raw = await js.get_last_msg(wire.RESULTS_STREAM, wire.result(team, job_id), direct=True)
     except NotFoundError:
-        return False
-    return (raw.headers or {}).get(wire.HDR_MSG_ID) == wire.result_msg_id(team, job_id, run)
+        return None
+    return (raw.data or b"") if (raw.headers or {}).get(wire.HDR_MSG_ID) == wire.result_msg_id(team, job_id, run) else None
+
+
+async def result_exists(js: JetStreamContext, team: str, job_id: str, run: int) -> bool:
+    """Whether this run of the job already has its terminal result (a replay is a new run)."""
+    return await _last_result(js, team, job_id, run) is not None
+
+
+async def stored_result(js: JetStreamContext, team: str, job_id: str, run: int) -> Result | None:
+    """This run of the job's terminal result, when it has one."""
+    data = await _last_result(js, team, job_id, run)
+    return decode_result(data) if data is not None else None
 
 
 async def publish_dead(

@@ -32,7 +32,7 @@ from panelboard.schemas.codec import decode_dispatch
 from panelboard.schemas.config import Config, Link, Model, RetryPolicy
 from panelboard.schemas.errors import DeadlineExceeded, InvalidJob, ResponseTooLarge
 from panelboard.schemas.embeddings import EmbeddingsResponse
-from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Embedded, request_id
+from panelboard.schemas.job import Attempt, Completed, CostRecord, Dispatch, Embedded, Failed, request_id
 from panelboard.workers.decide import Fail, Forward, Numbering, Retry, Succeed, call_timeout_s, decide, number_attempt
 from panelboard.workers.fair import FairShare
 from panelboard.workers.flex import Step, first_attempt, flex_of, moved_to_standard, step_of, to_standard
@@ -49,6 +49,40 @@ log = logs.get("worker")
 
 def key_prefix(key: str | None) -> str | None:
     return key[:8] if key else None
+
+
+def cost_record(d: Dispatch, provider: str, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float,
+                reported: Usage | None = None) -> CostRecord:
+    """One record per provider call; `outcome=None` is a call lost with its worker. Pure."""
+    job = d.job
+    usage = outcome.response.usage if isinstance(outcome, Ok) else (outcome.usage if isinstance(outcome, StreamBroken) else None)
+    pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+    cached, written, reasoning = (usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens) if usage else (0, 0, 0)
+    ttft = outcome.ttft_ms if isinstance(outcome, (Ok, StreamBroken)) else None
+    return CostRecord(
+        job_id=job.id, team=job.team, key_prefix=key_prefix(job.key), feature=job.feature, intent=job.intent,
+        tier=d.route.tier, provider=provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
+        hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct, cached, written),
+        cached_tokens=cached, cache_write_tokens=written, reasoning_tokens=reasoning,
+        latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
+        outcome=outcome_name(outcome), ts=now, shadow=d.shadow, reported_usage=reported,
+        ttft_ms=ttft, usage_unknown=isinstance(outcome, StreamBroken) and usage is None,
+    )
+
+
+def billed_answer(result: Completed | Embedded, d: Dispatch, provider: str, model: Model, now: float) -> CostRecord | None:
+    """The cost record of the call that answered `result`, rebuilt from the result: the same
+    record the answering worker published beside it (its `ts` aside), for a redelivery that
+    finds the result stored but cannot know whether the record was too. None when another
+    hop answered (that hop's own worker bills its call). Pure."""
+    last = result.attempts[-1] if result.attempts else None
+    if last is None or last.hop != d.hop or last.provider != provider or last.decision != "succeed":
+        return None
+    ttft = result.ttft_ms if isinstance(result, Completed) else None
+    reported = result.reported_usage if isinstance(result, Completed) else None
+    rec = cost_record(d, provider, last.attempt, Ok(response=result.response, latency_ms=last.latency_ms, ttft_ms=ttft), model,
+                      result.queue_ms, now, reported)
+    return msgspec.structs.replace(rec, cost_usd=result.cost_usd, lane=result.lane if isinstance(result, Completed) else None)
 
 
 class Lease:
@@ -190,7 +224,7 @@ class Pool:
         self.pacer.answered(model.model, paced, outcome, now, blame=not (cut_to_deadline and isinstance(outcome, Timeout)))
         decision = decide(outcome, spent=numbering.spent, hop=d.hop, chain_len=len(d.route.chain), link=link, policy=policy,
                           provider=self.provider, rng=self.rng, past_deadline=past_deadline)
-        cost = self._cost(d, attempt, outcome, model, queue_ms, now, reported)
+        cost = cost_record(d, self.provider, attempt, outcome, model, queue_ms, now, reported)
         if flex is not None:
             cost = msgspec.structs.replace(cost, cost_usd=cost.cost_usd * flex.discount, lane="flex")
         status = status_of(outcome)
@@ -233,13 +267,18 @@ class Pool:
                         cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
                         metadata=job.metadata, reported_usage=reported, chunks=outcome.chunks, ttft_ms=outcome.ttft_ms, lane=cost.lane,
                     )
-                # Cost first: a result must never exist without the record of what it cost.
-                await bus.publish_cost(self.js, cost)
-                try:
-                    await bus.publish_result(self.js, job.team, job.id, result, job.run)
-                except bus.PayloadTooLarge as e:  # the call is billed; calling again would only bill it again
-                    await self._too_large(d, lease, msgspec.structs.replace(this, decision="fail"), history[:-1], e)
+                # Both in flight at once (one round trip, not two), acked only once both are
+                # stored. A crash between them can leave the result without its cost record
+                # until the redelivery: `recover` finds the result and publishes the record
+                # rebuilt from it (billed_answer), under the same dedupe id.
+                costed, published = await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_result(self.js, job.team, job.id, result, job.run),
+                                                         return_exceptions=True)
+                if isinstance(published, bus.PayloadTooLarge) and costed is None:  # billed; calling again would only bill it again
+                    await self._too_large(d, lease, msgspec.structs.replace(this, decision="fail"), history[:-1], published)
                     return
+                for outcome_of_publish in (costed, published):
+                    if isinstance(outcome_of_publish, BaseException):
+                        raise outcome_of_publish
                 await self._ack(lease)
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):
@@ -300,13 +339,16 @@ class Pool:
         delivery already finished the step; else this call's numbering and the hop's earlier
         attempts (for the result's history).
 
-        - a result exists: the job is done, the crash hit between publish and ack;
+        - a result exists: the job is done, the crash hit between publish and ack; the cost
+          record of its answer is published again (it may be the one that was lost);
         - this hop's last recorded attempt forwarded: redo the (deduped) forward;
         - attempts delivered with no record were lost mid-call (crash, drain, lapsed lease):
           record them, so every call the provider may have served has a cost record.
         """
         job = d.job
-        if not d.shadow and await bus.result_exists(self.js, job.team, job.id, job.run):
+        if not d.shadow and (stored := await bus.stored_result(self.js, job.team, job.id, job.run)) is not None:
+            if not isinstance(stored, Failed) and (rec := billed_answer(stored, d, self.provider, self.cfg.models[d.route.chain[d.hop].model], now)) is not None:
+                await bus.publish_cost(self.js, rec)  # deduped when the answering delivery's record was stored
             await self._ack(lease)
             return None
         recorded = sorted((a for a in await bus.read_attempts(self.js, job.team, job.id, job.run, d.shadow) if a.hop == d.hop), key=lambda a: a.attempt)
@@ -328,7 +370,7 @@ class Pool:
         for n in numbering.lost:
             lost = Attempt(provider=self.provider, model=hop.model, hop=d.hop, attempt=n, status=0, latency_ms=0.0, run=job.run,
                            error="the worker holding this attempt stopped before it finished", decision="lost")
-            rec = self._cost(d, n, None, model, 0.0, now)
+            rec = cost_record(d, self.provider, n, None, model, 0.0, now)
             await asyncio.gather(bus.publish_cost(self.js, rec), bus.publish_attempt(self.js, job.team, job.id, lost, d.shadow))
             recorded.append(lost)
         return numbering, sorted(recorded, key=lambda a: a.attempt)
@@ -341,23 +383,6 @@ class Pool:
             if until > self.paused_until:
                 self.paused_until = until
                 log.warning("pool.paused", provider=self.provider, seconds=round(pause, 3), reason=type(outcome).__name__)
-
-    def _cost(self, d: Dispatch, attempt: int, outcome: Outcome | None, model: Model, queue_ms: float, now: float, reported: Usage | None = None) -> CostRecord:
-        """One record per provider call; `outcome=None` is a call lost with its worker."""
-        job = d.job
-        usage = outcome.response.usage if isinstance(outcome, Ok) else (outcome.usage if isinstance(outcome, StreamBroken) else None)
-        pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-        cached, written, reasoning = (usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens) if usage else (0, 0, 0)
-        ttft = outcome.ttft_ms if isinstance(outcome, (Ok, StreamBroken)) else None
-        return CostRecord(
-            job_id=job.id, team=job.team, key_prefix=key_prefix(job.key), feature=job.feature, intent=job.intent,
-            tier=d.route.tier, provider=self.provider, model=d.route.chain[d.hop].model, quantization=model.quantization,
-            hop=d.hop, attempt=attempt, run=job.run, prompt_tokens=pt, completion_tokens=ct, cost_usd=call_cost(model, pt, ct, cached, written),
-            cached_tokens=cached, cache_write_tokens=written, reasoning_tokens=reasoning,
-            latency_ms=round(outcome.latency_ms, 2) if outcome else 0.0, queue_ms=round(queue_ms, 2),
-            outcome=outcome_name(outcome), ts=now, shadow=d.shadow, reported_usage=reported,
-            ttft_ms=ttft, usage_unknown=isinstance(outcome, StreamBroken) and usage is None,
-        )
 
     async def _safe(self, lease: Lease) -> None:
         try:

@@ -22,7 +22,9 @@ from panelboard.config import load
 from panelboard.stack import Stack
 from panelboard.schemas import wire
 from panelboard.schemas.errors import ChainExhausted, DeadlineExceeded, ResponseTooLarge
-from panelboard.schemas.job import Completed, Failed
+from panelboard.schemas.chat import ChatResponse, Choice, ChoiceMessage, Usage
+from panelboard.schemas.job import Attempt, Completed, Failed
+from panelboard.transport import bus
 from tests.conftest import ROOT, Mock, run_cli
 from tests.support.invariants import check
 from tests.support.servers import RestartableServer
@@ -341,6 +343,41 @@ async def test_a_killed_workers_replacement_takes_over_its_frozen_slots(tmp_path
     rep.assert_holds()
     assert rep.completed == 2000
     assert recover < ACK_WAIT_S + 30  # ack_wait plus a start-up on a busy 2-core box
+
+
+async def test_a_result_stored_before_its_cost_record_is_billed_by_the_redelivery(tmp_path):
+    """The worker publishes a result and its cost record together (one round trip) and acks
+    only once both are stored, so a crash can land between the two."""
+    with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "5"]) as s:
+        s.start(workers=0)
+        s.start_worker("w", providers=["slow"])
+        mock = Mock(s.mock_url)
+        async with Client(s.nats_url) as c:
+            job_id = "unbilled-" + uuid.uuid4().hex[:6]
+            # Given a worker in the middle of a job's call (slow-3000: 3 s at the provider)
+            h = await c.submit(MSG, intent="slow", job_id=job_id, max_tokens=32)
+            deadline = time.monotonic() + 120
+            while not (await asyncio.to_thread(mock.stats))["in_flight"].get("slow"):
+                assert time.monotonic() < deadline, "the worker never called the provider"
+                await asyncio.sleep(0.05)
+            # When the job's result reaches the stream and the worker is killed before its
+            # cost record does (the result stands in for the dead worker's last publish)
+            answer = ChatResponse(id="x", model="slow-3000", choices=[Choice(message=ChoiceMessage(content="2026-12-01"))],
+                                  usage=Usage(prompt_tokens=1000, completion_tokens=200, total_tokens=1200))
+            stored = Completed(job_id=job_id, response=answer, tier="slow", provider="slow", model="slow/model", cost_usd=0.0012,
+                               attempts=[Attempt(provider="slow", model="slow/model", hop=0, attempt=0, status=200, latency_ms=3000.0, decision="succeed")])
+            await bus.publish_result(c.js, c.team, job_id, stored)
+            s.kill_proc("w")
+            s.start_worker("w", providers=["slow"])
+            # Then the client has that one result, and the replacement, handed the delivery back
+            # after ack_wait, bills the answer once instead of calling the provider again
+            assert await h.result(timeout=60) == stored
+            rep = await check(c.js, c.team, [job_id], mock.settled_log, ["slow"], settle_s=120)
+    print(f"\nunbilled result: {rep.line()}")
+    assert not any(rep.unacked.values()), rep.unacked
+    billed = [r for r in rep.costs if r.job_id == job_id]
+    assert [(r.hop, r.attempt, r.outcome, r.cost_usd, r.prompt_tokens, r.completion_tokens) for r in billed] == [(0, 0, "ok", 0.0012, 1000, 200)]
+    assert rep.provider_calls == 1 and rep.duplicate_results == []
 
 
 async def test_nats_server_kill_9_and_restart_mid_batch(tmp_path):
