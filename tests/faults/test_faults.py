@@ -346,8 +346,9 @@ async def test_a_killed_workers_replacement_takes_over_its_frozen_slots(tmp_path
 
 
 async def test_a_result_stored_before_its_cost_record_is_billed_by_the_redelivery(tmp_path):
-    """The worker publishes a result and its cost record together (one round trip) and acks
-    only once both are stored, so a crash can land between the two."""
+    """The worker stores the cost record before the result, but the two are in different
+    streams: a nats-server killed before it wrote the record out can come back with the
+    result and without the record. A redelivery that finds the result bills its answer."""
     with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "5"]) as s:
         s.start(workers=0)
         s.start_worker("w", providers=["slow"])
@@ -360,8 +361,8 @@ async def test_a_result_stored_before_its_cost_record_is_billed_by_the_redeliver
             while not (await asyncio.to_thread(mock.stats))["in_flight"].get("slow"):
                 assert time.monotonic() < deadline, "the worker never called the provider"
                 await asyncio.sleep(0.05)
-            # When the job's result reaches the stream and the worker is killed before its
-            # cost record does (the result stands in for the dead worker's last publish)
+            # When the job's result is in the stream without its cost record, and the worker
+            # dies before it acks (the result stands in for the worker's last publish)
             answer = ChatResponse(id="x", model="slow-3000", choices=[Choice(message=ChoiceMessage(content="2026-12-01"))],
                                   usage=Usage(prompt_tokens=1000, completion_tokens=200, total_tokens=1200))
             stored = Completed(job_id=job_id, response=answer, tier="slow", provider="slow", model="slow/model", cost_usd=0.0012,
