@@ -331,6 +331,51 @@ async def run_panelboard(nats_url: str, s: Scenario, meter: CpuMeter, timeout_s:
         return await measured("panelboard" + (" gov" if key else ""), s.jobs, s.concurrency, s.warmup, one, meter, timeout_s)
 
 
+async def run_interleaved(url: str, nats_url: str, model_id: str, n: int, warmup: int) -> dict[str, Any]:
+    """c=1 latency with the paths taken in turn, one job each per round (the order rotating),
+    so the machine's drift, which moves a phase's p50 by more than the gap being measured,
+    falls on every path alike. Latency only: CPU cannot be told apart between the paths."""
+    from panelboard.clients import Client
+    from panelboard.loadgen.floor import FloorClient
+    from panelboard.schemas.chat import Message
+
+    run_id = os.urandom(4).hex()
+    direct, close = make_http_caller("httpx-aiohttp", url, model_id, 16)
+    lat: dict[str, list[float]] = {"direct": [], "floor": [], "panelboard": []}
+    paired: list[float] = []  # panelboard minus floor, in the same round
+    try:
+        async with FloorClient(nats_url) as fc, Client(nats_url, team="default") as pc:
+            async def floor(i: int) -> None:
+                msgspec.json.decode(await fc.call(f"i{run_id}-{i}", direct_body(i, model_id), JOB_TIMEOUT_S))
+
+            async def panelboard(i: int) -> None:
+                h = await pc.submit([Message(role="user", content=prompt(i))], intent=INTENT, max_tokens=MAX_TOKENS, feature="bench")
+                await h.result(timeout=JOB_TIMEOUT_S)
+
+            async def http(i: int) -> None:
+                if (err := await direct(i)) is not None:
+                    raise RuntimeError(err)
+
+            paths = [("direct", http), ("floor", floor), ("panelboard", panelboard)]
+            for i in range(warmup + n):
+                took: dict[str, float] = {}
+                for name, one in paths[i % 3:] + paths[:i % 3]:
+                    t0 = time.perf_counter()
+                    await one(20_000_000 + i)
+                    took[name] = time.perf_counter() - t0
+                if i >= warmup:
+                    for name, t in took.items():
+                        lat[name].append(t)
+                    paired.append(took["panelboard"] - took["floor"])
+    finally:
+        await close()
+    p50 = {name: ms(percentile(sorted(v), 0.50)) for name, v in lat.items()}
+    out = {"rounds": n, **{f"{name}_p50_ms": v for name, v in p50.items()}, "paired_median_ms": ms(percentile(sorted(paired), 0.50))}
+    log(f"  interleaved c=1: p50 direct {p50['direct']} ms, floor {p50['floor']} ms, panelboard {p50['panelboard']} ms; "
+        f"panelboard - floor, paired median {out['paired_median_ms']} ms")
+    return out
+
+
 def added(direct: dict[str, Any], pb: dict[str, Any]) -> dict[str, Any]:
     def sub(key: str) -> float | None:
         a, b = pb.get(key), direct.get(key)
@@ -361,6 +406,8 @@ async def run_scenario(stack: Any, key: str | None, model_id: str, s: Scenario, 
     if gateway is not None:
         out["portkey"] = await run_portkey(f"{gateway.url}/v1/chat/completions", f"{stack.mock_url}/{PROVIDER}/v1", model_id, s, meter, timeout_s)
     out["panelboard"] = await run_panelboard(stack.nats_url, s, meter, timeout_s)
+    if s.concurrency == 1:
+        out["interleaved"] = await run_interleaved(url, stack.nats_url, model_id, s.jobs, s.warmup // 4)
     out["added"] = added(out["direct"], out["panelboard"])
     out["floor_added"] = added(out["direct"], out["floor"])
     if "portkey" in out:
@@ -400,6 +447,9 @@ def summary(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
         a, f = c1["added"]["p50_ms"], c1["floor_added"]["p50_ms"]
         out["c1_added_p50_ms"], out["c1_floor_added_p50_ms"] = a, f
         out["c1_added_p50_over_floor_ms"] = None if a is None or f is None else round(a - f, 3)
+        if (il := c1.get("interleaved")) is not None:  # the same gap, paths in turn job by job
+            out["c1_interleaved_added_p50_over_floor_ms"] = round(il["panelboard_p50_ms"] - il["floor_p50_ms"], 3)
+            out["c1_interleaved_paired_median_ms"] = il["paired_median_ms"]
     return out
 
 

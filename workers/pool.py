@@ -267,14 +267,18 @@ class Pool:
                         cost_usd=cost.cost_usd, attempts=history, latency_ms=this.latency_ms, queue_ms=round(queue_ms, 2),
                         metadata=job.metadata, reported_usage=reported, chunks=outcome.chunks, ttft_ms=outcome.ttft_ms, lane=cost.lane,
                     )
-                # Cost first: a result must never exist without the record of what it cost (and
-                # a redelivery that finds the result publishes the record again: `recover`).
-                await bus.publish_cost(self.js, cost)
-                try:
-                    await bus.publish_result(self.js, job.team, job.id, result, job.run)
-                except bus.PayloadTooLarge as e:  # the call is billed; calling again would only bill it again
-                    await self._too_large(d, lease, msgspec.structs.replace(this, decision="fail"), history[:-1], e)
+                # Both in flight at once (one round trip, not two), acked only once both are
+                # stored. A crash between them can leave the result without its cost record
+                # until the redelivery: `recover` finds the result and publishes the record
+                # rebuilt from it (billed_answer), under the same dedupe id.
+                costed, published = await asyncio.gather(bus.publish_cost(self.js, cost), bus.publish_result(self.js, job.team, job.id, result, job.run),
+                                                         return_exceptions=True)
+                if isinstance(published, bus.PayloadTooLarge) and costed is None:  # billed; calling again would only bill it again
+                    await self._too_large(d, lease, msgspec.structs.replace(this, decision="fail"), history[:-1], published)
                     return
+                for outcome_of_publish in (costed, published):
+                    if isinstance(outcome_of_publish, BaseException):
+                        raise outcome_of_publish
                 await self._ack(lease)
                 log.debug("job.completed", job_id=job.id, provider=self.provider, hop=d.hop, attempt=attempt, cost_usd=cost.cost_usd)
             case Retry(delay_s=delay):

@@ -346,9 +346,10 @@ async def test_a_killed_workers_replacement_takes_over_its_frozen_slots(tmp_path
 
 
 async def test_a_result_stored_before_its_cost_record_is_billed_by_the_redelivery(tmp_path):
-    """The worker stores the cost record before the result, but the two are in different
-    streams: a nats-server killed before it wrote the record out can come back with the
-    result and without the record. A redelivery that finds the result bills its answer."""
+    """The worker publishes a result and its cost record together (one round trip, acked once
+    both are stored), and the two live in different streams, so a crash of the worker or of
+    nats-server can leave the result without the record. A redelivery that finds the result
+    bills its answer."""
     with Stack(tmp_path, config=CONFIG, mock_args=["--latency-ms", "5"]) as s:
         s.start(workers=0)
         s.start_worker("w", providers=["slow"])
